@@ -1,0 +1,1 @@
+"""Training backends behind one interface (``base.Backend``): torch (HF models) and megatron-core."""

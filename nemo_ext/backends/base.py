@@ -1,0 +1,75 @@
+"""The interface every training backend implements, for SFT and RL alike.
+
+The loops (``nemo_ext.sft.loop``, ``nemo_ext.rl.grpo``) see only this: they hand over packed
+micro-batches and a loss function, and never learn whether the policy is sharded by FSDP2, DDP or
+Megatron's tensor and pipeline parallelism.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from nemo_ext.data.batch import PackedBatch
+
+LossFn = Callable[[torch.Tensor, PackedBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""``loss_fn(logprobs_T, batch) -> (loss, metrics)``.
+
+logprobs_T: [T] float32, log-probability of ``batch.targets`` under the temperature-scaled policy
+(0 where ``batch.loss_mask`` is 0). The returned loss is this micro-batch's share of the objective,
+already divided by the *global* normalizer (all micro-batches of the step on all data-parallel
+ranks), so the shares add up exactly to the full-batch objective whatever the micro-batching.
+metrics: name -> scalar tensors that are summed over micro-batches and ranks for logging.
+"""
+
+
+class Backend(ABC):
+    """A policy that trains on packed micro-batches and exports Hugging Face weights.
+
+    One instance per process. ``dp_rank`` / ``dp_world_size`` tell the loop which share of the data
+    this process trains on.
+    """
+
+    dp_rank: int = 0
+    dp_world_size: int = 1
+
+    @abstractmethod
+    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:
+        """Forward + backward on every micro-batch, then one optimizer and scheduler step.
+
+        Returns floats: ``loss`` (summed shares, all ranks), ``grad_norm`` (before clipping), ``lr``,
+        plus the summed ``metrics`` of ``loss_fn``.
+        """
+
+    @abstractmethod
+    def logprobs(self, micro_batches: list[PackedBatch], temperature: float = 1.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """No-grad log-probs and entropies: per micro-batch ``(logprobs_T, entropy_T)`` on the CPU.
+
+        entropy_T[t] is the entropy (nats) of the temperature-scaled next-token distribution at t.
+        """
+
+    @abstractmethod
+    def hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full (unsharded) tensors under Hugging Face names, one at a time: for export and for
+        syncing weights into the rollout engine without a disk round trip."""
+
+    @abstractmethod
+    def save(self, path: Path, extra_state: dict) -> None:
+        """Write model, optimizer, scheduler and ``extra_state`` (data position, RNG) under ``path``.
+        Collective: every rank calls it. ``path`` does not exist yet; the caller renames it into place."""
+
+    @abstractmethod
+    def load(self, path: Path) -> dict:
+        """Restore what ``save`` wrote; returns its ``extra_state``."""
+
+    @abstractmethod
+    def export_hf(self, path: Path) -> None:
+        """Write a Hugging Face directory (safetensors + config + tokenizer) that transformers and
+        vLLM load."""
+
+    @abstractmethod
+    def reset_optimizer(self, lr: float, warmup_steps: int, total_steps: int) -> None:
+        """Start a fresh optimizer and schedule (an RL stage begins with its own learning rate)."""

@@ -1,0 +1,1 @@
+"""Typed schemas for every YAML section, and the one place that turns config into a checked object."""

@@ -1,0 +1,134 @@
+"""Typed schemas of the recipe YAML (``recipes/conf``), one dataclass per section.
+
+Hydra merges the YAML and command-line overrides into these structured configs, so an unknown key
+or an ill-typed value fails before any work starts, with a message that names the key and the
+expected type or the allowed values. Every default here is the embedded CPU demo's; the paper's
+values live in ``recipes/conf/sft/acereason_7b.yaml`` with their sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Accelerator(str, Enum):
+    auto = "auto"  # cuda when available, else cpu
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # bf16 compute with fp32 master weights and optimizer state
+
+
+class BackendName(str, Enum):
+    torch = "torch"
+    megatron = "megatron"
+
+
+class ResumeMode(str, Enum):
+    auto = "auto"  # continue from the newest complete checkpoint in checkpoint.dir, if any
+    never = "never"
+
+
+@dataclass
+class TrainerConfig:
+    devices: int = 1  # worker processes on this node; >1 self-launches through torch elastic
+    num_nodes: int = 1  # checked against SLURM_NNODES when under SLURM
+    accelerator: Accelerator = Accelerator.auto
+    precision: Precision = Precision.bf16  # fp32 on CPU regardless (bf16 matmuls are slow there)
+    max_steps: int = 300  # optimizer steps; -1 = run `epochs` epochs
+    epochs: int = 1
+    global_batch_size: int = 16  # packed bins per optimizer step, over all data-parallel ranks
+    micro_batch_size: int = 1  # packed bins per forward/backward
+    grad_clip: float = 1.0
+    seed: int = 1234
+    activation_checkpointing: bool = False
+    fsdp: bool = True  # FSDP2 across GPUs; CPU runs always use DDP (gloo)
+    compile: bool = False  # torch.compile the decoder layers (GPU)
+    eval_every: int = 0  # 0 = only at the end
+
+
+@dataclass
+class ModelConfig:
+    # A Hugging Face directory, or "tiny" for the project's own tiny Qwen2 (built, never downloaded).
+    name_or_path: str = "tiny"
+    tokenizer: str | None = None  # defaults to name_or_path
+    rope_theta: float | None = None  # override the config's RoPE base (the paper: 1e6 for 128K context)
+    max_position_embeddings: int | None = None
+    attn_implementation: str = "auto"  # auto: packed varlen flash attention on GPU, exact masked sdpa on CPU
+    logits_chunk_tokens: int = 2048  # tokens per chunk of the chunked cross-entropy
+    # megatron backend only
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: int | None = None
+    context_parallel_size: int = 1
+    sequence_parallel: bool = False
+    transformer_impl: str = "auto"  # auto | transformer_engine | local
+    fp8: str | None = None  # null | hybrid | e4m3
+    fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise
+
+
+@dataclass
+class SyntheticDataConfig:
+    num_train: int = 6000
+    num_eval: int = 200
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    # Packed Parquet shards from data_prep/pack.py; null = build the synthetic task's shards in the run dir.
+    train_dir: str | None = None
+    eval_file: str | None = None  # JSONL of {question, answer} for held-out exact match; null = synthetic
+    bin_size: int = 1024  # tokens per packed bin
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 20
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str | None = None  # defaults to <output_dir>/checkpoints
+    save_every: int = 100  # optimizer steps; 0 = only at the end
+    keep_last: int = 2
+    resume: ResumeMode = ResumeMode.auto
+    export_hf: bool = True  # write <output_dir>/hf at the end
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 10
+    tensorboard: bool = True
+    progress_bar: bool = True
+    plot: bool = True
+
+
+@dataclass
+class EvalConfig:
+    num_problems: int = 200  # held-out problems for exact match after training
+    max_new_tokens: int = 512
+
+
+@dataclass
+class SFTConfig:
+    output_dir: str = "runs/sft"
+    backend: BackendName = BackendName.torch
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
