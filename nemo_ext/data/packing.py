@@ -1,11 +1,11 @@
 """First-fit-decreasing (FFD) bin packing of SFT samples into fixed-size token bins.
 
 Packing lays several short samples end to end in one training row so that almost no token slot is
-padding (the AceReason papers do not publish their packing; FFD is what NeMo / Megatron-Bridge use
-for packed SFT). FFD sorts the items by length, longest first, and puts each one into the first
-(lowest-numbered) bin with room for it; it uses at most 11/9 OPT + 6/9 bins (Dosa 2007) and, on
-long-tailed length distributions, is within a fraction of a percent of the lower bound
-sum(lengths) / bin_size.
+padding (the AceReason papers do not publish their packing; FFD is one of the strategies of
+NeMo's sequence-packing utilities). FFD sorts the items by length, longest first, and puts each
+one into the first (lowest-numbered) bin with room for it; it uses at most 11/9 OPT + 6/9 bins
+(Dosa 2007) and, on long-tailed length distributions, comes within a fraction of a percent of the
+lower bound sum(lengths) / bin_size (bench/packing.py).
 
 The "first bin with room" query is answered by a max segment tree over the bins' free space, so
 packing n items into m bins costs O(n log n) instead of the O(n * m) of a linear scan. Bins not yet
@@ -67,9 +67,7 @@ def first_fit_decreasing(lengths: Sequence[int] | np.ndarray, bin_size: int) -> 
     return bins
 
 
-def pack_stream(
-    lengths: Iterable[int], bin_size: int, buffer_size: int
-) -> Iterator[list[list[int]]]:
+def pack_stream(lengths: Iterable[int], bin_size: int, buffer_size: int) -> Iterator[list[list[int]]]:
     """FFD over a stream, one buffer of ``buffer_size`` items at a time, in bounded memory.
 
     Yields, for each buffer, its bins as lists of global item indices (positions in the stream).

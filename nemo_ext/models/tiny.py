@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config
 
 from nemo_ext.data import prompts
 from nemo_ext.data.synthetic import make_problems
 
 TINY_VOCAB_SIZE = 512
+THINK_TOKENS = (prompts.THINK_OPEN, prompts.THINK_CLOSE)
 # Qwen2's chat template, reduced to what the recipe uses (system, user, assistant turns).
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
@@ -40,11 +41,14 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=TINY_VOCAB_SIZE,
-        special_tokens=list(prompts.SPECIAL_TOKENS),
+        special_tokens=[t for t in prompts.SPECIAL_TOKENS if t not in THINK_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_training_corpus(), trainer=trainer)
+    # <think> and </think> are whole tokens but not "special": detokenizers (vLLM's included) skip
+    # special tokens by default, and the rewards must still see where the reasoning ends.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,

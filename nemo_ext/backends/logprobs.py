@@ -1,0 +1,60 @@
+"""Token log-probabilities and entropies computed in chunks of tokens.
+
+The full logits of one long sequence do not fit: 32K tokens x 152K vocabulary is 19 GB in fp32. Here
+the output projection, log-softmax and gather run over ``chunk_tokens`` tokens at a time; under
+autograd each chunk is checkpointed, so the backward pass recomputes one chunk's logits at a time
+instead of keeping them all. Peak extra memory is about ``chunk_tokens x V`` floats, twice.
+
+Temperature: the policy that samples at temperature tau is softmax(logits / tau); the log-probs used
+by the RL importance ratio and the entropy the temperature controller watches are both of that
+scaled distribution (see ../shared/FACTS.md, vLLM's processed log-probs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def _chunk_logprobs(hidden_CH: torch.Tensor, weight_VH: torch.Tensor, targets_C: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    logits_CV = (hidden_CH @ weight_VH.t()).float() / temperature
+    return logits_CV.gather(1, targets_C[:, None]).squeeze(1) - torch.logsumexp(logits_CV, dim=-1)
+
+
+@torch.no_grad()
+def _chunk_logprobs_and_entropy(hidden_CH, weight_VH, targets_C, temperature):
+    logits_CV = (hidden_CH @ weight_VH.t()).float() / temperature
+    logp_CV = torch.log_softmax(logits_CV, dim=-1)
+    entropy_C = -(logp_CV.exp() * logp_CV).sum(-1)
+    return logp_CV.gather(1, targets_C[:, None]).squeeze(1), entropy_C
+
+
+def token_logprobs(
+    hidden_TH: torch.Tensor,
+    weight_VH: torch.Tensor,
+    targets_T: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_tokens: int = 2048,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(targets) under softmax(hidden @ weight.T / temperature), chunk by chunk.
+
+    hidden_TH: [T, H] final hidden states (after the last norm); weight_VH: [V, H] output embedding.
+    Returns ``logp_T`` [T] float32 (differentiable unless ``with_entropy``) and, with
+    ``with_entropy``, ``entropy_T`` [T] float32 in nats (computed without gradient), else None.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    starts = range(0, hidden_TH.shape[0], chunk_tokens)
+    if with_entropy:
+        pieces = [_chunk_logprobs_and_entropy(hidden_TH[s:s + chunk_tokens], weight_VH,
+                                              targets_T[s:s + chunk_tokens], temperature) for s in starts]
+        return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+    needs_grad = torch.is_grad_enabled() and (hidden_TH.requires_grad or weight_VH.requires_grad)
+    pieces = []
+    for s in starts:
+        args = (hidden_TH[s:s + chunk_tokens], weight_VH, targets_T[s:s + chunk_tokens], temperature)
+        pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if needs_grad
+                      else _chunk_logprobs(*args))
+    return torch.cat(pieces), None

@@ -1,0 +1,283 @@
+"""``MegatronBackend``: the ``Backend`` interface on megatron-core, with TP / PP (1F1B, optional virtual
+stages) / CP (TE) / SP / DP, Megatron DDP and the distributed optimizer.
+
+One process per GPU (torchrun or the recipe's self-launch). The loop hands each data-parallel rank its
+packed micro-batches; every TP / PP rank of one replica receives the same ones. A micro-batch runs
+through megatron's forward-backward schedule (1F1B when PP > 1); on the last pipeline stage the
+model's ``output_processor`` hook turns final hidden states into per-token log-probs with the
+vocabulary-parallel, chunked ``vocab_parallel_logprobs`` (no full logits), and the loop's ``loss_fn``
+takes them. Loss shares arrive already divided by the global normalizer, so gradients are plain sums:
+``calculate_per_token_loss`` keeps the schedule from dividing by the number of micro-batches and DDP
+from averaging over ranks, and ``_finalize_grads`` drops megatron's per-token rescaling.
+
+Precision ``bf16``: bf16 parameters and activations, fp32 gradients and fp32 master weights in the
+distributed optimizer (megatron's Float16Module + DistributedOptimizer). The learning-rate schedule is
+the torch backend's (``lr_lambda``), so both backends train on the same schedule.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
+from transformers import AutoConfig, AutoTokenizer
+
+from nemo_ext.backends.base import Backend, LossFn
+from nemo_ext.backends.megatron import checkpoint
+from nemo_ext.backends.megatron.convert import Shape
+from nemo_ext.backends.megatron.layout import Layout, plan_layout
+from nemo_ext.backends.megatron.model import build_model_chunks, choose_impl, transformer_config
+from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
+from nemo_ext.backends.torch_backend import lr_lambda
+from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
+from nemo_ext.data.batch import PackedBatch
+
+
+def init_distributed() -> torch.device:
+    """Join (or, run alone, create) the default process group; one CUDA device per process."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("backend=megatron needs CUDA GPUs (megatron-core calls torch.cuda throughout); "
+                           "use backend=torch on CPU")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        if "WORLD_SIZE" not in os.environ:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(s.getsockname()[1]),
+                                  RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+    return torch.device("cuda", local_rank)
+
+
+def _finalize_grads(model, num_tokens=None, **kwargs):
+    """megatron's grad all-reduce, without its 1/num_tokens scaling (our shares are pre-normalized)."""
+    finalize_model_grads(model, None, **kwargs)
+
+
+@dataclass
+class _Micro:
+    """A packed batch as the model takes it: padded to the layout's multiple, on the GPU."""
+
+    batch: PackedBatch  # the original (unpadded), on the GPU, for loss_fn
+    input_ids: torch.Tensor  # [1, T_pad]
+    position_ids: torch.Tensor  # [1, T_pad]
+    targets: torch.Tensor  # [T_pad]
+    packed: PackedSeqParams
+
+
+def _to_micro(batch: PackedBatch, multiple: int, device: torch.device) -> _Micro:
+    """Pad to a multiple of ``multiple`` tokens with one extra (untrained) sequence, so every token
+    belongs to a sequence of ``cu_seqlens``."""
+    batch = batch.to(device)
+    pad = -batch.num_tokens % multiple
+    ids, pos, tgt, cu = batch.input_ids, batch.position_ids, batch.targets, batch.cu_seqlens.to(torch.int32)
+    if pad:
+        zeros = ids.new_zeros(pad)
+        ids, tgt = torch.cat([ids, zeros]), torch.cat([tgt, zeros])
+        pos = torch.cat([pos, torch.arange(pad, device=device)])
+        cu = torch.cat([cu, cu.new_tensor([batch.num_tokens + pad])])
+    max_len = max(batch.max_seqlen, pad)
+    packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len,
+                             max_seqlen_kv=max_len)
+    return _Micro(batch, ids[None], pos[None], tgt, packed)
+
+
+class MegatronBackend(Backend):
+    """``Backend`` on megatron-core. ``load_weights=False`` keeps megatron's random initialization
+    (benchmarks); otherwise the HF safetensors at ``model_path`` are imported."""
+
+    def __init__(self, model_path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, optim_cfg: OptimConfig,
+                 total_steps: int, *, load_weights: bool = True, recompute: str | None = None):
+        self.device = init_distributed()
+        self.model_path, self.model_cfg, self.optim_cfg = model_path, model_cfg, optim_cfg
+        self.total_steps, self.step = total_steps, 0
+        self.hf_config = AutoConfig.from_pretrained(model_path)
+        self.shape = Shape.from_hf_config(self.hf_config)
+        self.layout = self._init_parallel(trainer_cfg)
+        self.impl = choose_impl(model_cfg, self.layout)
+        self.te = self.impl == "transformer_engine"
+        bf16 = trainer_cfg.precision == Precision.bf16
+        if recompute is None and trainer_cfg.activation_checkpointing:
+            recompute = "full"
+        self.config = transformer_config(self.shape, self.hf_config, model_cfg, self.layout, impl=self.impl,
+                                         bf16=bf16, recompute=recompute, init_weights=not load_weights)
+        self.config.finalize_model_grads_func = _finalize_grads
+        self.chunks = build_model_chunks(self.shape, self.hf_config, model_cfg, self.config, self.impl)
+        for chunk in self.chunks:
+            chunk.to(self.device)
+        if load_weights:
+            checkpoint.load_hf_weights(self.chunks, self.shape, self.layout, model_path)
+        wrapped = [Float16Module(self.config, c) if bf16 else c for c in self.chunks]
+        self.ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=True)
+        self.model = [DistributedDataParallel(self.config, self.ddp_config, m, disable_bucketing=i > 0)
+                      for i, m in enumerate(wrapped)]
+        self.pad_multiple = self.layout.pad_multiple() * (16 if model_cfg.fp8 else 1)
+        self.chunk_tokens = model_cfg.logits_chunk_tokens
+        self.grad_clip, self.bf16 = trainer_cfg.grad_clip, bf16
+        self.reset_optimizer(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_world_size = parallel_state.get_data_parallel_world_size()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer or model_path)
+        except (OSError, ValueError):
+            self.tokenizer = None  # a config-only directory (benchmarks): export writes no tokenizer
+
+    def _init_parallel(self, trainer_cfg: TrainerConfig) -> Layout:
+        m = self.model_cfg
+        layout = plan_layout(
+            self.shape, world_size=dist.get_world_size(), gpus_present=torch.cuda.device_count() * trainer_cfg.num_nodes,
+            tp=m.tensor_model_parallel_size, pp=m.pipeline_model_parallel_size, cp=m.context_parallel_size,
+            vpp=m.virtual_pipeline_model_parallel_size, sequence_parallel=m.sequence_parallel,
+            global_batch_size=trainer_cfg.global_batch_size, micro_batch_size=trainer_cfg.micro_batch_size)
+        if not parallel_state.model_parallel_is_initialized():
+            parallel_state.initialize_model_parallel(
+                tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
+                virtual_pipeline_model_parallel_size=layout.vpp, context_parallel_size=layout.cp)
+        tensor_parallel.model_parallel_cuda_manual_seed(trainer_cfg.seed)
+        return layout
+
+    # -- optimizer -------------------------------------------------------------------------------
+
+    def reset_optimizer(self, lr: float, warmup_steps: int, total_steps: int) -> None:
+        o = self.optim_cfg
+        config = OptimizerConfig(optimizer="adam", lr=lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
+                                 adam_beta1=o.beta1, adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=self.grad_clip,
+                                 bf16=self.bf16, params_dtype=self.config.params_dtype,
+                                 use_distributed_optimizer=True)
+        self.optimizer = get_megatron_optimizer(config, self.model)
+        self.base_lr, self.warmup_steps, self.total_steps, self.step = lr, warmup_steps, total_steps, 0
+
+    def _current_lr(self) -> float:
+        min_ratio = self.optim_cfg.min_lr / self.base_lr if self.base_lr > 0 else 0.0
+        return self.base_lr * lr_lambda(self.step, self.warmup_steps, self.total_steps, min_ratio)
+
+    # -- forward / backward ----------------------------------------------------------------------
+
+    def _output_processor(self, *, hidden_states, output_layer, output_weight, context, **_):
+        """Last stage: final hidden states [T(/tp with SP), 1, H] -> log-probs [T] (and entropies)."""
+        micro, temperature, with_entropy = context
+        tp_group = parallel_state.get_tensor_model_parallel_group()
+        if self.config.sequence_parallel:
+            hidden_states = tensor_parallel.gather_from_sequence_parallel_region(hidden_states, group=tp_group)
+        else:
+            hidden_states = tensor_parallel.copy_to_tensor_model_parallel_region(hidden_states, group=tp_group)
+        weight = output_weight if output_weight is not None else output_layer.weight
+        logp, entropy = vocab_parallel_logprobs(
+            hidden_states.squeeze(1), weight, micro.targets,
+            vocab_start=parallel_state.get_tensor_model_parallel_rank() * weight.shape[0],
+            vocab_size=self.shape.vocab, temperature=temperature, chunk_tokens=self.chunk_tokens,
+            group=tp_group if self.layout.tp > 1 else None, with_entropy=with_entropy)
+        return torch.stack([logp, entropy]) if with_entropy else logp
+
+    def _schedule(self, micros: list[_Micro], loss_fn: LossFn | None, temperature: float, forward_only: bool):
+        """Run megatron's forward-backward schedule; returns the last stage's per-micro-batch dicts."""
+
+        def loss_func(micro: _Micro, output):
+            n = micro.batch.num_tokens
+            if loss_fn is None:  # log-probs only
+                return output.sum() * 0, torch.zeros((), dtype=torch.int, device=self.device), \
+                    {"logp": output[0, :n].detach(), "entropy": output[1, :n].detach()}
+            loss, metrics = loss_fn(output[:n], micro.batch)
+            num = torch.tensor(micro.batch.num_loss_tokens, dtype=torch.int, device=self.device)
+            return loss, num, {"loss": loss.detach(), **{k: v.detach() for k, v in metrics.items()}}
+
+        def forward_step(data_iterator, model):
+            micro = next(data_iterator)
+            out = model(micro.input_ids, micro.position_ids, None, packed_seq_params=micro.packed,
+                        output_processor=self._output_processor,
+                        output_processor_context=(micro, temperature, forward_only))
+            return out, functools.partial(loss_func, micro)
+
+        iters = [iter(micros) for _ in self.model]
+        return get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iters if len(iters) > 1 else iters[0],
+            model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=len(micros),
+            seq_length=max(m.input_ids.shape[1] for m in micros), micro_batch_size=1, forward_only=forward_only)
+
+    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:
+        for m in self.model:
+            m.train()
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        micros = [_to_micro(b, self.pad_multiple, self.device) for b in micro_batches]
+        outputs = self._schedule(micros, loss_fn, temperature, forward_only=False)
+        lr = self._current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        _, grad_norm, _ = self.optimizer.step()
+        self.step += 1
+        totals = {}
+        for out in outputs:
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + v.float()
+        result = self._sum_over_replicas(totals)
+        result.update(grad_norm=float(grad_norm), lr=lr)
+        return result
+
+    def _sum_over_replicas(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Sum the last stage's values over data-parallel (and CP) ranks; every rank gets the result."""
+        names = [sorted(totals)]
+        last = parallel_state.get_pipeline_model_parallel_world_size() - 1
+        pp_group = parallel_state.get_pipeline_model_parallel_group()
+        src = dist.get_global_rank(pp_group, last)
+        if self.layout.pp > 1:
+            dist.broadcast_object_list(names, src=src, group=pp_group)
+        stacked = torch.stack([totals[k] for k in names[0]]) if totals else \
+            torch.zeros(len(names[0]), device=self.device)
+        dist.all_reduce(stacked, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+        if self.layout.pp > 1:
+            dist.broadcast(stacked, src=src, group=pp_group)
+        return dict(zip(names[0], stacked.tolist(), strict=True))
+
+    @torch.no_grad()
+    def logprobs(self, micro_batches: list[PackedBatch], temperature: float = 1.0):
+        for m in self.model:
+            m.eval()
+        micros = [_to_micro(b, self.pad_multiple, self.device) for b in micro_batches]
+        outputs = self._schedule(micros, None, temperature, forward_only=True)
+        results = []
+        for i, micro in enumerate(micros):
+            both = torch.stack([outputs[i]["logp"], outputs[i]["entropy"]]) if outputs else \
+                torch.empty(2, micro.batch.num_tokens, device=self.device)
+            if self.layout.pp > 1:
+                pp_group = parallel_state.get_pipeline_model_parallel_group()
+                dist.broadcast(both, src=dist.get_global_rank(pp_group, self.layout.pp - 1), group=pp_group)
+            results.append((both[0].float().cpu(), both[1].float().cpu()))
+        return results
+
+    # -- weights and checkpoints -------------------------------------------------------------------
+
+    def hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return checkpoint.hf_weights(self.chunks, self.shape, self.layout, te=self.te)
+
+    def export_hf(self, path: Path) -> None:
+        checkpoint.export_hf(self.hf_weights(), self.hf_config, self.tokenizer, Path(path),
+                             dtype=self.config.params_dtype, source_dir=self.model_path)
+
+    def save(self, path: Path, extra_state: dict) -> None:
+        checkpoint.save(self, Path(path), {"extra": extra_state, "step": self.step, "base_lr": self.base_lr,
+                                           "warmup_steps": self.warmup_steps, "total_steps": self.total_steps})
+
+    def load(self, path: Path) -> dict:
+        state = checkpoint.load(self, Path(path))
+        self.step, self.base_lr = state["step"], state["base_lr"]
+        self.warmup_steps, self.total_steps = state["warmup_steps"], state["total_steps"]
+        return state["extra"]
+
+
+def build_megatron_backend(cfg, model_path: str, total_steps: int) -> MegatronBackend:
+    """The megatron backend for an ``SFTConfig`` (or any config with ``model``, ``trainer``, ``optim``)."""
+    return MegatronBackend(model_path, cfg.model, cfg.trainer, cfg.optim, total_steps)

@@ -1,0 +1,193 @@
+"""Megatron weights in and out: HF import, the streaming ``hf_weights()`` iterator, HF export, and
+megatron-core distributed checkpoints (model + distributed-optimizer state).
+
+Distributed checkpoints store every tensor by its global shape and offsets (``sharded_state_dict``;
+the optimizer in megatron's ``fully_sharded_model_space`` format), so a checkpoint saved at one
+TP / PP / DP layout loads at another. ``save`` writes into the directory it is given (the
+``Backend.save`` contract: the caller renames it into place); ``atomic_save`` does that rename
+for callers that want it done here.
+
+Round trips: import then export reproduces the HF tensors exactly when the parameters keep the HF
+dtype (bf16 checkpoints with precision=bf16, fp32 ones with precision=fp32); an fp32 checkpoint
+trained in bf16 is exported in bf16.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from safetensors import safe_open
+
+from nemo_ext.backends.megatron import convert
+from nemo_ext.backends.megatron.convert import Shape
+from nemo_ext.backends.megatron.layout import Layout
+from nemo_ext.io import atomic_dir, atomic_write_json
+
+SHARDING = {"distrib_optim_sharding_type": "fully_sharded_model_space", "chained_optim_avoid_prefix": True,
+            "singleton_local_shards": False}
+
+
+def _chunk_offsets(chunks, shape: Shape, layout: Layout) -> list[int]:
+    """Global number of each chunk's first layer (and a check that megatron agrees)."""
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    offsets = []
+    for vp, chunk in enumerate(chunks):
+        layers = convert.stage_layers(shape.num_layers, layout.pp, pp_rank, layout.vpp or 1, vp)
+        megatron_first = chunk.decoder.layers[0].layer_number - 1
+        if megatron_first != layers.start:
+            raise RuntimeError(f"megatron put layer {megatron_first} first in chunk {vp}, expected {layers.start}")
+        offsets.append(layers.start)
+    return offsets
+
+
+class _HFReader:
+    """Tensors of a HF safetensors directory, read one at a time by name."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self.files = {name: path / f for name, f in weight_map.items()}
+        else:
+            single = path / "model.safetensors"
+            if not single.exists():
+                raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+            with safe_open(single, "pt") as f:
+                self.files = {name: single for name in f.keys()}
+
+    def __call__(self, name: str) -> torch.Tensor:
+        if name not in self.files:
+            raise KeyError(f"HF checkpoint has no tensor {name!r} (files: {sorted(set(map(str, self.files.values())))})")
+        with safe_open(self.files[name], "pt") as f:
+            return f.get_tensor(name)
+
+
+@torch.no_grad()
+def load_hf_weights(chunks, shape: Shape, layout: Layout, path: str | Path) -> None:
+    """Copy this rank's TP shard of every parameter of its chunks from the HF checkpoint at ``path``."""
+    read = _HFReader(path)
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    for chunk, offset in zip(chunks, _chunk_offsets(chunks, shape, layout), strict=True):
+        for local, param in chunk.named_parameters():
+            name = convert.local_to_global(local, offset)
+            if name == "output_layer.weight" and shape.tie_embeddings:
+                name = "embedding.word_embeddings.weight"  # the last stage's copy of a tied embedding
+            full = convert.to_megatron(name, read, shape)
+            shard = convert.split_tp(name, full, layout.tp)[tp_rank]
+            if shard.shape != param.shape:
+                raise ValueError(f"{path}: {name} TP shard has shape {tuple(shard.shape)}, model expects "
+                                 f"{tuple(param.shape)}")
+            param.copy_(shard)
+
+
+@torch.no_grad()
+def hf_weights(chunks, shape: Shape, layout: Layout, te: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """Full tensors under HF names, one megatron tensor at a time; collective over the model-parallel
+    group (every TP / PP rank must iterate it to the end).
+
+    The owning stage all-gathers the TP shards and broadcasts the full tensor to the other pipeline
+    stages, so each rank holds at most one full tensor beyond its own shards.
+    """
+    tp_group, pp_group = (parallel_state.get_tensor_model_parallel_group(),
+                          parallel_state.get_pipeline_model_parallel_group())
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    params = [dict(c.named_parameters()) for c in chunks]
+    offsets = _chunk_offsets(chunks, shape, layout)
+    dtype = next(iter(params[0].values())).dtype
+    device = next(iter(params[0].values())).device
+    for name in convert.megatron_param_names(shape, te):
+        stage, vp = convert.owner(name, shape.num_layers, layout.pp, layout.vpp or 1)
+        if stage == pp_rank:
+            local = params[vp][convert.global_to_local(name, offsets[vp])]
+            if layout.tp > 1:
+                shards = [torch.empty_like(local) for _ in range(layout.tp)]
+                dist.all_gather(shards, local.contiguous(), group=tp_group)
+                full = convert.merge_tp(name, shards)
+            else:
+                full = local.detach()
+        else:
+            full = torch.empty(convert.full_shape(name, shape), dtype=dtype, device=device)
+        if layout.pp > 1:
+            dist.broadcast(full, src=dist.get_global_rank(pp_group, stage), group=pp_group)
+        yield from convert.to_hf(name, full, shape)
+
+
+def export_hf(weights: Iterator[tuple[str, torch.Tensor]], hf_config, tokenizer, path: Path, *,
+              dtype: torch.dtype, source_dir: str | Path | None = None) -> None:
+    """Write a HF directory (safetensors + config + tokenizer) atomically; collective, rank 0 writes."""
+    from huggingface_hub import save_torch_state_dict
+
+    rank0 = dist.get_rank() == 0
+    state = {}
+    for name, t in weights:  # every rank drains the (collective) iterator; rank 0 keeps a CPU copy
+        if rank0:
+            state[name] = t.to("cpu", copy=True)
+    if not rank0:
+        dist.barrier()
+        return
+    with atomic_dir(path) as tmp:
+        save_torch_state_dict(state, tmp, max_shard_size="5GB")
+        hf_config.dtype = dtype
+        hf_config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        generation = Path(source_dir or "") / "generation_config.json"
+        if source_dir is not None and generation.exists():
+            shutil.copy(generation, tmp / "generation_config.json")
+    dist.barrier()
+
+
+def _sharded_state(backend, is_loading: bool) -> dict:
+    model = {}
+    for i, chunk in enumerate(backend.chunks):
+        key = f"model{i}" if len(backend.chunks) > 1 else "model"
+        model[key] = chunk.sharded_state_dict(metadata=SHARDING)
+    merged = {k: v for sd in model.values() for k, v in sd.items()}
+    optimizer = backend.optimizer.sharded_state_dict(merged, is_loading=is_loading, metadata=SHARDING)
+    return {**model, "optimizer": optimizer}
+
+
+def save(backend, path: Path, trainer_state: dict) -> None:
+    """Model, optimizer and ``trainer_state`` under ``path`` (which must not exist yet). Collective."""
+    if dist.get_rank() == 0:
+        (path / "megatron").mkdir(parents=True)
+    dist.barrier()
+    dist_checkpointing.save(_sharded_state(backend, is_loading=False), str(path / "megatron"))
+    if dist.get_rank() == 0:
+        layout = backend.layout
+        torch.save(trainer_state, path / "trainer_state.pt")
+        atomic_write_json(path / "layout.json", {"tp": layout.tp, "pp": layout.pp, "cp": layout.cp,
+                                                 "dp": layout.dp, "vpp": layout.vpp})
+    dist.barrier()
+
+
+def load(backend, path: Path) -> dict:
+    """Restore what ``save`` wrote, at this run's layout (may differ from the saved one)."""
+    if not (path / "trainer_state.pt").exists():
+        raise FileNotFoundError(f"{path}: not a complete megatron checkpoint (no trainer_state.pt)")
+    state = dist_checkpointing.load(_sharded_state(backend, is_loading=True), str(path / "megatron"))
+    for i, chunk in enumerate(backend.chunks):
+        chunk.load_state_dict(state[f"model{i}" if len(backend.chunks) > 1 else "model"])
+    backend.optimizer.load_state_dict(state["optimizer"])
+    return torch.load(path / "trainer_state.pt", weights_only=False)
+
+
+def atomic_save(backend, path: Path, extra_state: dict) -> None:
+    """``backend.save`` into ``.<name>.tmp`` beside ``path``, then rename it into place (rank 0)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if dist.get_rank() == 0 and tmp.exists():
+        shutil.rmtree(tmp)  # left by a run killed mid-save
+    dist.barrier()
+    backend.save(tmp, extra_state)
+    if dist.get_rank() == 0:
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    dist.barrier()

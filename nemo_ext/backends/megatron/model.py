@@ -1,0 +1,171 @@
+"""The megatron-core model factory: a Hugging Face config of a dense Qwen2 / Qwen2.5 / Llama model ->
+megatron-core model chunks (one per virtual pipeline stage of this rank).
+
+Layer spec: Transformer Engine's when ``transformer_engine`` imports (fused norm+linear, TE's
+attention on packed THD batches through ``PackedSeqParams``, FP8 ``hybrid`` / ``e4m3`` with the
+delayed, tensorwise or blockwise recipe, context parallelism). Without TE: megatron's local spec with
+``VarlenCoreAttention`` swapped in as core attention, which runs torch's flash-attention varlen kernel
+on the packed batch's ``cu_seqlens`` (megatron's own THD RoPE path applies positions per sequence).
+FP8 and context parallelism without TE are refused here, by name, before anything is built.
+
+GPTModel vs HybridModel: megatron-core 0.19 marks GPTModel deprecated in favour of HybridModel. This
+file is the one place that chooses; it builds GPTModel because HybridModel's stack spec in 0.19 is
+TE-only (no local spec to fall back on) and splits each transformer layer into separate attention and
+MLP layers, which would change every checkpoint name ``convert.py`` maps. Switching means changing
+``_build_chunk`` and the layer names of ``convert.megatron_param_names`` together.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from nemo_ext.backends.megatron.convert import Shape
+from nemo_ext.backends.megatron.layout import Layout
+from nemo_ext.backends.megatron.varlen import packed_causal_attention
+from nemo_ext.config.schema import ModelConfig
+
+FP8_FORMATS = (None, "hybrid", "e4m3")
+FP8_RECIPES = ("delayed", "tensorwise", "blockwise")
+IMPLS = ("auto", "transformer_engine", "local")
+
+
+def te_available() -> bool:
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_impl(model_cfg: ModelConfig, layout: Layout, have_te: bool | None = None) -> str:
+    """``transformer_engine`` or ``local``; FP8 / CP / a forced TE without TE raise, naming the key."""
+    have_te = te_available() if have_te is None else have_te
+    impl, fp8 = model_cfg.transformer_impl, model_cfg.fp8
+    if impl not in IMPLS:
+        raise ValueError(f"model.transformer_impl={impl!r}; expected one of {IMPLS}")
+    if fp8 not in FP8_FORMATS:
+        raise ValueError(f"model.fp8={fp8!r}; expected one of {FP8_FORMATS}")
+    if model_cfg.fp8_recipe not in FP8_RECIPES:
+        raise ValueError(f"model.fp8_recipe={model_cfg.fp8_recipe!r}; expected one of {FP8_RECIPES}")
+    if impl == "auto":
+        impl = "transformer_engine" if have_te else "local"
+    missing = "Transformer Engine (`import transformer_engine.pytorch` fails here; install transformer-engine[pytorch])"
+    if impl == "transformer_engine" and not have_te:
+        raise RuntimeError(f"model.transformer_impl=transformer_engine needs {missing}")
+    if fp8 is not None and impl != "transformer_engine":
+        raise RuntimeError(f"model.fp8={fp8} needs {missing} and model.transformer_impl auto or "
+                           f"transformer_engine (got {model_cfg.transformer_impl})")
+    if layout.cp > 1 and impl != "transformer_engine":
+        raise RuntimeError(f"model.context_parallel_size={layout.cp} needs Transformer Engine's attention: {missing}")
+    return impl
+
+
+def transformer_config(shape: Shape, hf_config, model_cfg: ModelConfig, layout: Layout, *, impl: str,
+                       bf16: bool, recompute: str | None, init_weights: bool, cpu_init: bool = False
+                       ) -> TransformerConfig:
+    """megatron's TransformerConfig for this model and layout.
+
+    recompute: None, ``"full"`` (every layer's activations recomputed) or ``"selective"`` (megatron's
+    default selective set: core attention). init_weights: False when HF weights overwrite them anyway.
+    """
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    te = impl == "transformer_engine"
+    fp8 = {"fp8": model_cfg.fp8, "fp8_recipe": model_cfg.fp8_recipe} if model_cfg.fp8 else {}
+    recompute_kw = {}
+    if recompute == "full":
+        recompute_kw = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif recompute == "selective":
+        recompute_kw = dict(recompute_granularity="selective")
+    elif recompute is not None:
+        raise ValueError(f"recompute={recompute!r}; expected None, 'full' or 'selective'")
+    return TransformerConfig(
+        num_layers=shape.num_layers, hidden_size=shape.hidden, ffn_hidden_size=shape.ffn,
+        num_attention_heads=shape.num_heads, num_query_groups=shape.num_kv_heads, kv_channels=shape.head_dim,
+        add_bias_linear=False, add_qkv_bias=shape.qkv_bias, gated_linear_unit=True, activation_func=F.silu,
+        normalization="RMSNorm", layernorm_epsilon=_get(hf_config, "rms_norm_eps", 1e-6),
+        hidden_dropout=0.0, attention_dropout=0.0,
+        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
+        virtual_pipeline_model_parallel_size=layout.vpp, context_parallel_size=layout.cp,
+        sequence_parallel=layout.sequence_parallel,
+        bf16=bf16, params_dtype=dtype, pipeline_dtype=dtype,
+        use_cpu_initialization=cpu_init, perform_initialization=init_weights,
+        bias_activation_fusion=True, masked_softmax_fusion=False, persist_layer_norm=False,
+        apply_rope_fusion=te, gradient_accumulation_fusion=False,
+        # Packed bins differ in length; the loss share is already globally normalized (see _finalize_grads).
+        variable_seq_lengths=layout.pp > 1, calculate_per_token_loss=True, deallocate_pipeline_outputs=True,
+        **recompute_kw, **fp8,
+    )
+
+
+class VarlenCoreAttention(MegatronModule):
+    """megatron ``core_attention`` on packed THD tensors through ``varlen.packed_causal_attention``.
+
+    Takes what megatron's SelfAttention passes: query [T, Hq/tp, D], key/value [T, Hkv/tp, D] (the THD
+    squeeze), ``packed_seq_params`` with the boundaries. Returns [T, Hq/tp * D].
+    """
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type, attention_type: str,
+                 attention_dropout: float | None = None, softmax_scale: float | None = None,
+                 cp_comm_type: str | None = None, pg_collection=None):
+        super().__init__(config=config)
+        self.softmax_scale = softmax_scale  # None: 1/sqrt(head_dim), as in HF
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if packed_seq_params is None or packed_seq_params.qkv_format != "thd":
+            raise ValueError("VarlenCoreAttention runs packed THD batches only (PackedSeqParams qkv_format='thd')")
+        out = packed_causal_attention(query, key, value, packed_seq_params.cu_seqlens_q,
+                                      packed_seq_params.max_seqlen_q, self.softmax_scale)
+        return out.reshape(out.shape[0], -1)
+
+
+def layer_spec(impl: str) -> ModuleSpec:
+    if impl == "transformer_engine":
+        return get_gpt_layer_with_transformer_engine_spec()
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = VarlenCoreAttention
+    return spec
+
+
+def _get(cfg, key, default=None):
+    value = getattr(cfg, key, None)
+    return default if value is None else value
+
+
+def rope_theta(hf_config, model_cfg: ModelConfig) -> float:
+    if model_cfg.rope_theta is not None:
+        return float(model_cfg.rope_theta)
+    params = _get(hf_config, "rope_parameters", {}) or {}
+    return float(params.get("rope_theta", _get(hf_config, "rope_theta", 10000.0)))
+
+
+def _build_chunk(config, spec, shape: Shape, theta: float, max_len: int, vp_stage: int | None) -> GPTModel:
+    return GPTModel(
+        config, spec, vocab_size=shape.padded_vocab, max_sequence_length=max_len,
+        pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+        share_embeddings_and_output_weights=shape.tie_embeddings, parallel_output=True,
+        position_embedding_type="rope", rotary_base=theta, vp_stage=vp_stage,
+    )
+
+
+def build_model_chunks(shape: Shape, hf_config, model_cfg: ModelConfig, config: TransformerConfig,
+                       impl: str) -> list[GPTModel]:
+    """This rank's model chunks (``vpp`` of them with virtual pipeline stages, else one), on the CPU or
+    the current CUDA device as ``config.use_cpu_initialization`` says."""
+    theta = rope_theta(hf_config, model_cfg)
+    max_len = model_cfg.max_position_embeddings or _get(hf_config, "max_position_embeddings", 32768)
+    spec = layer_spec(impl)
+    vpp = config.virtual_pipeline_model_parallel_size
+    stages = range(vpp) if vpp else [None]
+    return [_build_chunk(config, spec, shape, theta, max_len, s) for s in stages]

@@ -1,0 +1,55 @@
+"""Causal attention over a packed batch (THD layout), for megatron-core's local layer spec.
+
+Sequences laid end to end attend only within themselves, given their boundaries ``cu_seqlens``. On
+CUDA this is torch's flash-attention varlen kernel (``torch.nn.attention.varlen.varlen_attn``,
+torch >= 2.10; ``window_size=(-1, 0)`` makes it causal). Grouped KV heads go to the kernel as they
+are: flash attention shares each KV head among its query group natively, so KV is never repeated
+(newer torch asks for ``enable_gqa=True`` to allow this; older torch has no such flag). Elsewhere an
+exact fallback runs SDPA per sequence. Pure torch: the megatron module wrapping it lives in
+``model.py``. Left out: dropout, sliding windows, context parallelism (TE's attention does CP).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.cache
+def _varlen_kwargs() -> dict:
+    from torch.nn.attention.varlen import varlen_attn
+
+    return {"enable_gqa": True} if "enable_gqa" in inspect.signature(varlen_attn).parameters else {}
+
+
+def packed_causal_attention(q_THD: torch.Tensor, k_TGD: torch.Tensor, v_TGD: torch.Tensor,
+                            cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None) -> torch.Tensor:
+    """Causal attention within each packed sequence.
+
+    q_THD: [T, H, D] queries; k_TGD, v_TGD: [T, G, D] keys and values with G KV heads (H % G == 0).
+    cu_seqlens: [S+1] int32 boundaries, cu_seqlens[-1] == T. Returns [T, H, D] in q's dtype.
+    """
+    if q_THD.shape[1] % k_TGD.shape[1]:
+        raise ValueError(f"{q_THD.shape[1]} query heads are not a multiple of {k_TGD.shape[1]} KV heads")
+    if q_THD.is_cuda:
+        from torch.nn.attention.varlen import varlen_attn
+
+        cu = cu_seqlens.to(torch.int32)
+        return varlen_attn(q_THD, k_TGD, v_TGD, cu, cu, max_seqlen, max_seqlen, scale=scale,
+                           window_size=(-1, 0), **_varlen_kwargs())
+    return _reference(q_THD, k_TGD, v_TGD, cu_seqlens, scale)
+
+
+def _reference(q_THD, k_TGD, v_TGD, cu_seqlens, scale):
+    """SDPA one sequence at a time: exact, for CPU and as the test oracle."""
+    out = torch.empty_like(q_THD)
+    bounds = cu_seqlens.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        q, k, v = (x[a:b].transpose(0, 1)[None] for x in (q_THD, k_TGD, v_TGD))  # [1, heads, L, D]
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                           enable_gqa=q.shape[1] != k.shape[1])
+        out[a:b] = o[0].transpose(0, 1)
+    return out

@@ -1,0 +1,208 @@
+"""The torch backend: any Hugging Face causal LM, DDP or FSDP2, packed varlen batches.
+
+Parallelism is applied to the plain HF model by small functions (FSDP2 per decoder layer, or DDP),
+never woven into the model. Precision: parameters and optimizer state stay fp32; on GPU the compute
+runs in bf16 (FSDP2's mixed-precision policy, or autocast without FSDP). Loss and log-probs go
+through ``token_logprobs`` so full-vocabulary logits of a long sequence never exist at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from nemo_ext.backends.attention import VARLEN_ATTENTION, packed_attention_kwargs
+from nemo_ext.backends.base import Backend, LossFn
+from nemo_ext.backends.logprobs import token_logprobs
+from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
+from nemo_ext.data.batch import PackedBatch
+from nemo_ext.io import atomic_dir
+
+
+class TokenLogprobModel(torch.nn.Module):
+    """A HF causal LM whose forward returns per-token log-probs of the targets of a packed row.
+
+    Wrapping the whole computation in one module lets FSDP2 / DDP hooks see the output embedding
+    used (FSDP2 unshards it in this module's forward).
+    """
+
+    def __init__(self, hf_model: torch.nn.Module, chunk_tokens: int):
+        super().__init__()
+        self.hf_model = hf_model
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, batch: PackedBatch, temperature: float, with_entropy: bool = False):
+        hidden = self.hf_model.model(
+            input_ids=batch.input_ids[None],
+            position_ids=batch.position_ids[None],
+            use_cache=False,
+            **packed_attention_kwargs(batch.cu_seqlens, batch.max_seqlen),
+        ).last_hidden_state[0]
+        weight = self.hf_model.get_output_embeddings().weight
+        return token_logprobs(hidden, weight, batch.targets, temperature, self.chunk_tokens, with_entropy)
+
+
+def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def load_hf_model(model_cfg: ModelConfig, path: str) -> torch.nn.Module:
+    """The HF model at ``path`` in fp32, with the config overrides of ``model_cfg`` applied."""
+    overrides = {k: v for k, v in (("rope_theta", model_cfg.rope_theta),
+                                   ("max_position_embeddings", model_cfg.max_position_embeddings)) if v is not None}
+    config = AutoConfig.from_pretrained(path, **overrides)
+    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
+                                                attn_implementation=VARLEN_ATTENTION)
+
+
+class TorchBackend(Backend):
+    def __init__(self, model_path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig,
+                 optim_cfg: OptimConfig, total_steps: int, device: torch.device):
+        self.device = device
+        self.model_path = model_path
+        self.optim_cfg = optim_cfg
+        self.grad_clip = trainer_cfg.grad_clip
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.dp_world_size = dist.get_world_size() if self.distributed else 1
+        self.dp_rank = dist.get_rank() if self.distributed else 0
+        self.compute_dtype = torch.bfloat16 if (device.type == "cuda" and trainer_cfg.precision == Precision.bf16) \
+            else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer or model_path)
+
+        self.hf_model = load_hf_model(model_cfg, model_path).to(device)
+        if trainer_cfg.activation_checkpointing:
+            self.hf_model.gradient_checkpointing_enable({"use_reentrant": False})
+        self.module = TokenLogprobModel(self.hf_model, model_cfg.logits_chunk_tokens)
+        self.fsdp = self.distributed and device.type == "cuda" and trainer_cfg.fsdp
+        self.model = self._parallelize(self.module, trainer_cfg)
+        self.reset_optimizer(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)
+
+    def _parallelize(self, module: TokenLogprobModel, trainer_cfg: TrainerConfig) -> torch.nn.Module:
+        if self.fsdp:
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            mp = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
+            for layer in module.hf_model.model.layers:
+                fully_shard(layer, mp_policy=mp)
+            return fully_shard(module, mp_policy=mp)
+        if trainer_cfg.compile and self.device.type == "cuda":
+            for layer in module.hf_model.model.layers:
+                layer.compile()
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return module
+
+    def reset_optimizer(self, lr: float, warmup_steps: int, total_steps: int) -> None:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.optim_cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(self.optim_cfg.beta1, self.optim_cfg.beta2),
+                                           eps=self.optim_cfg.eps, fused=self.device.type == "cuda")
+        min_ratio = self.optim_cfg.min_lr / self.optim_cfg.lr if self.optim_cfg.lr > 0 else 0.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_lambda(s, warmup_steps, total_steps, min_ratio))
+
+    def _autocast(self):
+        enabled = self.compute_dtype != torch.float32 and not self.fsdp
+        return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=enabled)
+
+    def _set_grad_sync(self, enabled: bool) -> None:
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(enabled)
+        elif isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            self.model.require_backward_grad_sync = enabled
+
+    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:
+        self.model.train()
+        totals: dict[str, torch.Tensor] = {}
+        for i, mb in enumerate(micro_batches):
+            mb = mb.to(self.device)
+            self._set_grad_sync(i == len(micro_batches) - 1)
+            with self._autocast():
+                logp, _ = self.model(mb, temperature)
+            loss, metrics = loss_fn(logp, mb)
+            # DDP and FSDP average gradients over ranks; the loss share is already globally normalized.
+            (loss * self.dp_world_size).backward()
+            for k, v in {"loss": loss, **metrics}.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().float()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self._all_reduce_sum(totals)
+        out.update(grad_norm=float(grad_norm), lr=lr)
+        return out
+
+    def _all_reduce_sum(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        names = sorted(values)
+        if not names:
+            return {}
+        stacked = torch.stack([torch.as_tensor(values[n], device=self.device).float() for n in names])
+        if self.distributed:
+            dist.all_reduce(stacked)
+        return dict(zip(names, stacked.tolist(), strict=True))
+
+    @torch.no_grad()
+    def logprobs(self, micro_batches: list[PackedBatch], temperature: float = 1.0):
+        self.model.eval()
+        out = []
+        for mb in micro_batches:
+            with self._autocast():
+                logp, entropy = self.model(mb.to(self.device), temperature, with_entropy=True)
+            out.append((logp.float().cpu(), entropy.float().cpu()))
+        return out
+
+    def hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in self.hf_model.state_dict().items():
+            if hasattr(tensor, "full_tensor"):
+                tensor = tensor.full_tensor()
+            yield name, tensor.detach()
+
+    def save(self, path: Path, extra_state: dict) -> None:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / "dcp"))
+        if self.dp_rank == 0:
+            torch.save({"scheduler": self.scheduler.state_dict(), "extra": extra_state}, path / "trainer_state.pt")
+
+    def load(self, path: Path) -> dict:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(path / "dcp"))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
+        self.scheduler.load_state_dict(trainer_state["scheduler"])
+        return trainer_state["extra"]
+
+    def export_hf(self, path: Path) -> None:
+        """Rank 0 writes ``path`` atomically (a sibling temp dir renamed into place)."""
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.dp_rank != 0:
+            return
+        prefix = "hf_model."
+        state = {k.removeprefix("module.").removeprefix(prefix): v for k, v in full.items()}
+        with atomic_dir(path) as tmp:
+            self.hf_model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)

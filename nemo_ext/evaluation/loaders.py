@@ -1,0 +1,137 @@
+"""Benchmark loaders: source rows (hub or local file) -> problems in one canonical shape.
+
+A problem is a dict with ``id`` (str, unique), ``task`` ("math" | "code"), ``question``,
+``starter_code`` ("" when none), and its reference: ``answer`` (str) for math, ``tests`` (a list of
+``{input, output, testtype}``) and ``func_name`` (str, "" for stdin problems) for code. ``date`` is kept
+when the entry maps one. Loading never drops a row silently: a row that lacks a mapped column, or
+whose tests do not decode, is an error naming the source, the row and the column.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nemo_ext.evaluation import livecodebench
+from nemo_ext.evaluation.registry import BenchmarkSpec, LoaderKind, Task
+
+LOCAL_SUFFIXES = (".jsonl", ".parquet")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not a JSON object: {err}") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def read_local(path: str | Path) -> list[dict]:
+    """Rows of a .jsonl or .parquet file, or of every such file in a directory (sorted by name)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in LOCAL_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{path}: no {' or '.join(LOCAL_SUFFIXES)} files in this directory")
+        return [row for f in files for row in read_local(f)]
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise ValueError(f"{path}: expected a {' or '.join(LOCAL_SUFFIXES)} file")
+
+
+def _read_hub(name: str, spec: BenchmarkSpec) -> list[dict]:
+    import datasets
+
+    src = spec.source
+    try:
+        ds = datasets.load_dataset(src.hub, src.config, split=src.split, revision=src.revision)
+    except Exception as err:  # any failure to reach or read the hub ends here, with the way out
+        raise RuntimeError(
+            f"benchmark {name!r}: cannot load {src.hub!r} (config {src.config}, split {src.split!r}, "
+            f"revision {src.revision}) from the Hugging Face hub: {type(err).__name__}: {err}\n"
+            f"If this machine is offline, download the data elsewhere and point the entry at a local "
+            f"file: set `benchmarks.{name}.source.path: /path/to/rows.jsonl` (or .parquet, or a directory "
+            f"of them) in the benchmarks YAML, or pass `benchmarks.{name}.source.path=/path/to/rows.jsonl` on the "
+            f"command line."
+        ) from err
+    return ds.to_list()
+
+
+def read_rows(name: str, spec: BenchmarkSpec) -> tuple[list[dict], str]:
+    """The raw rows of a benchmark and a label of where they came from (for error messages)."""
+    if spec.source.path:
+        return read_local(spec.source.path), spec.source.path
+    if spec.source.hub:
+        return _read_hub(name, spec), f"hub:{spec.source.hub}"
+    raise ValueError(f"benchmark {name!r}: set `source.path` (local file) or `source.hub` (hub id)")
+
+
+def _column(row: dict, column: str, where: str) -> object:
+    if column not in row:
+        raise KeyError(f"{where}: missing column {column!r} (columns: {sorted(row)})")
+    return row[column]
+
+
+def _math_problem(row: dict, index: int, spec: BenchmarkSpec, where: str) -> dict:
+    f = spec.fields
+    if f.answer is None:
+        raise ValueError(f"{where}: math benchmarks need `fields.answer`")
+    answer = _column(row, f.answer, where)
+    if answer is None or str(answer).strip() == "":
+        raise ValueError(f"{where}: empty answer in column {f.answer!r}")
+    return {
+        "id": str(_column(row, f.id, where)) if f.id else str(index),
+        "task": "math",
+        "question": str(_column(row, f.question, where)),
+        "starter_code": str(_column(row, f.starter_code, where) or "") if f.starter_code else "",
+        "answer": str(answer).strip(),
+    }
+
+
+def _synthetic_problems(spec: BenchmarkSpec) -> list[dict]:
+    from nemo_ext.data.synthetic import make_problems
+
+    rows = make_problems(spec.source.num_problems, seed=spec.source.seed, split="test")
+    return [{"id": str(i), "task": "math", "question": r["question"], "starter_code": "", "answer": r["answer"]}
+            for i, r in enumerate(rows)]
+
+
+def load_problems(name: str, spec: BenchmarkSpec) -> list[dict]:
+    """The problems of benchmark ``name``, in source order, validated, ids unique."""
+    if spec.loader is LoaderKind.synthetic:
+        problems = _synthetic_problems(spec)
+    else:
+        rows, origin = read_rows(name, spec)
+        problems = []
+        for i, row in enumerate(rows):
+            where = f"{origin} row {i}"
+            if spec.loader is LoaderKind.livecodebench:
+                problem = livecodebench.problem_from_row(row, spec, where)
+                if problem is not None:
+                    problems.append(problem)
+            elif spec.task is Task.math:
+                problems.append(_math_problem(row, i, spec, where))
+            else:
+                raise ValueError(f"benchmark {name!r}: code benchmarks use `loader: livecodebench`")
+        if not problems:
+            raise ValueError(f"benchmark {name!r}: no problems in {origin} (check the source and date window)")
+    seen: set[str] = set()
+    for p in problems:
+        if p["id"] in seen:
+            raise ValueError(f"benchmark {name!r}: duplicate problem id {p['id']!r} (map `fields.id` to a unique column)")
+        seen.add(p["id"])
+    return problems

@@ -1,0 +1,208 @@
+"""The evaluation run: problems -> generations -> scores -> metrics, resumable at every stage.
+
+Per benchmark, under ``<output_dir>/<benchmark>/``:
+
+- ``problems.jsonl``: the problems as loaded and decoded (LiveCodeBench tests decoded once, kept as
+  JSON); later stages and resumed runs read this file, never the source again.
+- ``settings.json``: what the samples depend on (checkpoint, source, template, sampling, seed).
+  Resuming with different settings is an error: samples of two settings are never mixed.
+- ``generations.jsonl``: append-only, one line per sample, written (and fsynced) the moment vLLM
+  finishes it: ``problem_id``, ``sample``, ``seed``, ``text``, ``num_tokens``, ``finish_reason``,
+  ``truncated``. A resumed run generates only the (problem, sample) pairs missing from it.
+- ``scores.jsonl``: append-only, one line per scored sample (``reward``, ``verdict``, ``extracted``
+  for math, ``seconds``), from ``nemo_ext.rewards.RewardPool``; resumed the same way.
+- ``metrics.json``: the benchmark's metrics (``nemo_ext.evaluation.metrics.summarize``) and per-problem
+  results, written atomically.
+
+Sample j of problem p has seed ``hash(seed, benchmark, p) + j`` (vLLM's rule for the children of one
+request), so it does not depend on which other samples were generated in the same call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from nemo_ext.evaluation import metrics, registry
+from nemo_ext.evaluation.config import EvalConfig
+from nemo_ext.evaluation.loaders import load_problems, read_local
+from nemo_ext.evaluation.records import RecordWriter, read_records
+from nemo_ext.evaluation.registry import BenchmarkSpec
+from nemo_ext.io import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+SCORE_CHUNK = 256  # samples per RewardPool call: the unit of progress saved to scores.jsonl
+
+
+@dataclass
+class BenchmarkRun:
+    """One benchmark of one run: its spec (overrides applied), directory and problems."""
+
+    name: str
+    spec: BenchmarkSpec
+    dir: Path
+    problems: list[dict]
+
+    @property
+    def expected(self) -> list[tuple[str, int]]:
+        """Every (problem_id, sample) the run must produce, in order."""
+        return [(p["id"], j) for p in self.problems for j in range(self.spec.samples)]
+
+
+def sample_seed(base: int, benchmark: str, problem_id: str, sample: int) -> int:
+    """The seed of one sample: a 28-bit hash of (base, benchmark, problem) plus the sample index."""
+    digest = hashlib.sha256(f"{base}/{benchmark}/{problem_id}".encode()).hexdigest()
+    return int(digest[:7], 16) + sample
+
+
+def _settings(cfg: EvalConfig, spec: BenchmarkSpec) -> dict:
+    return {
+        "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "source": asdict(spec.source),
+        "fields": asdict(spec.fields),
+        "contest_dates": asdict(spec.contest_dates),
+        "tests": spec.tests.value,
+        "template": spec.template,
+        "sampling": asdict(spec.sampling),
+        "seed": cfg.seed,
+    }
+
+
+def prepare(cfg: EvalConfig, specs: dict[str, BenchmarkSpec]) -> list[BenchmarkRun]:
+    """Load (or reload from the run directory) every benchmark's problems; check resumed settings."""
+    runs = []
+    for name, spec in specs.items():
+        bench_dir = Path(cfg.output_dir) / name
+        settings = json.loads(json.dumps(_settings(cfg, spec)))  # enums and tuples as JSON has them
+        settings_file = bench_dir / "settings.json"
+        if settings_file.exists():
+            old = json.loads(settings_file.read_text())
+            changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
+            if changed:
+                raise ValueError(f"{settings_file}: this run directory holds samples made with other settings "
+                                 f"({', '.join(changed)} differ); use another output_dir=... or restore them")
+        problems_file = bench_dir / "problems.jsonl"
+        if problems_file.exists():
+            problems = read_local(problems_file)
+        else:
+            problems = load_problems(name, spec)
+            atomic_write_text(problems_file, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems))
+        atomic_write_json(settings_file, settings)
+        runs.append(BenchmarkRun(name, spec, bench_dir, problems[: cfg.limit] if cfg.limit else problems))
+    return runs
+
+
+def build_engine_for(cfg: EvalConfig):
+    from nemo_ext.generation import build_engine
+
+    return build_engine(cfg.checkpoint, tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed,
+                        max_model_len=cfg.max_model_len, gpu_memory_utilization=cfg.gpu_memory_utilization)
+
+
+def generate_missing(runs: list[BenchmarkRun], cfg: EvalConfig, llm=None) -> int:
+    """Generate every sample missing from the runs' ``generations.jsonl``; returns how many.
+
+    llm: a vLLM engine to reuse; None builds one from ``cfg`` if (and only if) anything is missing.
+    """
+    from nemo_ext.generation import iter_generate
+
+    generated = 0
+    for run in runs:
+        path = run.dir / "generations.jsonl"
+        done = read_records(path)
+        todo = [key for key in run.expected if key not in done]
+        if not todo:
+            continue
+        llm = llm or build_engine_for(cfg)
+        by_id = {p["id"]: p for p in run.problems}
+        prompts = [registry.render(run.spec.template, by_id[pid]) for pid, _ in todo]
+        seeds = [sample_seed(cfg.seed, run.name, pid, j) for pid, j in todo]
+        sampling = run.spec.sampling
+        bar = tqdm(total=len(run.expected), initial=len(run.expected) - len(todo), desc=f"generate {run.name}",
+                   unit="sample", dynamic_ncols=True)
+        with RecordWriter(path) as writer, bar:
+            for i, _, c in iter_generate(llm, prompts, n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+                                         max_tokens=sampling.max_new_tokens, seed=seeds):
+                pid, j = todo[i]
+                writer.write([{"problem_id": pid, "sample": j, "seed": c.seed, "text": c.text,
+                               "num_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+                               "truncated": c.truncated}])
+                bar.update()
+                generated += 1
+    return generated
+
+
+def reference_of(problem: dict):
+    """What the reward scores against: the answer (math), or the tests with ``fn_name`` on functional
+    ones (code, the format of ``nemo_ext.rewards.code``)."""
+    if problem["task"] == "math":
+        return problem["answer"]
+    return [dict(t, fn_name=problem["func_name"]) if t["testtype"] == "functional" else t for t in problem["tests"]]
+
+
+def score_missing(runs: list[BenchmarkRun], pool) -> int:
+    """Score every generated sample missing from the runs' ``scores.jsonl``; returns how many.
+
+    pool: a ``nemo_ext.rewards.RewardPool``. Fails if a sample was never generated.
+    """
+    scored = 0
+    for run in runs:
+        gens = read_records(run.dir / "generations.jsonl")
+        missing_gens = [key for key in run.expected if key not in gens]
+        if missing_gens:
+            raise RuntimeError(f"{run.dir}/generations.jsonl lacks {len(missing_gens)} samples "
+                               f"(first: problem {missing_gens[0][0]!r} sample {missing_gens[0][1]}): generate first")
+        path = run.dir / "scores.jsonl"
+        done = read_records(path)
+        todo = [key for key in run.expected if key not in done]
+        by_id = {p["id"]: p for p in run.problems}
+        task = run.spec.task.value
+        with RecordWriter(path) as writer, tqdm(total=len(run.expected), initial=len(run.expected) - len(todo),
+                                                desc=f"score {run.name}", unit="sample", dynamic_ncols=True) as bar:
+            for start in range(0, len(todo), SCORE_CHUNK):
+                chunk = todo[start: start + SCORE_CHUNK]
+                verdicts = pool.score(task, [gens[k]["text"] for k in chunk], [reference_of(by_id[k[0]]) for k in chunk])
+                writer.write([{"problem_id": pid, "sample": j, "reward": v.reward, "verdict": v.verdict,
+                               "extracted": v.extracted if task == "math" else None, "seconds": v.seconds}
+                              for (pid, j), v in zip(chunk, verdicts, strict=True)])
+                bar.update(len(chunk))
+                scored += len(chunk)
+    return scored
+
+
+def benchmark_metrics(run: BenchmarkRun, model_name: str) -> dict:
+    """The metrics JSON of one fully scored benchmark (also written to ``<dir>/metrics.json``)."""
+    gens, scores = read_records(run.dir / "generations.jsonl"), read_records(run.dir / "scores.jsonl")
+    k = run.spec.samples
+    table = {name: [] for name in ("rewards", "lengths", "truncated", "answers")}
+    per_problem = []
+    for p in run.problems:
+        keys = [(p["id"], j) for j in range(k)]
+        missing = [key for key in keys if key not in scores]
+        if missing:
+            raise RuntimeError(f"{run.dir}/scores.jsonl lacks problem {p['id']!r} sample {missing[0][1]}: score first")
+        row = {"rewards": [scores[key]["reward"] for key in keys], "lengths": [gens[key]["num_tokens"] for key in keys],
+               "truncated": [gens[key]["truncated"] for key in keys], "answers": [scores[key]["extracted"] for key in keys]}
+        for name, values in row.items():
+            table[name].append(values)
+        result = {"id": p["id"], "num_correct": int(sum(r >= 1.0 for r in row["rewards"])),
+                  "mean_reward": sum(row["rewards"]) / k, "rewards": row["rewards"],
+                  "verdicts": dict(Counter(scores[key]["verdict"] for key in keys)),
+                  "mean_response_tokens": sum(row["lengths"]) / k, "truncated": int(sum(row["truncated"]))}
+        if run.spec.task.value == "math":
+            result["majority_answer"], result["majority_score"] = metrics.majority_vote(row["answers"], row["rewards"])
+        per_problem.append(result)
+    is_math = run.spec.task.value == "math"
+    summary = metrics.summarize(table["rewards"], table["lengths"], table["truncated"],
+                                table["answers"] if is_math else None)
+    summary["verdicts"] = dict(sum((Counter(r["verdicts"]) for r in per_problem), Counter()))
+    out = {"benchmark": run.name, "title": run.spec.title, "task": run.spec.task.value, "model": model_name,
+           "sampling": asdict(run.spec.sampling), "metrics": summary, "problems": per_problem}
+    atomic_write_json(run.dir / "metrics.json", out)
+    return out

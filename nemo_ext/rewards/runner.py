@@ -1,0 +1,182 @@
+"""The process inside the code sandbox: loads one untrusted program and runs its tests one at a time.
+
+``sandbox.py`` starts it as ``python -s -S -P -c <this source>`` (inside bubblewrap where available);
+it uses the standard library only, so it starts in milliseconds, and never imports ``nemo_ext``.
+
+Protocol (JSON lines). The first line on stdin is the job ``{program, fn_name, uid, limits, cwd,
+sys_path, pdeathsig}``; the runner applies the resource limits, drops to ``uid`` and answers ``{"status": ...}``
+once the program is compiled (and, for functional tests, loaded). Then one reply per test line
+(``{"stdin": str}`` or ``{"args": list}``): ``{"status", "output", "seconds", "error"}``. Expected outputs
+never enter the sandbox: the trusted parent compares, so a program that forges replies gains nothing.
+
+Per test, fd 0 is a fresh memfd holding the test's input and fd 1 a fresh memfd collecting its output,
+so ``input()``, ``sys.stdin.buffer``, ``open(0)`` and ``os.write(1, ...)`` all behave as in a real process.
+Programs run as LiveCodeBench runs them: after its import preamble; for stdin tests the whole program
+runs once per test; a functional program is loaded once and ``Solution().<fn_name>`` (or the function
+``fn_name``) is called per test with the JSON-decoded arguments. ``SystemExit`` is not an error.
+"""
+
+import errno
+import gc
+import json
+import os
+import resource
+import signal
+import sys
+import time
+
+MODULES = ("string re datetime collections heapq bisect copy math random statistics itertools functools "
+           "operator io sys json builtins typing").split()
+PREAMBLE = "".join(f"from {m} import *\n" for m in MODULES) + "".join(
+    f"import {m}\n" for m in MODULES if m not in ("builtins", "typing")) + "sys.setrecursionlimit(50000)\n"
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return "output limit exceeded"
+    try:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    except BaseException:  # a hostile __str__
+        return type(exc).__name__
+
+
+def set_limits(limits: dict) -> None:
+    """limits: rlimit name (AS, CPU, NPROC, FSIZE, NOFILE, CORE) -> value; CPU gets a 1 s SIGKILL margin."""
+    for name, value in limits.items():
+        hard = value + 1 if name == "CPU" else value
+        resource.setrlimit(getattr(resource, "RLIMIT_" + name), (value, hard))
+
+
+def drop_privileges(uid, pdeathsig: bool) -> None:
+    if pdeathsig:  # imported while the interpreter's files are surely readable
+        import ctypes
+    if uid is not None:  # we are root: become a fresh user, so NPROC counts only this sandbox
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    if pdeathsig:  # no bubblewrap --die-with-parent: ask the kernel (PR_SET_PDEATHSIG; after setuid,
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # which clears it)
+
+
+def redirect(stdin_text: str):
+    """Point fd 0 at a memfd holding ``stdin_text`` and fd 1 at an empty memfd; fresh sys.stdin/stdout."""
+    for fd, data in ((0, stdin_text.encode("utf-8")), (1, b"")):
+        memfd = os.memfd_create("stdio")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(memfd, view):]
+        os.lseek(memfd, 0, os.SEEK_SET)
+        if memfd != fd:  # equal when the program closed ``fd`` (``open(0).read()`` does)
+            os.dup2(memfd, fd)
+            os.close(memfd)
+    sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
+    return sys.stdout
+
+
+def collect(out, scope: dict) -> str:
+    """Everything the test wrote to fd 1, after flushing what it left buffered (as process exit would)."""
+    for stream in {id(out): out, id(sys.stdout): sys.stdout}.values():
+        stream.flush()
+    scope.clear()
+    gc.collect()  # finalizers of the program's own unflushed files write now, into this test's output
+    size = os.fstat(1).st_size
+    chunks = []
+    while size > 0:
+        chunk = os.pread(1, size, sum(map(len, chunks)))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def guarded(call):
+    """Run ``call()``; return (value, reply). A process the program forked never gets past here."""
+    pid = os.getpid()
+    start = time.perf_counter()
+    value, reply = None, {"status": "ok"}
+    try:
+        value = call()
+    except SystemExit:
+        pass
+    except MemoryError:
+        reply = {"status": "memory_limit", "error": "MemoryError"}
+    except BaseException as exc:
+        reply = {"status": "runtime_error", "error": describe(exc)}
+    if os.getpid() != pid:
+        os._exit(0)
+    reply["seconds"] = time.perf_counter() - start
+    return value, reply
+
+
+def load(job: dict, base: dict):
+    """Compile (and for functional tests, load) the program. Returns (runner of one test, reply)."""
+    try:
+        code = compile(job["program"], "<solution>", "exec")
+    except Exception as exc:
+        return None, {"status": "syntax_error", "error": describe(exc)}
+    if job["fn_name"] is None:
+        def run_stdin(test):
+            scope = dict(base, __name__="__main__")
+            out = redirect(test["stdin"])
+            scope.update(stdin=sys.stdin, stdout=out)
+            _, reply = guarded(lambda: exec(code, scope))
+            try:
+                reply["output"] = collect(out, scope)
+            except BaseException as exc:
+                reply.update(status="runtime_error", error=describe(exc))
+            return reply
+        return run_stdin, {"status": "ok"}
+
+    scope = dict(base, __name__="__main__")
+    redirect("")
+
+    def resolve():
+        exec(code, scope)
+        if "class Solution" in job["program"]:
+            return getattr(scope["Solution"](), job["fn_name"])
+        return scope[job["fn_name"]]
+
+    target, reply = guarded(resolve)
+
+    def run_functional(test):
+        redirect("")
+        value, reply = guarded(lambda: target(*test["args"]))
+        if reply["status"] == "ok":
+            try:
+                reply["output"] = json.dumps(value)
+            except Exception as exc:
+                reply.update(output=None, error=f"return value is not JSON: {describe(exc)}")
+        return reply
+    return run_functional, reply
+
+
+def main() -> None:
+    commands = open(os.dup(0), "rb")
+    replies = os.dup(1)
+
+    def send(reply: dict) -> None:
+        view = memoryview((json.dumps(reply, ensure_ascii=False) + "\n").encode("utf-8", "replace"))
+        while view:
+            view = view[os.write(replies, view):]
+
+    job = json.loads(commands.readline())
+    sys.path.extend(job["sys_path"])
+    base: dict = {}
+    exec(PREAMBLE, base)  # before the privilege drop, in case Python's files are root-only
+    set_limits(job["limits"])
+    drop_privileges(job["uid"], job["pdeathsig"])
+    os.chdir(job["cwd"])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past RLIMIT_FSIZE fail with EFBIG instead
+    run_test, reply = load(job, base)
+    send(reply)
+    if reply["status"] != "ok":
+        os._exit(0)
+    for line in commands:
+        send(run_test(json.loads(line)))
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

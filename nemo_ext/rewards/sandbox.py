@@ -1,0 +1,282 @@
+"""An isolated process that runs one untrusted program against tests, one test at a time.
+
+Isolation (``bwrap``, Debian's bubblewrap): read-only bind of ``/``, private ``/tmp`` and ``/run`` (no
+host sockets), a fresh working directory bound read-write and removed afterwards, new network (no
+interfaces but an unconnected loopback), pid, ipc and uts namespaces, no capabilities, a scrubbed
+environment, killed with its parent. As root, the runner then drops to a fresh random uid, so the
+process limit counts only this sandbox and the program cannot signal or read anything of root's.
+Resource limits (set by ``runner.py`` before any untrusted code runs): address space, CPU seconds,
+processes, file size (bounds the captured output), open files, no core dumps. Where bwrap is missing or
+cannot create namespaces, the same runner runs with the resource limits alone, and every reply says so
+(``Sandbox.warning``): then the file system, network and the scorer's processes are not shielded.
+
+One runner process per sample runs all its tests, so the cost of starting the sandbox (a few tens of
+ms) is paid once per sample, not per test. The per-test time limit is enforced here, in the trusted
+parent: a test that does not answer in time gets the whole sandbox killed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import logging
+import math
+import os
+import secrets
+import select
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+RUNNER_SOURCE = Path(__file__).with_name("runner.py").read_text()
+INSIDE = "/tmp/work"  # the working directory as the program sees it under bwrap
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": INSIDE,
+       "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
+       "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+NO_BWRAP_WARNING = ("SANDBOX DEGRADED: {why}; untrusted code runs with resource limits only "
+                    "(no file-system, network or process isolation)")
+STATUSES = {"ok", "time_limit", "memory_limit", "runtime_error", "syntax_error"}
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Limits of one sandbox. Sizes in MiB. LiveCodeBench sets no memory limit; 2 GiB fits numpy."""
+
+    memory_mb: int = 2048  # RLIMIT_AS
+    output_mb: int = 64  # RLIMIT_FSIZE: the most a test may print
+    processes: int = 64  # RLIMIT_NPROC (threads count too)
+    open_files: int = 64  # RLIMIT_NOFILE
+    startup_s: float = 5.0  # interpreter start + program load, on top of one test's limit
+    isolation: str = "auto"  # "auto": bwrap when it works, else limits alone (warned); "rlimits": never bwrap
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one step (load or test) produced. status: ok, time_limit, memory_limit, runtime_error or
+    syntax_error; output: the test's stdout, or the JSON of a functional test's return value."""
+
+    status: str
+    output: str | None = None
+    seconds: float = 0.0
+    error: str = ""
+
+
+@functools.lru_cache(maxsize=None)
+def bwrap_problem() -> str | None:
+    """Why bubblewrap cannot isolate on this machine (None if it can). Probed once per process."""
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed"
+    with tempfile.TemporaryDirectory() as workdir:
+        probe = subprocess.run(bwrap_argv(workdir) + [sys.executable, "-S", "-c", "pass"],
+                               capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        return f"bwrap does not work here ({probe.stderr.decode(errors='replace').strip()[-300:]})"
+    return None
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The outermost proper ancestor of ``path`` that other users cannot enter (no o+x), if any."""
+    parts = Path(path).parts
+    for i in range(1, len(parts)):
+        ancestor = os.path.join(*parts[:i])
+        if not os.stat(ancestor).st_mode & 0o001:
+            return ancestor
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def interpreter_binds() -> tuple[str, ...]:
+    """bwrap arguments that keep this Python readable by the sandbox's own uid.
+
+    A pyenv or conda interpreter under /root or a 0700 home is out of reach of any other uid. The
+    closed directory is replaced by an empty tmpfs (which also hides the rest of it) and only the
+    interpreter's trees are bound back, read-only, under world-enterable directories.
+    """
+    args: list[str] = []
+    done: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *site.getsitepackages())}):
+        closed = _closed_ancestor(path)
+        if closed is None or any(path.startswith(d + os.sep) for d in done):
+            continue
+        if closed not in done:
+            args += ["--tmpfs", closed]
+        for parent in list(reversed(Path(path).parents))[len(Path(closed).parts):]:
+            args += ["--perms", "0755", "--dir", str(parent)]
+        args += ["--ro-bind", path, path]
+        done += [closed, path]
+    return tuple(args)
+
+
+def bwrap_argv(workdir: str) -> list[str]:
+    argv = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--perms", "1777", "--tmpfs", "/tmp"]
+    if os.path.isdir("/run"):
+        argv += ["--tmpfs", "/run"]
+    if os.geteuid() == 0:
+        argv += interpreter_binds()
+    argv += ["--bind", workdir, INSIDE,
+             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+             "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
+    if os.geteuid() == 0:  # the runner needs these two to drop to its own uid, then has none
+        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv += ["--unshare-user"]
+    for key, value in ENV.items():
+        argv += ["--setenv", key, value]
+    return argv + ["--"]
+
+
+class Sandbox:
+    """One runner process for one program. Use as a context manager; ``load`` once, then ``run`` per test.
+
+    total_s: wall-clock budget for everything (LiveCodeBench: (per-test limit + 1) x tests + 5).
+    max_input_bytes: the largest test input (the runner's file-size limit must let it write it).
+    """
+
+    def __init__(self, program: str, *, fn_name: str | None, total_s: float, max_input_bytes: int = 0,
+                 config: SandboxConfig = SandboxConfig()):
+        self.program, self.fn_name, self.config = program, fn_name, config
+        problem = "isolation='rlimits' was requested" if config.isolation == "rlimits" else bwrap_problem()
+        self.isolation = "rlimits" if problem else "bwrap"
+        self.warning = NO_BWRAP_WARNING.format(why=problem) if problem else None
+        self.uid = secrets.randbelow(1 << 30) + (1 << 20) if os.geteuid() == 0 else None
+        if self.uid is not None and self.isolation == "rlimits" and interpreter_binds():
+            self.warning += ("; Python's files are root-only, so programs can import only the modules "
+                             "of the LiveCodeBench preamble")
+        self._fsize = max(config.output_mb << 20, max_input_bytes + 4096)
+        self._limits = {"AS": config.memory_mb << 20, "CPU": math.ceil(total_s) + 1,
+                        "NPROC": config.processes, "FSIZE": self._fsize, "NOFILE": config.open_files,
+                        "CORE": 0}
+        self._deadline = time.monotonic() + total_s
+        self._buf = bytearray()
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Sandbox:
+        self.workdir = tempfile.mkdtemp(prefix="nemo-sandbox-")
+        if self.uid is not None:
+            os.chown(self.workdir, self.uid, self.uid)
+        if self.warning:
+            logger.warning(self.warning)
+        python = [sys.executable, "-s", "-S", "-P", "-c", RUNNER_SOURCE]
+        if self.isolation == "bwrap":
+            argv, env = bwrap_argv(self.workdir) + python, None
+        else:
+            argv, env = python, dict(ENV, HOME=self.workdir)
+        self._stderr = open(os.path.join(self.workdir, ".runner-stderr"), "w+b")
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._stderr, env=env, cwd="/", start_new_session=True)
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETFL, fcntl.fcntl(pipe.fileno(), fcntl.F_GETFL) | os.O_NONBLOCK)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def load(self) -> Reply:
+        """Start the program: compile it (and for functional tests, run its top level, find fn_name)."""
+        cwd = INSIDE if self.isolation == "bwrap" else self.workdir
+        job = {"program": self.program, "fn_name": self.fn_name, "uid": self.uid, "limits": self._limits,
+               "cwd": cwd,
+               "sys_path": site.getsitepackages(), "pdeathsig": self.isolation != "bwrap"}
+        return self._exchange(job, self.config.startup_s)
+
+    def run(self, timeout_s: float, *, stdin: str | None = None, args: list | None = None) -> Reply:
+        """Run one test (stdin text, or functional arguments) within ``timeout_s`` wall seconds."""
+        return self._exchange({"stdin": stdin} if args is None else {"args": args}, timeout_s)
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._kill()
+            self._proc.stdin.close()
+            self._proc.stdout.close()
+            self._stderr.close()
+            self._proc = None
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _exchange(self, message: dict, timeout_s: float) -> Reply:
+        start = time.monotonic()
+        deadline = min(start + timeout_s, self._deadline)
+        sent = self._send((json.dumps(message) + "\n").encode(), deadline)
+        reply = self._receive(deadline) if sent else None
+        elapsed = time.monotonic() - start
+        if reply == "timeout" or (not sent and time.monotonic() >= deadline):
+            self._kill()
+            return Reply("time_limit", seconds=elapsed, error=f"no answer within {deadline - start:.1f} s")
+        if reply == "too_big":
+            self._kill()
+            return Reply("runtime_error", seconds=elapsed, error="reply larger than the output limit")
+        if reply is None:
+            return self._death(elapsed)
+        ok = (isinstance(reply, dict) and reply.get("status") in STATUSES
+              and isinstance(reply.get("output"), str | None) and isinstance(reply.get("error", ""), str))
+        if not ok:  # only a program that tampered with the runner can cause this
+            self._kill()
+            return Reply("runtime_error", seconds=elapsed, error="malformed reply from the runner")
+        return Reply(reply["status"], reply.get("output"), elapsed, reply.get("error", ""))
+
+    def _send(self, data: bytes, deadline: float) -> bool:
+        view, fd = memoryview(data), self._proc.stdin.fileno()
+        while view:
+            if not select.select([], [fd], [], max(0.0, deadline - time.monotonic()))[1]:
+                return False
+            try:
+                view = view[os.write(fd, view):]
+            except BrokenPipeError:
+                return False
+        return True
+
+    def _receive(self, deadline: float) -> dict | str | None:
+        """The next reply line: a parsed object, "timeout", "too_big", or None when the runner died."""
+        fd, cap = self._proc.stdout.fileno(), 6 * self._fsize + (1 << 20)
+        searched = 0
+        while (newline := self._buf.find(b"\n", searched)) < 0:
+            searched = len(self._buf)
+            if searched > cap:
+                return "too_big"
+            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                return "timeout"
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return None
+            self._buf += chunk
+        line = bytes(self._buf[:newline])
+        del self._buf[:newline + 1]
+        try:
+            return json.loads(line)
+        except ValueError:
+            return {}
+
+    def _death(self, elapsed: float) -> Reply:
+        """The runner exited without answering: classify by how it died."""
+        try:
+            code = self._proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            code = self._proc.returncode
+        sig = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports 128 + signal
+        self._stderr.seek(max(0, os.fstat(self._stderr.fileno()).st_size - 400))
+        tail = self._stderr.read().decode(errors="replace").strip()
+        if sig == signal.SIGXCPU:
+            return Reply("time_limit", seconds=elapsed, error="CPU time limit exceeded")
+        try:
+            how = f"killed by {signal.Signals(sig).name}" if sig else f"exited with status {code}"
+        except ValueError:
+            how = f"killed by signal {sig}"
+        return Reply("runtime_error", seconds=elapsed, error=f"runner {how}: {tail}"[:600])
+
+    def _kill(self) -> None:
+        if self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._proc.wait()

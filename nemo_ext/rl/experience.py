@@ -1,0 +1,109 @@
+"""Scored rollout groups -> the packed micro-batches of one GRPO update, and their statistics.
+
+Pure data plumbing between the rollout engine and the backend: every response becomes one packed
+sequence (prompt tokens untrained, response tokens trained) carrying its group advantage, its loss
+weight (0 when overlong filtering removed it) and vLLM's log-probs of its tokens as per-token
+fields; sequences are grouped into micro-batches of at most ``micro_batch_tokens`` tokens by
+first-fit-decreasing. Nothing here knows about vLLM, processes or files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from nemo_ext.data.batch import PackedBatch, pack_sequences
+from nemo_ext.data.packing import first_fit_decreasing
+from nemo_ext.rl.losses import ADVANTAGES, OLD_LOGPROBS, ROLLOUT_LOGPROBS, WEIGHTS
+from nemo_ext.rl.prompts import RLPrompt
+
+
+class CompletionLike(Protocol):
+    """What the loop needs of ``nemo_ext.generation.Completion``."""
+
+    token_ids: Sequence[int]
+    logprobs: Sequence[float] | None  # the sampled tokens' processed (temperature-scaled) log-probs
+    truncated: bool  # finished by the length limit
+
+
+@dataclass
+class Group:
+    """One prompt's G scored responses."""
+
+    prompt: RLPrompt
+    prompt_ids: list[int]
+    completions: list[CompletionLike]
+    rewards: list[float]  # the verdicts' rewards plus any length penalty
+    passed: list[bool]  # the verdict accepted the response
+
+
+@dataclass
+class StepTensors:
+    """[N, G] views of a step's groups."""
+
+    rewards: torch.Tensor  # float32
+    passed: torch.Tensor  # bool
+    truncated: torch.Tensor  # bool
+    lengths: torch.Tensor  # int64 response tokens
+
+
+def step_tensors(groups: Sequence[Group]) -> StepTensors:
+    sizes = {len(g.completions) for g in groups}
+    if len(sizes) != 1:
+        raise ValueError(f"every group needs the same number of responses, got sizes {sorted(sizes)}")
+    return StepTensors(
+        rewards=torch.tensor([g.rewards for g in groups], dtype=torch.float32),
+        passed=torch.tensor([g.passed for g in groups], dtype=torch.bool),
+        truncated=torch.tensor([[c.truncated for c in g.completions] for g in groups], dtype=torch.bool),
+        lengths=torch.tensor([[len(c.token_ids) for c in g.completions] for g in groups], dtype=torch.int64),
+    )
+
+
+def build_micro_batches(
+    groups: Sequence[Group], advantages_NG: torch.Tensor, weights_NG: torch.Tensor, micro_batch_tokens: int
+) -> list[PackedBatch]:
+    """Pack every response of ``groups`` into micro-batches of at most ``micro_batch_tokens`` tokens
+    (or the longest sequence, if longer). Fields: advantages, weights, rollout_logprobs (0 where vLLM
+    returned none)."""
+    seqs, trained, fields = [], [], {ADVANTAGES: [], WEIGHTS: [], ROLLOUT_LOGPROBS: []}
+    for n, group in enumerate(groups):
+        prompt_len = len(group.prompt_ids)
+        for g, completion in enumerate(group.completions):
+            resp = list(completion.token_ids)
+            seqs.append(group.prompt_ids + resp)
+            trained.append([0] * prompt_len + [1] * len(resp))
+            fields[ADVANTAGES].append([0.0] * prompt_len + [float(advantages_NG[n, g])] * len(resp))
+            fields[WEIGHTS].append([0.0] * prompt_len + [float(weights_NG[n, g])] * len(resp))
+            logprobs = list(completion.logprobs) if completion.logprobs is not None else [0.0] * len(resp)
+            fields[ROLLOUT_LOGPROBS].append([0.0] * prompt_len + logprobs)
+    lengths = [len(s) for s in seqs]
+    bins = first_fit_decreasing(lengths, max(micro_batch_tokens, max(lengths)))
+    return [pack_sequences([seqs[i] for i in b], [trained[i] for i in b],
+                           {k: [v[i] for i in b] for k, v in fields.items()}) for b in bins]
+
+
+def attach_old_logprobs(
+    micro_batches: Sequence[PackedBatch], logprobs: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, float]:
+    """Store the trainer's log-probs as ``old_logprobs`` and measure the rollout's statistics.
+
+    logprobs: ``Backend.logprobs`` output, (logp_T, entropy_T) per micro-batch. Returns, over every
+    response token (filtered or not): ``entropy`` (mean nats, the temperature-adjusted entropy),
+    ``mismatch/kl`` (k3 estimate of KL(vLLM || trainer) per token) and ``mismatch/max_abs``
+    (largest |log p_vLLM - log p_trainer|).
+    """
+    tokens = entropy = kl = 0.0
+    max_abs = 0.0
+    for mb, (logp, ent) in zip(micro_batches, logprobs, strict=True):
+        mb.token_fields[OLD_LOGPROBS] = logp
+        mask = mb.loss_mask
+        diff = (logp - mb.token_fields[ROLLOUT_LOGPROBS]) * mask  # log p_trainer - log p_vLLM
+        tokens += float(mask.sum())
+        entropy += float((ent * mask).sum())
+        kl += float(((torch.exp(diff) - 1.0 - diff) * mask).sum())
+        max_abs = max(max_abs, float(diff.abs().max()))
+    tokens = max(tokens, 1.0)
+    return {"entropy": entropy / tokens, "mismatch/kl": kl / tokens, "mismatch/max_abs": max_abs}

@@ -1,0 +1,256 @@
+"""The GRPO loop of AceReason-Nemotron: one run walks the whole stage list.
+
+Each step is a sequence of named, timed phases (arXiv 2505.16400 sec. 3; ../shared/PAPER.md RL rows):
+
+    sample prompts -> generate (vLLM: n = group size, the stage's temperature and length limit)
+    -> score (reward pool) -> filter (dynamic sampling, overlong) -> advantages
+    -> logprobs (the trainer's, in chunks: entropy, vLLM mismatch, old log-probs)
+    -> train (one on-policy update, packed micro-batches) -> sync (new weights into vLLM) -> log
+
+Strictly on-policy: one optimizer step per rollout batch, no KL, no entropy bonus. Each stage starts
+from the previous stage's weights with a fresh optimizer at its own learning rate, writes its Hugging
+Face export under ``stages/<name>/hf`` and its curves under ``logs/<name>``; checkpoints hold the
+schedule state, so a killed run resumes mid-stage where it stopped.
+
+Left out: data parallelism in this loop (one trainer process; the backend's data-parallel ranks
+would each need their own share of rollouts), overlapping scoring with generation, a reference
+policy for the optional KL term, and the Megatron backend (it plugs in through the same interface).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import torch
+
+from nemo_ext.config.rl import RLConfig, StageConfig, validate_rl_config
+from nemo_ext.data.synthetic import make_problems
+from nemo_ext.observe import MetricsLogger, plot_curves
+from nemo_ext.rl import checkpoint
+from nemo_ext.rl.advantages import group_advantages, uniform_groups
+from nemo_ext.rl.experience import Group, attach_old_logprobs, build_micro_batches, step_tensors
+from nemo_ext.rl.filters import fill_informative_groups, overlong_weights, soft_overlong_penalty
+from nemo_ext.rl.losses import PolicyLoss, loss_normalizer
+from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
+from nemo_ext.rl.setup import RLRun, build_run, close_run
+from nemo_ext.rl.stages import StageSchedule, epoch_order
+from nemo_ext.rl.temperature import TemperatureController
+
+PLOT_KEYS = ("reward/mean", "response_length/mean", "truncated_frac", "entropy", "temperature", "mismatch/kl")
+
+
+class PhaseTimer:
+    """Wall-clock seconds per named phase, summed over the step."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+
+def rollout_groups(run: RLRun, stage: StageConfig, prompts: list[RLPrompt], temperature: float, seed: int,
+                   timer: PhaseTimer) -> list[Group]:
+    """Generate ``group_size`` responses per prompt and score them (rewards include DAPO's length
+    penalty when the stage asks for it)."""
+    with timer("generate"):
+        completions = run.engine.sample([p.text for p in prompts], n=stage.group_size,
+                                        temperature=temperature, max_tokens=stage.max_response_len, seed=seed)
+    with timer("score"):
+        flat = [(p, c) for p, cs in zip(prompts, completions, strict=True) for c in cs]
+        verdicts = run.reward_pool.score(stage.task.value, [c.text for _, c in flat],
+                                         [p.reference for p, _ in flat])
+    groups, G = [], stage.group_size
+    for i, prompt in enumerate(prompts):
+        vs, cs = verdicts[i * G:(i + 1) * G], completions[i]
+        rewards = torch.tensor([v.reward for v in vs], dtype=torch.float32)
+        if stage.overlong.soft_punishment_len > 0:
+            lengths = torch.tensor([len(c.token_ids) for c in cs])
+            rewards = rewards + soft_overlong_penalty(lengths, stage.max_response_len,
+                                                      stage.overlong.soft_punishment_len)
+        groups.append(Group(prompt, run.tokens(prompt), cs, rewards.tolist(),
+                            [v.verdict == "accepted" for v in vs]))
+    return groups
+
+
+def step_seed(base: int, global_step: int, draw: int) -> int:
+    return random.Random(f"{base}-{global_step}-{draw}").getrandbits(31)
+
+
+def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temperature: float) -> dict:
+    """One GRPO step; returns its metrics (see docs/rl.md for every name)."""
+    cfg, sched, timer = run.cfg, run.schedule, PhaseTimer()
+    step_start = time.perf_counter()
+    draws = 0
+
+    def draw(k: int) -> list[Group]:
+        nonlocal draws
+        with timer("sample"):
+            ids = sched.take(k)
+        if not ids:
+            return []
+        draws += 1
+        groups = rollout_groups(run, stage, [prompts[i] for i in ids], temperature,
+                                step_seed(cfg.trainer.seed, sched.state.global_step, draws), timer)
+        sched.record_pass_rates(ids, torch.tensor([g.passed for g in groups]))
+        return groups
+
+    metrics: dict[str, float] = {}
+    if stage.dynamic_sampling.enabled:
+        groups, report = fill_informative_groups(draw, lambda g: g.rewards, stage.prompts_per_step,
+                                                 stage.dynamic_sampling.max_rounds)
+        metrics.update({"dynamic_sampling/drawn": report.drawn, "dynamic_sampling/dropped": report.dropped,
+                        "dynamic_sampling/rounds": report.rounds, "dynamic_sampling/short": report.short})
+    else:
+        groups = draw(stage.prompts_per_step)
+    if not groups:
+        return {**metrics, "update/skipped": 1.0, "time/step": time.perf_counter() - step_start}
+
+    with timer("advantages"):
+        t = step_tensors(groups)
+        advantages = group_advantages(t.rewards, cfg.advantage.estimator, cfg.advantage.eps)
+        weights = overlong_weights(t.truncated, stage.overlong.filter)
+        micro_batches = build_micro_batches(groups, advantages, weights, cfg.policy.micro_batch_tokens)
+        norm = loss_normalizer(micro_batches, stage.max_response_len)
+    with timer("logprobs"):
+        metrics.update(attach_old_logprobs(micro_batches, run.backend.logprobs(micro_batches, temperature)))
+    metrics.update({
+        "reward/mean": float(t.rewards.mean()), "pass_rate": float(t.passed.float().mean()),
+        "response_length/mean": float(t.lengths.float().mean()), "response_length/max": int(t.lengths.max()),
+        "truncated_frac": float(t.truncated.float().mean()), "temperature": temperature,
+        "groups/uniform": int(uniform_groups(t.rewards).sum()), "groups/trained": len(groups),
+        "loss_tokens": norm.tokens,
+    })
+    if norm.tokens > 0:
+        run.engine.sleep()
+        with timer("train"):
+            out = run.backend.train_step(micro_batches, PolicyLoss(cfg.loss, norm), temperature)
+        metrics.update({f"update/{k}": v for k, v in out.items()})
+        with timer("sync"):
+            run.engine.load_weights(run.backend.hf_weights())
+    else:  # every response filtered out (all truncated): nothing to learn from
+        metrics["update/skipped"] = 1.0
+    step_seconds = time.perf_counter() - step_start
+    metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+    metrics["time/step"] = step_seconds
+    generated = float(t.lengths.sum())
+    metrics["throughput/tokens_per_s"] = generated / step_seconds
+    metrics["throughput/generate_tokens_per_s"] = generated / max(timer.seconds["generate"], 1e-9)
+    return metrics
+
+
+def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt],
+                      controller: TemperatureController) -> dict[str, float]:
+    """The ``probe`` mode: entropy of a fixed probe batch at each candidate temperature; adopts the
+    one nearest the target. Returns ``probe/entropy@T`` metrics."""
+    tc, sched = stage.temperature, run.schedule
+    ids = epoch_order(sched.state.active, sched.seed, sched.state.stage, 0)[:tc.probe_prompts]
+    batch, measured = [prompts[i] for i in ids], {}
+    for temperature in tc.probe_values:
+        completions = run.engine.sample([p.text for p in batch], n=stage.group_size, temperature=temperature,
+                                        max_tokens=stage.max_response_len, seed=step_seed(sched.seed, -1, 0))
+        groups = [Group(p, run.tokens(p), cs, [0.0] * len(cs), [False] * len(cs))
+                  for p, cs in zip(batch, completions, strict=True)]
+        zeros = torch.zeros(len(groups), stage.group_size)
+        mbs = build_micro_batches(groups, zeros, zeros + 1, run.cfg.policy.micro_batch_tokens)
+        measured[temperature] = attach_old_logprobs(mbs, run.backend.logprobs(mbs, temperature))["entropy"]
+    controller.set_probe(measured)
+    return {f"probe/entropy@{t:g}": e for t, e in measured.items()}
+
+
+def heldout_accuracy(run: RLRun, problems: list[dict]) -> dict[str, float]:
+    """Greedy (or ``eval.temperature``) accuracy on held-out synthetic problems, scored by the reward."""
+    from nemo_ext.data.prompts import render_prompt
+
+    ev = run.cfg.eval
+    completions = run.engine.sample([render_prompt(p["question"], "math") for p in problems], n=1,
+                                    temperature=ev.temperature, max_tokens=ev.max_new_tokens, seed=0,
+                                    logprobs=False)
+    texts = [cs[0].text for cs in completions]
+    verdicts = run.reward_pool.score("math", texts, [p["answer"] for p in problems])
+    return {"accuracy": sum(v.verdict == "accepted" for v in verdicts) / len(problems),
+            "response_length/mean": sum(len(cs[0].token_ids) for cs in completions) / len(problems)}
+
+
+def run_stage(run: RLRun) -> dict:
+    """Train the schedule's current stage to its end; returns the stage summary."""
+    sched, stage = run.schedule, run.schedule.stage
+    prompts = load_stage_prompts(stage, run.cfg.trainer.seed)
+    fresh = sched.state.active is None
+    sched.begin_stage(list(prompts))
+    if fresh:
+        run.backend.reset_optimizer(stage.lr, stage.warmup_steps, stage.steps or 1)
+    controller = TemperatureController.start(stage.temperature)
+    if sched.state.temperature is not None:
+        controller.load_state_dict(sched.state.temperature)
+    logger = MetricsLogger(run.out / "logs" / stage.name, tensorboard=run.cfg.logging.tensorboard)
+    if controller.needs_probe:
+        logger.log(sched.state.global_step, probe_temperature(run, stage, prompts, controller))
+    while (reason := sched.done_reason()) is None:
+        metrics = grpo_step(run, stage, prompts, controller.temperature)
+        if "entropy" in metrics:
+            controller.observe(metrics["entropy"])
+        sched.state.temperature = controller.state_dict()
+        metrics.update({"stage": sched.state.stage, "epoch": sched.state.epoch,
+                        "prompts/dropped": sched.state.dropped, "prompts/active": len(sched.state.active)})
+        sched.end_step(metrics)
+        logger.log(sched.state.global_step, metrics)
+        print(format_step(sched, metrics), flush=True)
+        save_every = run.cfg.checkpoint.save_every
+        if save_every and sched.state.global_step % save_every == 0:
+            checkpoint.save(run)
+    logger.close()
+    return {"stage": stage.name, "end": reason, "steps": sched.state.step, "dropped": sched.state.dropped}
+
+
+def format_step(sched: StageSchedule, m: dict) -> str:
+    """One console line per step."""
+    keys = ("reward/mean", "pass_rate", "response_length/mean", "truncated_frac", "entropy", "temperature",
+            "mismatch/kl", "time/step")
+    shown = " ".join(f"{k}={m[k]:.4g}" for k in keys if k in m)
+    return f"[rl] {sched.stage.name} step {sched.state.step} (global {sched.state.global_step}) {shown}"
+
+
+def evaluate(run: RLRun, name: str) -> None:
+    """Record held-out accuracy under ``name`` in eval.json (once: skipped if already there)."""
+    results = checkpoint.read_eval(run.out)
+    if name in results or run.cfg.eval.num_problems <= 0:
+        return
+    problems = make_problems(run.cfg.eval.num_problems, seed=run.cfg.trainer.seed, split="test")
+    results[name] = heldout_accuracy(run, problems)
+    print(f"[rl] held-out accuracy after {name}: {results[name]['accuracy']:.3f}", flush=True)
+    checkpoint.write_eval(run.out, results)
+
+
+def finish_stage(run: RLRun, summary: dict) -> None:
+    """Evaluate, export the stage's weights and curves, move to the next stage, checkpoint."""
+    name = summary["stage"]
+    print(f"[rl] stage {name} ended ({summary['end']}) after {summary['steps']} steps", flush=True)
+    evaluate(run, name)
+    run.backend.export_hf(run.out / "stages" / name / "hf")
+    log_dir = run.out / "logs" / name
+    if run.cfg.logging.plot and (log_dir / "metrics.jsonl").exists():
+        plot_curves(log_dir / "metrics.jsonl", PLOT_KEYS, log_dir / "curves.png", title=f"RL stage {name}")
+    run.schedule.next_stage()
+    checkpoint.save(run)
+
+
+def train(cfg: RLConfig) -> dict:
+    """Run (or resume) the whole RL schedule; returns the held-out accuracies before RL (``init``) and
+    after each stage, also written to ``<output_dir>/eval.json``."""
+    run = build_run(validate_rl_config(cfg))
+    try:
+        evaluate(run, "init")
+        while not run.schedule.finished:
+            finish_stage(run, run_stage(run))
+        return checkpoint.read_eval(run.out)
+    finally:
+        close_run(run)

@@ -1,0 +1,66 @@
+"""The rollout engine: vLLM colocated with the trainer, fed new weights in memory after every update.
+
+Weight sync without a disk round trip (../shared/FACTS.md, vLLM): the trainer's full tensors under
+Hugging Face names go through ``llm.collective_rpc("reload_weights", kwargs={"weights_iterator": ...})``
+(vLLM's in-place reload, which also redoes its post-load weight processing), then
+``llm.reset_prefix_cache()`` so no KV computed with the old weights is reused. On GPU with
+``sleep_mode``, vLLM sleeps during the update (level 1: weights offloaded to host memory, KV cache
+dropped) and wakes its weights before the sync and its KV cache after, so trainer and engine take
+turns with the GPU memory. On CPU there is nothing to free and sleep is a no-op.
+
+Left out: separate rollout and training GPUs (weights sent by NCCL broadcast) and asynchronous,
+off-policy rollouts; the paper is strictly on-policy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from nemo_ext.config.rl import RolloutConfig
+from nemo_ext.generation import Completion, build_engine, generate
+
+
+class RolloutEngine:
+    """A vLLM engine started from ``model_path``; ``sample`` rolls out groups, ``load_weights`` syncs."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, max_model_len: int, seed: int):
+        self.cfg = cfg
+        self.sleep_mode = cfg.sleep_mode and torch.cuda.is_available()
+        self.llm = build_engine(
+            model_path,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enable_sleep_mode=self.sleep_mode,
+        )
+        self.asleep = False
+
+    def sample(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
+               logprobs: bool = True) -> list[list[Completion]]:
+        """``n`` responses per prompt (seeds ``seed + i * n + j``), with the sampled tokens' processed
+        log-probs."""
+        seeds = [seed + i * n for i in range(len(prompts))]
+        return generate(self.llm, prompts, n=n, temperature=temperature, top_p=self.cfg.top_p,
+                        max_tokens=max_tokens, seed=seeds, logprobs=logprobs)
+
+    def sleep(self) -> None:
+        """Free the GPU for the update (no-op on CPU or without sleep_mode)."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
+        """Copy new weights into the engine (waking it if asleep); returns the seconds it took."""
+        start = time.perf_counter()
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
+        self.llm.reset_prefix_cache()
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
+        return time.perf_counter() - start

@@ -1,0 +1,101 @@
+"""Builds what the GRPO loop works with (policy backend, vLLM engine, reward pool, schedule) and
+resumes it from the newest checkpoint. The one place where the RL config turns into objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from nemo_ext.backends.base import Backend
+from nemo_ext.config.rl import RLConfig
+from nemo_ext.config.schema import Accelerator
+from nemo_ext.rl import checkpoint
+from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
+from nemo_ext.rl.rollout import RolloutEngine
+from nemo_ext.rl.stages import StageSchedule
+
+
+@dataclass
+class RLRun:
+    """What the loop works with."""
+
+    cfg: RLConfig
+    backend: Backend
+    engine: RolloutEngine
+    reward_pool: object  # nemo_ext.rewards RewardPool
+    tokenizer: object
+    schedule: StageSchedule
+    out: Path
+    prompt_ids: dict[str, list[int]] = field(default_factory=dict)  # token ids, cached per prompt id
+
+    def tokens(self, prompt: RLPrompt) -> list[int]:
+        if prompt.id not in self.prompt_ids:
+            self.prompt_ids[prompt.id] = self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
+        return self.prompt_ids[prompt.id]
+
+
+def resolve_device(accelerator: Accelerator) -> torch.device:
+    if accelerator is Accelerator.cpu or (accelerator is Accelerator.auto and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("trainer.accelerator=gpu but CUDA is not available")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def resolve_init(init: str, out: Path) -> Path:
+    """The starting HF directory: ``policy.init``, or a fresh tiny Qwen2 for ``tiny``."""
+    if init == "tiny":
+        from nemo_ext.models.tiny import build_tiny_checkpoint
+
+        path = out / "init_tiny"
+        if not (path / "config.json").exists():
+            build_tiny_checkpoint(path)
+        return path
+    path = Path(init)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"policy.init={init!r}: not a Hugging Face directory (no config.json)")
+    return path
+
+
+def max_model_len(run_cfg: RLConfig, tokenizer) -> int:
+    """rollout.max_model_len, or the longest prompt of any stage plus that stage's response limit."""
+    if run_cfg.rollout.max_model_len is not None:
+        return run_cfg.rollout.max_model_len
+    need = run_cfg.eval.max_new_tokens + 256
+    for stage in run_cfg.stages:
+        texts = [p.text for p in load_stage_prompts(stage, run_cfg.trainer.seed).values()]
+        longest = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+        need = max(need, longest + stage.max_response_len)
+    return need
+
+
+def build_run(cfg: RLConfig) -> RLRun:
+    """Policy from ``policy.init`` (or the newest checkpoint), vLLM on the same weights, reward pool."""
+    from nemo_ext.backends.torch_backend import TorchBackend
+    from nemo_ext.rewards import RewardPool
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    init = resolve_init(cfg.policy.init, out)
+    # Each stage's lr is constant after its warmup: min_lr = lr makes the backend's cosine flat.
+    first = cfg.stages[0].lr
+    backend = TorchBackend(str(init), cfg.model, cfg.trainer, replace(cfg.optim, lr=first, min_lr=first),
+                           total_steps=1, device=resolve_device(cfg.trainer.accelerator))
+    if backend.dp_world_size > 1:
+        raise NotImplementedError("the GRPO loop runs one trainer process; set trainer.devices=1")
+    schedule = StageSchedule(cfg.stages, cfg.trainer.seed)
+    resumed = checkpoint.resume(cfg, backend, schedule)
+    engine = RolloutEngine(str(init), cfg.rollout, max_model_len(cfg, backend.tokenizer), cfg.trainer.seed)
+    if resumed is not None:
+        engine.load_weights(backend.hf_weights())
+        print(f"[rl] resumed from {resumed}", flush=True)
+    pool = RewardPool(cfg.rollout.reward_workers)
+    return RLRun(cfg, backend, engine, pool, backend.tokenizer, schedule, out)
+
+
+def close_run(run: RLRun) -> None:
+    close = getattr(run.reward_pool, "close", None)
+    if close is not None:
+        close()

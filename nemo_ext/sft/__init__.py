@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: the masked token-level loss and the training loop."""

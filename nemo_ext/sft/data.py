@@ -1,0 +1,78 @@
+"""What the SFT loop trains on: packed bins in a deterministic, resumable order.
+
+The order depends only on (seed, step): step s of epoch e takes the next ``global_batch_size`` bins
+of a permutation seeded by (seed, e), and rank r of R takes every R-th of them. So a resumed run sees
+exactly the batches the uninterrupted run would have seen, with no sampler state to save.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from nemo_ext.data.batch import PackedBatch, pack_sequences
+from nemo_ext.data.synthetic import make_problems
+
+
+class BatchSchedule:
+    def __init__(self, num_bins: int, global_batch_size: int, micro_batch_size: int, seed: int,
+                 rank: int, world_size: int):
+        if global_batch_size % (world_size * micro_batch_size):
+            raise ValueError(
+                f"trainer.global_batch_size={global_batch_size} must be a multiple of data-parallel size "
+                f"({world_size}) x trainer.micro_batch_size ({micro_batch_size})")
+        if num_bins < global_batch_size:
+            raise ValueError(f"the data has {num_bins} packed bins, fewer than trainer.global_batch_size="
+                             f"{global_batch_size}")
+        self.num_bins, self.global_batch_size, self.micro_batch_size = num_bins, global_batch_size, micro_batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.steps_per_epoch = num_bins // global_batch_size
+
+    def bins(self, step: int) -> list[list[int]]:
+        """Bin indices of this rank's micro-batches at optimizer step ``step``."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_bins)
+        start = offset * self.global_batch_size
+        mine = order[start:start + self.global_batch_size][self.rank::self.world_size].tolist()
+        return [mine[i:i + self.micro_batch_size] for i in range(0, len(mine), self.micro_batch_size)]
+
+
+def micro_batch(bins: list[dict]) -> PackedBatch:
+    """Concatenate packed bins (rows of the Parquet shards) into one ``PackedBatch``."""
+    ids, masks = [], []
+    for b in bins:
+        bounds = [*b["seq_start_id"].tolist(), len(b["input_ids"])]
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            ids.append(b["input_ids"][lo:hi].tolist())
+            masks.append(b["loss_mask"][lo:hi].tolist())
+    return pack_sequences(ids, masks)
+
+
+def write_synthetic_split(path: Path, n: int, seed: int, split: str) -> Path:
+    """The embedded task's problems as JSONL rows ``{question, output, answer, task}``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for p in make_problems(n, seed, split):
+            f.write(json.dumps(p) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_eval_problems(path: str | Path, limit: int) -> list[dict]:
+    """Held-out ``{question, answer}`` rows from a JSONL file, the first ``limit`` of them."""
+    rows = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rows.append({"question": str(row["question"]), "answer": str(row["answer"])})
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with 'question' and 'answer' ({e})") from e
+            if len(rows) == limit:
+                break
+    return rows

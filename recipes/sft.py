@@ -1,0 +1,26 @@
+"""Supervised fine-tuning: ``python recipes/sft.py [key=value ...]``.
+
+With no arguments it trains the embedded default (a tiny Qwen2 on the synthetic arithmetic task) on
+this machine's CPU in a few minutes. The AceReason-Nemotron 1.1 SFT of Qwen2.5-Math-7B:
+``python recipes/sft.py --config-name sft/acereason_7b trainer.devices=8``.
+Configs: recipes/conf/sft/*.yaml; schema: nemo_ext/config/schema.py.
+"""
+
+import hydra
+
+from nemo_ext.config.load import as_schema, register_schemas
+from nemo_ext.config.schema import SFTConfig
+from nemo_ext.dist import launch
+from nemo_ext.sft.loop import run_sft
+
+register_schemas()
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="sft/tiny")
+def main(cfg) -> None:
+    sft_cfg = as_schema(cfg, SFTConfig)
+    launch(run_sft, sft_cfg.trainer.devices, sft_cfg)
+
+
+if __name__ == "__main__":
+    main()

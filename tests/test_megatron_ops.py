@@ -1,0 +1,133 @@
+"""The pure-torch pieces of the megatron backend: layout checks, packed attention, vocab-parallel log-probs."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from nemo_ext.backends.megatron.convert import Shape
+from nemo_ext.backends.megatron.layout import plan_layout
+from nemo_ext.backends.megatron.varlen import packed_causal_attention
+from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
+
+SHAPE_7B = Shape(num_layers=28, hidden=3584, num_heads=28, num_kv_heads=4, head_dim=128, ffn=18944,
+                 vocab=152064, tie_embeddings=False, qkv_bias=True)
+
+
+def _layout(**kw):
+    args = dict(world_size=8, gpus_present=8, tp=2, pp=1, cp=1, vpp=None, sequence_parallel=True,
+                global_batch_size=64, micro_batch_size=1)
+    return plan_layout(SHAPE_7B, **{**args, **kw})
+
+
+def test_layout_derives_data_parallel_size():
+    layout = _layout(tp=2, pp=2)
+    assert (layout.tp, layout.pp, layout.dp, layout.world_size) == (2, 2, 2, 8)
+    assert layout.pad_multiple() == 2
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(tp=8), "num_attention_heads=28 is not divisible by tensor_model_parallel_size=8"),
+    (dict(tp=1, pp=3, world_size=3, gpus_present=3, sequence_parallel=False, global_batch_size=3),
+     "num_hidden_layers=28 is not divisible by pipeline stages PP x VPP = 3 x 1 = 3"),
+    (dict(global_batch_size=6), "global_batch_size=6 is not divisible by DP x micro batch = 4 x 1 = 4"),
+    (dict(world_size=16), "16 processes need 16 GPUs but 8 are present"),
+    (dict(tp=3), "world size 8 is not divisible by TP x PP x CP = 3 x 1 x 1 = 3"),
+    (dict(tp=1), "sequence_parallel=true needs tensor_model_parallel_size > 1"),
+    (dict(vpp=2), "virtual_pipeline_model_parallel_size=2 needs pipeline_model_parallel_size >= 2"),
+])
+def test_invalid_layouts_fail_with_their_numbers(overrides, message):
+    with pytest.raises(ValueError, match="invalid megatron layout") as err:
+        _layout(**overrides)
+    assert message in str(err.value)
+
+
+def test_packed_attention_equals_each_sequence_alone_with_grouped_kv():
+    torch.manual_seed(0)
+    lengths = [3, 5, 1]
+    cu = torch.tensor([0, 3, 8, 9], dtype=torch.int32)
+    q, k, v = torch.randn(9, 4, 8), torch.randn(9, 2, 8), torch.randn(9, 2, 8)
+    out = packed_causal_attention(q, k, v, cu, max(lengths))
+    for a, b in [(0, 3), (3, 8), (8, 9)]:
+        L = b - a
+        kk, vv = k[a:b].repeat_interleave(2, dim=1), v[a:b].repeat_interleave(2, dim=1)  # [L, 4, 8]
+        scores = torch.einsum("qhd,khd->hqk", q[a:b], kk) / math.sqrt(8)
+        scores = scores.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf"))
+        ref = torch.einsum("hqk,khd->qhd", scores.softmax(-1), vv)
+        torch.testing.assert_close(out[a:b], ref, rtol=1e-5, atol=1e-5)
+    # The first token of each sequence sees only itself: its output is its own value.
+    torch.testing.assert_close(out[3], v[3].repeat_interleave(2, dim=0))
+
+
+def _reference(h, w, t, temperature, vocab_size):
+    z = (h.double() @ w.double().t())[:, :vocab_size] / temperature
+    logp = torch.log_softmax(z, -1)
+    return logp.gather(1, t[:, None]).squeeze(1), -(logp.exp() * logp).sum(-1)
+
+
+def test_logprobs_match_log_softmax_with_padded_vocab_and_chunks():
+    torch.manual_seed(0)
+    h = torch.randn(7, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)  # 10 real ids + 2 padded rows
+    t = torch.tensor([0, 9, 3, 3, 5, 1, 8])
+    logp, _ = vocab_parallel_logprobs(h, w, t, vocab_size=10, temperature=0.7, chunk_tokens=3)
+    ref, ref_entropy = _reference(h, w, t, 0.7, 10)
+    torch.testing.assert_close(logp.double(), ref, rtol=1e-6, atol=1e-6)
+    # Hand value for token 0: z_y - logsumexp(z) over the 10 real ids only.
+    z0 = (h[0] @ w[:10].t()) / 0.7
+    assert abs(float(logp[0].detach()) - float((z0[0] - torch.logsumexp(z0, 0)).detach())) < 1e-6
+    g = torch.randn(7, dtype=torch.float64)
+    gh, gw = torch.autograd.grad((logp.double() * g).sum(), (h, w))
+    rh, rw = torch.autograd.grad((ref * g).sum(), (h, w))
+    torch.testing.assert_close(gh, rh, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gw, rw, rtol=1e-5, atol=1e-6)
+    assert not gw[10:].any()  # padded rows get no gradient
+    with torch.no_grad():
+        lp, ent = vocab_parallel_logprobs(h, w, t, vocab_size=10, temperature=0.7, chunk_tokens=3,
+                                          with_entropy=True)
+    torch.testing.assert_close(lp.double(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ent.double(), ref_entropy, rtol=1e-5, atol=1e-5)
+
+
+def _inputs():
+    torch.manual_seed(1)
+    h, w = torch.randn(6, 8, dtype=torch.float64), torch.randn(12, 8, dtype=torch.float64)
+    return h, w, torch.tensor([0, 9, 6, 2, 7, 5]), torch.randn(6, dtype=torch.float64)
+
+
+def _tp_worker(rank: int, port: int, out_dir: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    h, w, t, g = _inputs()
+    shard = w.chunk(2)[rank].clone().requires_grad_(True)
+    hh = h.clone().requires_grad_(True)
+    kw = dict(vocab_start=rank * shard.shape[0], vocab_size=10, chunk_tokens=4, group=dist.group.WORLD)
+    logp, _ = vocab_parallel_logprobs(hh, shard, t, **kw)
+    (logp * g).sum().backward()
+    _, ent = vocab_parallel_logprobs(h, shard.detach(), t, with_entropy=True, **kw)
+    torch.save((logp.detach(), ent, hh.grad, shard.grad), f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_tensor_parallel_ranks_equal_one_full_vocabulary(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_tp_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    h, w, t, g = _inputs()
+    hr, wr = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    ref, ref_entropy = _reference(hr, wr, t, 1.0, 10)
+    (ref * g).sum().backward()
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for rank, (logp, ent, _, gw_shard) in enumerate(results):
+        torch.testing.assert_close(logp.double(), ref.detach(), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ent.double(), ref_entropy.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gw_shard, wr.grad.chunk(2)[rank], rtol=1e-5, atol=1e-6)
+    # Each rank returns its partial hidden gradient; megatron's TP region all-reduces them.
+    torch.testing.assert_close(results[0][2] + results[1][2], hr.grad, rtol=1e-5, atol=1e-6)
