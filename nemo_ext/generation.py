@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import vllm
 
-CPU_KV_CACHE_BYTES = 1 << 30  # KV cache reserved on CPU when neither the caller nor VLLM_CPU_KVCACHE_SPACE says
+CPU_KV_CACHE_BYTES = 1 << 30  # CPU KV cache when neither the caller nor VLLM_CPU_KVCACHE_SPACE sets one
 
 
 @dataclass

@@ -45,7 +45,9 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def logprobs(self, micro_batches: list[PackedBatch], temperature: float = 1.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def logprobs(
+        self, micro_batches: list[PackedBatch], temperature: float = 1.0
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """No-grad log-probs and entropies: per micro-batch ``(logprobs_T, entropy_T)`` on the CPU.
 
         entropy_T[t] is the entropy (nats) of the temperature-scaled next-token distribution at t.

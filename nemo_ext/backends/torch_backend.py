@@ -29,6 +29,7 @@ from nemo_ext.backends.logprobs import token_logprobs
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch
 from nemo_ext.io import atomic_dir
+from nemo_ext.models.hf_config import apply_overrides
 
 
 class TokenLogprobModel(torch.nn.Module):
@@ -64,9 +65,8 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
 
 def load_hf_model(model_cfg: ModelConfig, path: str) -> torch.nn.Module:
     """The HF model at ``path`` in fp32, with the config overrides of ``model_cfg`` applied."""
-    overrides = {k: v for k, v in (("rope_theta", model_cfg.rope_theta),
-                                   ("max_position_embeddings", model_cfg.max_position_embeddings)) if v is not None}
-    config = AutoConfig.from_pretrained(path, **overrides)
+    config = apply_overrides(AutoConfig.from_pretrained(path), model_cfg.rope_theta,
+                             model_cfg.max_position_embeddings)
     return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
                                                 attn_implementation=VARLEN_ATTENTION)
 

@@ -155,8 +155,11 @@ class RolloutConfig:
 
 @dataclass
 class RLEvalConfig:
-    num_problems: int = 200  # held-out problems scored before and after RL (synthetic task); 0 = skip
-    temperature: float = 0.0
+    # Held-out exact match before RL and after each stage (a quick check; benchmarks: eval/).
+    num_problems: int = 200  # 0 = skip
+    file: str | None = None  # JSONL of {question, answer}; null = the synthetic task's test split
+    seed: int = 0  # of the synthetic test split (the SFT recipe's data.synthetic.seed: the same problems)
+    temperature: float = 0.0  # 0 = greedy
     max_new_tokens: int = 512
 
 
@@ -238,18 +241,3 @@ def validate_rl_config(cfg: RLConfig) -> RLConfig:
     _check(0 < cfg.rollout.top_p <= 1, "rollout.top_p", "a value in (0, 1]", cfg.rollout.top_p)
     return cfg
 
-
-def load_rl_config(source) -> RLConfig:
-    """A YAML path, a dict or a DictConfig (Hydra's) -> a checked ``RLConfig``.
-
-    Unknown keys and ill-typed values fail here (OmegaConf's structured merge names the key); range
-    checks follow in ``validate_rl_config``.
-    """
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(source, str | bytes) or hasattr(source, "__fspath__"):
-        source = OmegaConf.load(source)
-    elif not isinstance(source, DictConfig):
-        source = OmegaConf.create(source)
-    merged = OmegaConf.merge(OmegaConf.structured(RLConfig), source)
-    return validate_rl_config(OmegaConf.to_object(merged))

@@ -9,26 +9,26 @@ values live in ``recipes/conf/sft/acereason_7b.yaml`` with their sources.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Accelerator(str, Enum):
+class Accelerator(StrEnum):
     auto = "auto"  # cuda when available, else cpu
     cpu = "cpu"
     gpu = "gpu"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     fp32 = "fp32"
     bf16 = "bf16"  # bf16 compute with fp32 master weights and optimizer state
 
 
-class BackendName(str, Enum):
+class BackendName(StrEnum):
     torch = "torch"
     megatron = "megatron"
 
 
-class ResumeMode(str, Enum):
+class ResumeMode(StrEnum):
     auto = "auto"  # continue from the newest complete checkpoint in checkpoint.dir, if any
     never = "never"
 

@@ -79,7 +79,8 @@ def resolve_benchmarks(cfg: EvalConfig, registry_overrides: list[str]) -> dict[s
     names = cfg.benchmarks or (registry.default_gpu if _has_gpu() else registry.default_cpu)
     unknown = [n for n in names if n not in registry.benchmarks]
     if unknown:
-        raise KeyError(f"{cfg.benchmarks_file}: unknown benchmark(s) {unknown}; known: {sorted(registry.benchmarks)}")
+        raise KeyError(f"{cfg.benchmarks_file}: unknown benchmark(s) {unknown}; "
+                       f"known: {sorted(registry.benchmarks)}")
     out = {}
     for name in names:
         spec = registry.benchmarks[name]

@@ -47,17 +47,20 @@ def decode_tests(raw: str | list, where: str) -> list[dict]:
             tests = json.loads(raw)
         except json.JSONDecodeError:
             try:
-                payload = _NoGlobalsUnpickler(io.BytesIO(zlib.decompress(base64.b64decode(raw, validate=True)))).load()
+                packed = zlib.decompress(base64.b64decode(raw, validate=True))
+                payload = _NoGlobalsUnpickler(io.BytesIO(packed)).load()
                 tests = json.loads(payload) if isinstance(payload, str | bytes) else payload
-            except (binascii.Error, zlib.error, pickle.UnpicklingError, json.JSONDecodeError, EOFError) as err:
-                raise ValueError(f"{where}: tests are neither JSON nor base64/zlib/pickle of JSON: {err}") from err
+            except (binascii.Error, zlib.error, pickle.UnpicklingError, json.JSONDecodeError, EOFError) as e:
+                raise ValueError(f"{where}: tests are neither JSON nor base64/zlib/pickle/JSON: {e}") from e
     if not isinstance(tests, list):
         raise ValueError(f"{where}: tests must decode to a list, got {type(tests).__name__}")
     for k, test in enumerate(tests):
         if not isinstance(test, dict) or not {"input", "output", "testtype"} <= test.keys():
-            raise ValueError(f"{where}: test {k} must be an object with input, output, testtype; got {test!r:.200}")
+            raise ValueError(f"{where}: test {k} must be an object with input, output, testtype; "
+                             f"got {test!r:.200}")
         if test["testtype"] not in TEST_TYPES:
-            raise ValueError(f"{where}: test {k} has testtype {test['testtype']!r}, expected one of {TEST_TYPES}")
+            raise ValueError(f"{where}: test {k} has testtype {test['testtype']!r}, "
+                             f"expected one of {TEST_TYPES}")
     return [{"input": t["input"], "output": t["output"], "testtype": t["testtype"]} for t in tests]
 
 
@@ -92,7 +95,8 @@ def problem_from_row(row: dict, spec: BenchmarkSpec, where: str) -> dict | None:
         return None
     tests = decode_tests(col(f.private_tests, "private_tests"), f"{where} column {f.private_tests!r}")
     if spec.tests is TestSelection.public_private:
-        tests = decode_tests(col(f.public_tests, "public_tests"), f"{where} column {f.public_tests!r}") + tests
+        public = decode_tests(col(f.public_tests, "public_tests"), f"{where} column {f.public_tests!r}")
+        tests = public + tests
     if not tests:
         raise ValueError(f"{where}: no tests to grade with (tests: {spec.tests.value})")
     raw_meta = col(f.metadata, "metadata") if f.metadata else "{}"

@@ -65,8 +65,8 @@ def _read_hub(name: str, spec: BenchmarkSpec) -> list[dict]:
             f"revision {src.revision}) from the Hugging Face hub: {type(err).__name__}: {err}\n"
             f"If this machine is offline, download the data elsewhere and point the entry at a local "
             f"file: set `benchmarks.{name}.source.path: /path/to/rows.jsonl` (or .parquet, or a directory "
-            f"of them) in the benchmarks YAML, or pass `benchmarks.{name}.source.path=/path/to/rows.jsonl` on the "
-            f"command line."
+            f"of them) in the benchmarks YAML, or pass `benchmarks.{name}.source.path=/path/to/rows.jsonl` "
+            f"on the command line."
         ) from err
     return ds.to_list()
 
@@ -106,8 +106,8 @@ def _synthetic_problems(spec: BenchmarkSpec) -> list[dict]:
     from nemo_ext.data.synthetic import make_problems
 
     rows = make_problems(spec.source.num_problems, seed=spec.source.seed, split="test")
-    return [{"id": str(i), "task": "math", "question": r["question"], "starter_code": "", "answer": r["answer"]}
-            for i, r in enumerate(rows)]
+    return [{"id": str(i), "task": "math", "question": r["question"], "starter_code": "",
+             "answer": r["answer"]} for i, r in enumerate(rows)]
 
 
 def load_problems(name: str, spec: BenchmarkSpec) -> list[dict]:
@@ -128,10 +128,11 @@ def load_problems(name: str, spec: BenchmarkSpec) -> list[dict]:
             else:
                 raise ValueError(f"benchmark {name!r}: code benchmarks use `loader: livecodebench`")
         if not problems:
-            raise ValueError(f"benchmark {name!r}: no problems in {origin} (check the source and date window)")
+            raise ValueError(f"benchmark {name!r}: no problems in {origin} (check the source and dates)")
     seen: set[str] = set()
     for p in problems:
         if p["id"] in seen:
-            raise ValueError(f"benchmark {name!r}: duplicate problem id {p['id']!r} (map `fields.id` to a unique column)")
+            raise ValueError(f"benchmark {name!r}: duplicate problem id {p['id']!r} "
+                             f"(map `fields.id` to a unique column)")
         seen.add(p["id"])
     return problems

@@ -47,7 +47,7 @@ def avg_at_k(correct_PK: np.ndarray | Sequence[Sequence[float]]) -> AvgAtK:
     """
     correct = np.asarray(correct_PK, dtype=np.float64)
     if correct.ndim != 2 or correct.shape[0] == 0 or correct.shape[1] == 0:
-        raise ValueError(f"correct_PK must be a non-empty [problems, samples] array, got shape {correct.shape}")
+        raise ValueError(f"correct_PK must be a non-empty [problems, samples] array, got {correct.shape}")
     run_acc_K = correct.mean(axis=0)
     k = run_acc_K.shape[0]
     sd = float(run_acc_K.std(ddof=1)) if k > 1 else math.nan

@@ -47,7 +47,7 @@ def read_records(path: str | Path, repair: bool = True) -> dict[Key, dict]:
             record = json.loads(line)
             key = record_key(record)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}:{lineno}: expected a JSON record with problem_id and sample: {err}") from err
+            raise ValueError(f"{path}:{lineno}: not a JSON record with problem_id and sample: {err}") from err
         if key in records:
             raise ValueError(f"{path}:{lineno}: duplicate record for problem {key[0]!r} sample {key[1]}")
         records[key] = record

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from omegaconf import MISSING, OmegaConf
@@ -21,18 +21,18 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from nemo_ext.data import prompts
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     math = "math"  # reference: the answer string, scored by the math reward
     code = "code"  # reference: the test list, scored by the code reward
 
 
-class LoaderKind(str, Enum):
+class LoaderKind(StrEnum):
     rows = "rows"  # one problem per row, columns named in `fields`
     livecodebench = "livecodebench"  # code_generation_lite rows: decoded tests, contest-date window
     synthetic = "synthetic"  # the embedded task's held-out set (nemo_ext.data.synthetic)
 
 
-class TestSelection(str, Enum):
+class TestSelection(StrEnum):
     __test__ = False  # not a pytest class
     private = "private"  # what the AceReason toolkit grades (docs/evaluation.md says why we follow it)
     public_private = "public_private"  # LiveCodeBench's own grading
@@ -138,14 +138,16 @@ def load_registry(path: str | Path, overrides: list[str] | None = None) -> Regis
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{path}: benchmark registry not found") from err
     try:
-        registry: Registry = OmegaConf.to_object(OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides or [])))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides or []))
+        registry: Registry = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise config_error(f"{path} + command line", err) from err
     for name, spec in registry.benchmarks.items():
         where = f"{path}: benchmarks.{name}"
         spec.title = spec.title or name
         if spec.template not in TEMPLATES:
-            raise ValueError(f"{where}.template: unknown template {spec.template!r}; registered: {sorted(TEMPLATES)}")
+            raise ValueError(f"{where}.template: unknown template {spec.template!r}; "
+                             f"registered: {sorted(TEMPLATES)}")
         if spec.samples < 1 or spec.sampling.max_new_tokens < 1:
             raise ValueError(f"{where}: samples and sampling.max_new_tokens must be >= 1")
     for key in ("default_gpu", "default_cpu"):

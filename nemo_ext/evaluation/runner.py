@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +35,6 @@ from nemo_ext.evaluation.records import RecordWriter, read_records
 from nemo_ext.evaluation.registry import BenchmarkSpec
 from nemo_ext.io import atomic_write_json, atomic_write_text
 
-logger = logging.getLogger(__name__)
 SCORE_CHUNK = 256  # samples per RewardPool call: the unit of progress saved to scores.jsonl
 
 
@@ -85,15 +83,17 @@ def prepare(cfg: EvalConfig, specs: dict[str, BenchmarkSpec]) -> list[BenchmarkR
             old = json.loads(settings_file.read_text())
             changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
             if changed:
-                raise ValueError(f"{settings_file}: this run directory holds samples made with other settings "
-                                 f"({', '.join(changed)} differ); use another output_dir=... or restore them")
+                raise ValueError(f"{settings_file}: this run directory holds samples made with other "
+                                 f"settings ({', '.join(changed)} differ); use another output_dir=...")
+        # Settings first: problems.jsonl, once written, is only ever read back under the same settings.
+        atomic_write_json(settings_file, settings)
         problems_file = bench_dir / "problems.jsonl"
         if problems_file.exists():
             problems = read_local(problems_file)
         else:
             problems = load_problems(name, spec)
-            atomic_write_text(problems_file, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems))
-        atomic_write_json(settings_file, settings)
+            lines = (json.dumps(p, ensure_ascii=False) + "\n" for p in problems)
+            atomic_write_text(problems_file, "".join(lines))
         runs.append(BenchmarkRun(name, spec, bench_dir, problems[: cfg.limit] if cfg.limit else problems))
     return runs
 
@@ -103,6 +103,14 @@ def build_engine_for(cfg: EvalConfig):
 
     return build_engine(cfg.checkpoint, tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed,
                         max_model_len=cfg.max_model_len, gpu_memory_utilization=cfg.gpu_memory_utilization)
+
+
+def _progress(total: int, done: int, desc: str) -> tqdm:
+    return tqdm(total=total, initial=done, desc=desc, unit="sample", dynamic_ncols=True)
+
+
+def _missing(run: BenchmarkRun, records: dict) -> list[tuple[str, int]]:
+    return [key for key in run.expected if key not in records]
 
 
 def generate_missing(runs: list[BenchmarkRun], cfg: EvalConfig, llm=None) -> int:
@@ -115,20 +123,19 @@ def generate_missing(runs: list[BenchmarkRun], cfg: EvalConfig, llm=None) -> int
     generated = 0
     for run in runs:
         path = run.dir / "generations.jsonl"
-        done = read_records(path)
-        todo = [key for key in run.expected if key not in done]
+        todo = _missing(run, read_records(path))
         if not todo:
             continue
         llm = llm or build_engine_for(cfg)
         by_id = {p["id"]: p for p in run.problems}
         prompts = [registry.render(run.spec.template, by_id[pid]) for pid, _ in todo]
         seeds = [sample_seed(cfg.seed, run.name, pid, j) for pid, j in todo]
-        sampling = run.spec.sampling
-        bar = tqdm(total=len(run.expected), initial=len(run.expected) - len(todo), desc=f"generate {run.name}",
-                   unit="sample", dynamic_ncols=True)
-        with RecordWriter(path) as writer, bar:
-            for i, _, c in iter_generate(llm, prompts, n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                                         max_tokens=sampling.max_new_tokens, seed=seeds):
+        s = run.spec.sampling
+        samples = iter_generate(llm, prompts, n=1, temperature=s.temperature, top_p=s.top_p,
+                                max_tokens=s.max_new_tokens, seed=seeds)
+        total = len(run.expected)
+        with RecordWriter(path) as writer, _progress(total, total - len(todo), f"generate {run.name}") as bar:
+            for i, _, c in samples:
                 pid, j = todo[i]
                 writer.write([{"problem_id": pid, "sample": j, "seed": c.seed, "text": c.text,
                                "num_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
@@ -143,7 +150,8 @@ def reference_of(problem: dict):
     ones (code, the format of ``nemo_ext.rewards.code``)."""
     if problem["task"] == "math":
         return problem["answer"]
-    return [dict(t, fn_name=problem["func_name"]) if t["testtype"] == "functional" else t for t in problem["tests"]]
+    fn_name = problem["func_name"]
+    return [dict(t, fn_name=fn_name) if t["testtype"] == "functional" else t for t in problem["tests"]]
 
 
 def score_missing(runs: list[BenchmarkRun], pool) -> int:
@@ -154,20 +162,20 @@ def score_missing(runs: list[BenchmarkRun], pool) -> int:
     scored = 0
     for run in runs:
         gens = read_records(run.dir / "generations.jsonl")
-        missing_gens = [key for key in run.expected if key not in gens]
-        if missing_gens:
-            raise RuntimeError(f"{run.dir}/generations.jsonl lacks {len(missing_gens)} samples "
-                               f"(first: problem {missing_gens[0][0]!r} sample {missing_gens[0][1]}): generate first")
+        absent = _missing(run, gens)
+        if absent:
+            raise RuntimeError(f"{run.dir}/generations.jsonl lacks {len(absent)} samples (first: problem "
+                               f"{absent[0][0]!r} sample {absent[0][1]}): generate first")
         path = run.dir / "scores.jsonl"
-        done = read_records(path)
-        todo = [key for key in run.expected if key not in done]
+        todo = _missing(run, read_records(path))
         by_id = {p["id"]: p for p in run.problems}
         task = run.spec.task.value
-        with RecordWriter(path) as writer, tqdm(total=len(run.expected), initial=len(run.expected) - len(todo),
-                                                desc=f"score {run.name}", unit="sample", dynamic_ncols=True) as bar:
+        total = len(run.expected)
+        with RecordWriter(path) as writer, _progress(total, total - len(todo), f"score {run.name}") as bar:
             for start in range(0, len(todo), SCORE_CHUNK):
                 chunk = todo[start: start + SCORE_CHUNK]
-                verdicts = pool.score(task, [gens[k]["text"] for k in chunk], [reference_of(by_id[k[0]]) for k in chunk])
+                verdicts = pool.score(task, [gens[key]["text"] for key in chunk],
+                                      [reference_of(by_id[pid]) for pid, _ in chunk])
                 writer.write([{"problem_id": pid, "sample": j, "reward": v.reward, "verdict": v.verdict,
                                "extracted": v.extracted if task == "math" else None, "seconds": v.seconds}
                               for (pid, j), v in zip(chunk, verdicts, strict=True)])
@@ -176,32 +184,41 @@ def score_missing(runs: list[BenchmarkRun], pool) -> int:
     return scored
 
 
+def _problem_result(problem_id: str, gens: list[dict], scores: list[dict], is_math: bool) -> dict:
+    """Per-problem results from its k generation and score records (in sample order)."""
+    k = len(scores)
+    rewards = [s["reward"] for s in scores]
+    result = {"id": problem_id, "num_correct": sum(r >= 1.0 for r in rewards),
+              "mean_reward": sum(rewards) / k, "rewards": rewards,
+              "verdicts": dict(Counter(s["verdict"] for s in scores)),
+              "mean_response_tokens": sum(g["num_tokens"] for g in gens) / k,
+              "truncated": sum(bool(g["truncated"]) for g in gens)}
+    if is_math:
+        result["majority_answer"], result["majority_score"] = metrics.majority_vote(
+            [s["extracted"] for s in scores], rewards)
+    return result
+
+
 def benchmark_metrics(run: BenchmarkRun, model_name: str) -> dict:
     """The metrics JSON of one fully scored benchmark (also written to ``<dir>/metrics.json``)."""
     gens, scores = read_records(run.dir / "generations.jsonl"), read_records(run.dir / "scores.jsonl")
-    k = run.spec.samples
-    table = {name: [] for name in ("rewards", "lengths", "truncated", "answers")}
-    per_problem = []
-    for p in run.problems:
-        keys = [(p["id"], j) for j in range(k)]
-        missing = [key for key in keys if key not in scores]
-        if missing:
-            raise RuntimeError(f"{run.dir}/scores.jsonl lacks problem {p['id']!r} sample {missing[0][1]}: score first")
-        row = {"rewards": [scores[key]["reward"] for key in keys], "lengths": [gens[key]["num_tokens"] for key in keys],
-               "truncated": [gens[key]["truncated"] for key in keys], "answers": [scores[key]["extracted"] for key in keys]}
-        for name, values in row.items():
-            table[name].append(values)
-        result = {"id": p["id"], "num_correct": int(sum(r >= 1.0 for r in row["rewards"])),
-                  "mean_reward": sum(row["rewards"]) / k, "rewards": row["rewards"],
-                  "verdicts": dict(Counter(scores[key]["verdict"] for key in keys)),
-                  "mean_response_tokens": sum(row["lengths"]) / k, "truncated": int(sum(row["truncated"]))}
-        if run.spec.task.value == "math":
-            result["majority_answer"], result["majority_score"] = metrics.majority_vote(row["answers"], row["rewards"])
-        per_problem.append(result)
+    absent = _missing(run, scores)
+    if absent:
+        raise RuntimeError(f"{run.dir}/scores.jsonl lacks problem {absent[0][0]!r} sample {absent[0][1]}: "
+                           f"score first")
     is_math = run.spec.task.value == "math"
-    summary = metrics.summarize(table["rewards"], table["lengths"], table["truncated"],
-                                table["answers"] if is_math else None)
-    summary["verdicts"] = dict(sum((Counter(r["verdicts"]) for r in per_problem), Counter()))
+    k = run.spec.samples
+    g = [[gens[(p["id"], j)] for j in range(k)] for p in run.problems]
+    s = [[scores[(p["id"], j)] for j in range(k)] for p in run.problems]
+    summary = metrics.summarize(
+        [[r["reward"] for r in row] for row in s],
+        [[r["num_tokens"] for r in row] for row in g],
+        [[r["truncated"] for r in row] for row in g],
+        [[r["extracted"] for r in row] for row in s] if is_math else None,
+    )
+    per_problem = [_problem_result(p["id"], g_row, s_row, is_math)
+                   for p, g_row, s_row in zip(run.problems, g, s, strict=True)]
+    summary["verdicts"] = dict(Counter(r["verdict"] for row in s for r in row))
     out = {"benchmark": run.name, "title": run.spec.title, "task": run.spec.task.value, "model": model_name,
            "sampling": asdict(run.spec.sampling), "metrics": summary, "problems": per_problem}
     atomic_write_json(run.dir / "metrics.json", out)

@@ -20,7 +20,7 @@ import time
 from decimal import Decimal, InvalidOperation
 
 from nemo_ext.rewards.common import Verdict, after_think
-from nemo_ext.rewards.sandbox import Sandbox, SandboxConfig
+from nemo_ext.rewards.sandbox import DEFAULT_SANDBOX, Sandbox, SandboxConfig
 
 _PYTHON_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\r?\n(.*?)^[ \t]*```",
                            re.DOTALL | re.IGNORECASE | re.MULTILINE)
@@ -61,7 +61,8 @@ def validate_tests(tests: list[dict]) -> list[dict]:
                 test["args"] = [json.loads(line) for line in test["input"].split("\n") if line.strip()]
                 test["expected"] = json.loads(test["output"])
             except ValueError as e:
-                raise ValueError(f"tests[{i}]: functional 'input' lines and 'output' must be JSON: {e}") from e
+                raise ValueError(f"tests[{i}]: functional 'input' lines and 'output' must be JSON: {e}"
+                                 ) from e
         checked.append(test)
     kinds = {(t["testtype"], t.get("fn_name")) for t in checked}
     if len(kinds) > 1:
@@ -97,7 +98,7 @@ def _passes(test: dict, output: str | None) -> bool:
 
 
 def score_code(response: str, tests: list[dict], timeout_s: float = 6.0, *,
-               config: SandboxConfig = SandboxConfig()) -> Verdict:
+               config: SandboxConfig = DEFAULT_SANDBOX) -> Verdict:
     """Score one response: run its last python block in a sandbox against ``tests`` (see module doc).
 
     timeout_s: wall seconds per test; the sample's total is (timeout_s + 1) x len(tests) + 5.

@@ -181,6 +181,15 @@ def score_math(response: str, answer: str | int, timeout_s: float = 5.0) -> Verd
     if boxed is None:
         reason = "no </think>" if after_think(response) is None else "no \\boxed{} after </think>"
         return Verdict(0.0, "no_answer", None, time.perf_counter() - start, {"reason": reason})
+    return judge_boxed(boxed, answer, timeout_s, start)
+
+
+def judge_boxed(boxed: str, answer: str | int, timeout_s: float = 5.0, start: float | None = None) -> Verdict:
+    """The verdict on an already extracted answer (``RewardPool`` extracts in the parent, sends only this).
+
+    start: ``time.perf_counter()`` when scoring began (default: now), for ``Verdict.seconds``.
+    """
+    start = time.perf_counter() if start is None else start
     try:
         with deadline(timeout_s):
             ok, errors = equivalent(str(answer), boxed)

@@ -4,10 +4,10 @@
 it uses the standard library only, so it starts in milliseconds, and never imports ``nemo_ext``.
 
 Protocol (JSON lines). The first line on stdin is the job ``{program, fn_name, uid, limits, cwd,
-sys_path, pdeathsig}``; the runner applies the resource limits, drops to ``uid`` and answers ``{"status": ...}``
-once the program is compiled (and, for functional tests, loaded). Then one reply per test line
-(``{"stdin": str}`` or ``{"args": list}``): ``{"status", "output", "seconds", "error"}``. Expected outputs
-never enter the sandbox: the trusted parent compares, so a program that forges replies gains nothing.
+sys_path, pdeathsig}``; the runner applies the resource limits, drops to ``uid`` and answers
+``{"status": ...}`` once the program is compiled (and, for functional tests, loaded). Then one reply
+per test line (``{"stdin": str}`` or ``{"args": list}``): ``{"status", "output", "seconds", "error"}``.
+Expected outputs never enter the sandbox: the trusted parent compares, so forged replies gain nothing.
 
 Per test, fd 0 is a fresh memfd holding the test's input and fd 1 a fresh memfd collecting its output,
 so ``input()``, ``sys.stdin.buffer``, ``open(0)`` and ``os.write(1, ...)`` all behave as in a real process.
@@ -58,37 +58,44 @@ def drop_privileges(uid, pdeathsig: bool) -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # which clears it)
 
 
-def redirect(stdin_text: str):
-    """Point fd 0 at a memfd holding ``stdin_text`` and fd 1 at an empty memfd; fresh sys.stdin/stdout."""
+def redirect(stdin_text: str) -> int:
+    """Point fd 0 at a memfd holding ``stdin_text`` and fd 1 at an empty memfd; fresh sys.stdin/stdout.
+
+    Returns the runner's own descriptor of the output memfd: readable even if the program closes fd 1.
+    """
     for fd, data in ((0, stdin_text.encode("utf-8")), (1, b"")):
         memfd = os.memfd_create("stdio")
         view = memoryview(data)
         while view:
             view = view[os.write(memfd, view):]
         os.lseek(memfd, 0, os.SEEK_SET)
+        if fd == 1:
+            kept = os.dup(memfd)
         if memfd != fd:  # equal when the program closed ``fd`` (``open(0).read()`` does)
             os.dup2(memfd, fd)
             os.close(memfd)
     sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)
     sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
-    return sys.stdout
+    return kept
 
 
-def collect(out, scope: dict) -> str:
+def collect(kept: int, scope: dict) -> str:
     """Everything the test wrote to fd 1, after flushing what it left buffered (as process exit would)."""
-    for stream in {id(out): out, id(sys.stdout): sys.stdout}.values():
-        stream.flush()
-    scope.clear()
-    gc.collect()  # finalizers of the program's own unflushed files write now, into this test's output
-    size = os.fstat(1).st_size
-    chunks = []
-    while size > 0:
-        chunk = os.pread(1, size, sum(map(len, chunks)))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks).decode("utf-8", errors="replace")
+    try:
+        sys.stdout.flush()
+        scope.clear()
+        gc.collect()  # finalizers of the program's own unflushed files write now, into this output
+        size = os.fstat(kept).st_size
+        chunks = []
+        while size > 0:
+            chunk = os.pread(kept, size, sum(map(len, chunks)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks).decode("utf-8", errors="replace")
+    finally:
+        os.close(kept)
 
 
 def guarded(call):
@@ -119,18 +126,18 @@ def load(job: dict, base: dict):
     if job["fn_name"] is None:
         def run_stdin(test):
             scope = dict(base, __name__="__main__")
-            out = redirect(test["stdin"])
-            scope.update(stdin=sys.stdin, stdout=out)
+            kept = redirect(test["stdin"])
+            scope.update(stdin=sys.stdin, stdout=sys.stdout)
             _, reply = guarded(lambda: exec(code, scope))
             try:
-                reply["output"] = collect(out, scope)
+                reply["output"] = collect(kept, scope)
             except BaseException as exc:
                 reply.update(status="runtime_error", error=describe(exc))
             return reply
         return run_stdin, {"status": "ok"}
 
     scope = dict(base, __name__="__main__")
-    redirect("")
+    os.close(redirect(""))  # what a functional program prints is not judged
 
     def resolve():
         exec(code, scope)
@@ -141,7 +148,7 @@ def load(job: dict, base: dict):
     target, reply = guarded(resolve)
 
     def run_functional(test):
-        redirect("")
+        os.close(redirect(""))
         value, reply = guarded(lambda: target(*test["args"]))
         if reply["status"] == "ok":
             try:

@@ -17,6 +17,7 @@ parent: a test that does not answer in time gets the whole sandbox killed.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
@@ -59,6 +60,9 @@ class SandboxConfig:
     isolation: str = "auto"  # "auto": bwrap when it works, else limits alone (warned); "rlimits": never bwrap
 
 
+DEFAULT_SANDBOX = SandboxConfig()
+
+
 @dataclass(frozen=True)
 class Reply:
     """What one step (load or test) produced. status: ok, time_limit, memory_limit, runtime_error or
@@ -70,7 +74,7 @@ class Reply:
     error: str = ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bwrap_problem() -> str | None:
     """Why bubblewrap cannot isolate on this machine (None if it can). Probed once per process."""
     if shutil.which("bwrap") is None:
@@ -93,7 +97,7 @@ def _closed_ancestor(path: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def interpreter_binds() -> tuple[str, ...]:
     """bwrap arguments that keep this Python readable by the sandbox's own uid.
 
@@ -135,6 +139,11 @@ def bwrap_argv(workdir: str) -> list[str]:
     return argv + ["--"]
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
+
 class Sandbox:
     """One runner process for one program. Use as a context manager; ``load`` once, then ``run`` per test.
 
@@ -143,7 +152,7 @@ class Sandbox:
     """
 
     def __init__(self, program: str, *, fn_name: str | None, total_s: float, max_input_bytes: int = 0,
-                 config: SandboxConfig = SandboxConfig()):
+                 config: SandboxConfig = DEFAULT_SANDBOX):
         self.program, self.fn_name, self.config = program, fn_name, config
         problem = "isolation='rlimits' was requested" if config.isolation == "rlimits" else bwrap_problem()
         self.isolation = "rlimits" if problem else "bwrap"
@@ -165,17 +174,17 @@ class Sandbox:
         if self.uid is not None:
             os.chown(self.workdir, self.uid, self.uid)
         if self.warning:
-            logger.warning(self.warning)
+            _warn_once(self.warning)
         python = [sys.executable, "-s", "-S", "-P", "-c", RUNNER_SOURCE]
         if self.isolation == "bwrap":
             argv, env = bwrap_argv(self.workdir) + python, None
         else:
             argv, env = python, dict(ENV, HOME=self.workdir)
-        self._stderr = open(os.path.join(self.workdir, ".runner-stderr"), "w+b")
+        self._stderr = tempfile.TemporaryFile()  # the runner's own failures, for the verdict's message
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._stderr, env=env, cwd="/", start_new_session=True)
-        for pipe in (self._proc.stdin, self._proc.stdout):
-            fcntl.fcntl(pipe.fileno(), fcntl.F_SETFL, fcntl.fcntl(pipe.fileno(), fcntl.F_GETFL) | os.O_NONBLOCK)
+        for fd in (self._proc.stdin.fileno(), self._proc.stdout.fileno()):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -280,3 +289,27 @@ class Sandbox:
             except ProcessLookupError:
                 pass
         self._proc.wait()
+        if self.isolation != "bwrap" and self.uid is not None:
+            _kill_uid(self.uid)  # without a pid namespace, children may have left the process group
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process owned by ``uid`` (a fresh uid of one sandbox) until none is left."""
+    for _ in range(100):
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _live_owner(p) == uid]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def _live_owner(pid: str) -> int | None:
+    """The uid owning process ``pid``; None if it is gone or a zombie (already dead, awaiting reaping)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+        return None if state in (b"Z", b"X") else os.stat(f"/proc/{pid}").st_uid
+    except (OSError, IndexError):
+        return None

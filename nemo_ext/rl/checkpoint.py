@@ -1,24 +1,24 @@
 """RL checkpoints: the backend's state plus the schedule state, written atomically; exact resume.
 
-Layout under ``checkpoint.dir`` (default ``<output_dir>/checkpoints``): ``step_<global step>/`` holds
-what ``Backend.save`` writes and ``schedule.json`` (``ScheduleState``: stage, step, epoch, position in
-the epoch, active prompts, pass rates, temperature). A directory appears only complete (temp dir +
-rename), so the newest one is always loadable. On resume, rows of ``logs/*/metrics.jsonl`` logged
-after the checkpoint are dropped, since those steps run again. ``eval.json`` keeps the held-out
-accuracies (before RL and after each stage).
+Layout under ``checkpoint.dir`` (default ``<output_dir>/checkpoints``), kept by the project's
+``CheckpointManager`` (complete directories only, the newest ``keep_last``): ``step_<global step>/``
+holds what ``Backend.save`` writes and ``schedule.json`` (``ScheduleState``: stage, step, epoch,
+position in the epoch, active prompts, pass rates, temperature). On resume, rows of
+``logs/*/metrics.jsonl`` logged after the checkpoint are dropped, since those steps run again.
+``eval.json`` keeps the held-out accuracies (before RL and after each stage).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nemo_ext.backends.base import Backend
+from nemo_ext.checkpoint import CheckpointManager
 from nemo_ext.config.rl import RLConfig
 from nemo_ext.config.schema import ResumeMode
-from nemo_ext.io import atomic_dir, atomic_write_json, atomic_write_text
+from nemo_ext.io import atomic_write_json, atomic_write_text
 from nemo_ext.rl.stages import ScheduleState, StageSchedule
 
 if TYPE_CHECKING:
@@ -27,38 +27,36 @@ if TYPE_CHECKING:
 SCHEDULE_FILE = "schedule.json"
 
 
-def checkpoint_dir(cfg: RLConfig) -> Path:
-    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.output_dir) / "checkpoints"
+def manager(cfg: RLConfig) -> CheckpointManager:
+    root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.output_dir) / "checkpoints"
+    return CheckpointManager(root, cfg.checkpoint.keep_last, is_main=True)
 
 
-def latest(ckpt_dir: Path) -> Path | None:
-    """The newest complete checkpoint (highest global step), or None."""
-    done = [p for p in ckpt_dir.glob("step_*") if (p / SCHEDULE_FILE).exists()]
-    return max(done, key=lambda p: int(p.name.removeprefix("step_")), default=None)
+class _WithSchedule:
+    """The backend's ``save`` plus ``schedule.json`` in the same not-yet-renamed directory, readable
+    before the backend loads (the optimizer's schedule must be rebuilt for the stage first)."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def save(self, path: Path, extra_state: dict) -> None:
+        self.backend.save(path, extra_state)
+        atomic_write_json(path / SCHEDULE_FILE, extra_state["schedule"])
 
 
 def save(run: RLRun) -> Path:
-    """Write ``step_<global step>`` (replacing one of the same step) and keep the newest keep_last."""
+    """Checkpoint at the current global step (replacing one of the same step)."""
     state = run.schedule.state
-    ckpt_dir = checkpoint_dir(run.cfg)
-    path = ckpt_dir / f"step_{state.global_step:07d}"
-    with atomic_dir(path) as tmp:
-        run.backend.save(tmp, extra_state={"schedule": state.to_dict()})
-        atomic_write_json(tmp / SCHEDULE_FILE, state.to_dict())
-    done = sorted((p for p in ckpt_dir.glob("step_*") if (p / SCHEDULE_FILE).exists()),
-                  key=lambda p: int(p.name.removeprefix("step_")))
-    for old in done[:-max(1, run.cfg.checkpoint.keep_last)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
+    return manager(run.cfg).save(_WithSchedule(run.backend), state.global_step, {"schedule": state.to_dict()})
 
 
 def resume(cfg: RLConfig, backend: Backend, schedule: StageSchedule) -> Path | None:
     """Load the newest checkpoint into ``backend`` and ``schedule`` (resume=auto); None if none."""
-    path = latest(checkpoint_dir(cfg)) if cfg.checkpoint.resume is ResumeMode.auto else None
+    path = manager(cfg).latest() if cfg.checkpoint.resume is ResumeMode.auto else None
     if path is None:
         return None
     state = ScheduleState.from_dict(json.loads((path / SCHEDULE_FILE).read_text()))
-    if state.stage < len(cfg.stages):  # the scheduler's shape must match before its state loads
+    if state.stage < len(cfg.stages):
         stage = cfg.stages[state.stage]
         backend.reset_optimizer(stage.lr, stage.warmup_steps, stage.steps or 1)
     backend.load(path)

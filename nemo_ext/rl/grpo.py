@@ -38,6 +38,7 @@ from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
 from nemo_ext.rl.setup import RLRun, build_run, close_run
 from nemo_ext.rl.stages import StageSchedule, epoch_order
 from nemo_ext.rl.temperature import TemperatureController
+from nemo_ext.sft.data import read_eval_problems
 
 PLOT_KEYS = ("reward/mean", "response_length/mean", "truncated_frac", "entropy", "temperature", "mismatch/kl")
 
@@ -224,7 +225,9 @@ def evaluate(run: RLRun, name: str) -> None:
     results = checkpoint.read_eval(run.out)
     if name in results or run.cfg.eval.num_problems <= 0:
         return
-    problems = make_problems(run.cfg.eval.num_problems, seed=run.cfg.trainer.seed, split="test")
+    ev = run.cfg.eval
+    problems = read_eval_problems(ev.file, ev.num_problems) if ev.file else \
+        make_problems(ev.num_problems, seed=ev.seed, split="test")
     results[name] = heldout_accuracy(run, problems)
     print(f"[rl] held-out accuracy after {name}: {results[name]['accuracy']:.3f}", flush=True)
     checkpoint.write_eval(run.out, results)

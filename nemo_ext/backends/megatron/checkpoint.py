@@ -2,7 +2,7 @@
 megatron-core distributed checkpoints (model + distributed-optimizer state).
 
 Distributed checkpoints store every tensor by its global shape and offsets (``sharded_state_dict``;
-the optimizer in megatron's ``fully_sharded_model_space`` format), so a checkpoint saved at one
+the optimizer in megatron's ``fully_reshardable`` format), so a checkpoint saved at one
 TP / PP / DP layout loads at another. ``save`` writes into the directory it is given (the
 ``Backend.save`` contract: the caller renames it into place); ``atomic_save`` does that rename
 for callers that want it done here.
@@ -29,7 +29,7 @@ from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.layout import Layout
 from nemo_ext.io import atomic_dir, atomic_write_json
 
-SHARDING = {"distrib_optim_sharding_type": "fully_sharded_model_space", "chained_optim_avoid_prefix": True,
+SHARDING = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True,
             "singleton_local_shards": False}
 
 

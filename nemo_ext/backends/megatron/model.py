@@ -103,6 +103,7 @@ def transformer_config(shape: Shape, hf_config, model_cfg: ModelConfig, layout: 
         apply_rope_fusion=te, gradient_accumulation_fusion=False,
         # Packed bins differ in length; the loss share is already globally normalized (see _finalize_grads).
         variable_seq_lengths=layout.pp > 1, calculate_per_token_loss=True, deallocate_pipeline_outputs=True,
+        moe_token_dispatcher_type="alltoall",  # no MoE; 0.19 rejects the default with variable_seq_lengths
         **recompute_kw, **fp8,
     )
 

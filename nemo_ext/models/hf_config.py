@@ -1,0 +1,30 @@
+"""Reading and overriding Hugging Face model configs across transformers versions.
+
+transformers 5 moved the RoPE base into ``config.rope_parameters["rope_theta"]`` and ignores a
+``rope_theta=`` keyword passed to ``from_pretrained``; older versions keep ``config.rope_theta``.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+
+def rope_theta_of(config: PretrainedConfig) -> float:
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        return float(params["rope_theta"])
+    return float(config.rope_theta)
+
+
+def apply_overrides(config: PretrainedConfig, rope_theta: float | None = None,
+                    max_position_embeddings: int | None = None) -> PretrainedConfig:
+    """Set the RoPE base and context length in place (None leaves a value as it is); returns ``config``."""
+    if rope_theta is not None:
+        params = getattr(config, "rope_parameters", None)
+        if isinstance(params, dict):
+            config.rope_parameters = {**params, "rope_theta": float(rope_theta)}
+        else:
+            config.rope_theta = float(rope_theta)
+    if max_position_embeddings is not None:
+        config.max_position_embeddings = int(max_position_embeddings)
+    return config

@@ -1,0 +1,195 @@
+"""A process pool that scores many responses in parallel, for GRPO rollouts and evaluation alike.
+
+Each worker is a separate process (math-verify's time limit uses SIGALRM, which threads cannot use)
+that scores one sample at a time; code samples additionally run in their own sandbox process. Workers
+receive short runs of consecutive samples (rollouts of one prompt are consecutive in an RL batch, so a
+worker's equivalence cache gets the hits) and answer sample by sample. The parent keeps a hard deadline
+on the sample each worker is on: a worker that has not answered by then (stuck in C code, stopped, or
+dead) is killed and replaced, that sample gets ``time_limit`` (``error`` if the worker died), and the
+rest of its run goes back to the queue. Results come back in input order. For math, the parent extracts
+the boxed answer itself and sends only that. The paper scores 1,024 math samples in 3.9 s and 1,024
+code samples in 552 s with 64 workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing as mp
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection, wait
+
+from nemo_ext.rewards.code import score_code, validate_tests
+from nemo_ext.rewards.common import Verdict
+from nemo_ext.rewards.math import extract_answer, judge_boxed, score_math
+from nemo_ext.rewards.sandbox import DEFAULT_SANDBOX, SandboxConfig
+
+TASKS = ("math", "code")
+MAX_RUN = 16  # most samples handed to a worker at once
+
+
+def _score_one(task: str, payload: str, reference, timeout_s: float, sandbox: SandboxConfig) -> Verdict:
+    if task == "math":  # payload: the boxed answer, extracted by the parent
+        return judge_boxed(payload, reference, timeout_s)
+    return score_code(payload, reference, timeout_s, config=sandbox)
+
+
+def _worker(conn: Connection, sandbox: SandboxConfig) -> None:
+    """Score runs of jobs ``(index, task, payload, reference, timeout_s)`` until None or EOF; send
+    ``(index, verdict)`` after each job. payload: the boxed answer (math) or the response (code)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    while True:
+        try:
+            jobs = conn.recv()
+        except EOFError:
+            return
+        if jobs is None:
+            return
+        for index, task, payload, reference, timeout_s in jobs:
+            start = time.perf_counter()
+            try:
+                verdict = _score_one(task, payload, reference, timeout_s, sandbox)
+            except Exception as e:  # noqa: BLE001 - a scorer bug must not take the pool down
+                meta = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
+                verdict = Verdict(0.0, "error", None, time.perf_counter() - start, meta)
+            conn.send((index, verdict))
+
+
+class _Slot:
+    """One worker process, the indices it was handed and not yet answered, and the head's deadline."""
+
+    def __init__(self, ctx, sandbox: SandboxConfig):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker, args=(child, sandbox), daemon=True)
+        self.process.start()
+        child.close()
+        self.pending: collections.deque[int] = collections.deque()
+        self.started = self.deadline = 0.0
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class RewardPool:
+    """Score responses with ``workers`` processes. Use as a context manager (or call ``close``).
+
+    math_timeout_s: per-sample limit of ``score_math``; code_timeout_s: per-test limit of ``score_code``.
+    grace_s: extra seconds before the pool kills a worker that overran its sample's own limit.
+    ``errors`` counts math-verify errors seen in verdicts, by exception type.
+    """
+
+    def __init__(self, workers: int = 4, *, math_timeout_s: float = 5.0, code_timeout_s: float = 6.0,
+                 grace_s: float = 5.0, sandbox: SandboxConfig = DEFAULT_SANDBOX):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.timeouts = {"math": math_timeout_s, "code": code_timeout_s}
+        self.grace_s, self.sandbox = grace_s, sandbox
+        self.errors: collections.Counter[str] = collections.Counter()
+        self._ctx = mp.get_context("spawn")  # no fork: the trainer holds threads and CUDA state
+        self._slots = [_Slot(self._ctx, sandbox) for _ in range(workers)]
+
+    def __enter__(self) -> RewardPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for slot in self._slots:
+            if not slot.pending and slot.process.is_alive():
+                slot.conn.send(None)  # finish cleanly
+                slot.process.join(timeout=5)
+            slot.kill()
+        self._slots = []
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the workers (to watch them; a test stops one to play a hung worker)."""
+        return [slot.process.pid for slot in self._slots]
+
+    def score(self, task: str, responses: list[str], references: list) -> list[Verdict]:
+        """Score ``responses[i]`` against ``references[i]``; returns verdicts in input order.
+
+        task "math": references are answer strings (or ints); task "code": references are lists of test
+        dicts (see ``nemo_ext.rewards.code``). Malformed references raise ValueError before any scoring.
+        """
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if len(responses) != len(references):
+            raise ValueError(f"{len(responses)} responses but {len(references)} references")
+        limits = [self._hard_limit(task, i, ref) for i, ref in enumerate(references)]
+        payloads = [extract_answer(r) for r in responses] if task == "math" else responses
+        results: list[Verdict | None] = [None] * len(responses)
+        for i, payload in enumerate(payloads):
+            if payload is None:  # no boxed answer: decided here, without a worker
+                results[i] = score_math(responses[i], references[i])
+        queue = collections.deque(i for i, verdict in enumerate(results) if verdict is None)
+        run = max(1, min(MAX_RUN, len(queue) // (4 * len(self._slots))))
+        while queue or any(slot.pending for slot in self._slots):
+            for position, slot in enumerate(self._slots):
+                if not slot.pending and queue:
+                    indices = [queue.popleft() for _ in range(min(run, len(queue)))]
+                    jobs = [(i, task, payloads[i], references[i], self.timeouts[task]) for i in indices]
+                    self._dispatch(position, jobs, limits)
+            self._collect(results, queue, limits)
+        for verdict in results:
+            for error in verdict.meta.get("errors", []):
+                self.errors[error.split(":", 1)[0]] += 1
+        return results
+
+    def _hard_limit(self, task: str, index: int, reference) -> float:
+        if task == "math":
+            return self.timeouts["math"] + self.grace_s
+        try:
+            tests = validate_tests(reference)
+        except ValueError as e:
+            raise ValueError(f"references[{index}]: {e}") from e
+        return (self.timeouts["code"] + 1) * len(tests) + 5 + self.sandbox.startup_s + self.grace_s
+
+    def _dispatch(self, position: int, jobs: list[tuple], limits: list[float]) -> None:
+        """Hand ``jobs`` to the idle worker at ``position``, replacing it once if it has died meanwhile."""
+        for _ in range(2):
+            slot = self._slots[position]
+            try:
+                slot.conn.send(jobs)
+                break
+            except OSError:
+                slot.kill()
+                self._slots[position] = _Slot(self._ctx, self.sandbox)
+        else:
+            raise RuntimeError("scoring workers die before taking work; run one in the foreground to see why")
+        slot.pending.extend(job[0] for job in jobs)
+        slot.started = time.monotonic()
+        slot.deadline = slot.started + limits[slot.pending[0]]
+
+    def _collect(self, results: list, queue: collections.deque, limits: list[float]) -> None:
+        """Wait for answers or the nearest deadline; replace workers that died or overran."""
+        busy = [slot for slot in self._slots if slot.pending]
+        timeout = max(0.0, min(slot.deadline for slot in busy) - time.monotonic())
+        ready = wait([slot.conn for slot in busy], timeout=timeout)
+        for position, slot in enumerate(self._slots):
+            failure = None
+            while slot.pending and slot.conn in ready and failure is None:
+                try:
+                    index, verdict = slot.conn.recv()
+                except (EOFError, OSError):
+                    failure = Verdict(0.0, "error", None, time.monotonic() - slot.started,
+                                      {"error": f"scoring worker died (exit code {slot.process.exitcode})"})
+                    break
+                results[index] = verdict
+                slot.pending.popleft()
+                slot.started = time.monotonic()
+                slot.deadline = slot.started + limits[slot.pending[0]] if slot.pending else 0.0
+                if not slot.conn.poll():
+                    break
+            if failure is None and slot.pending and time.monotonic() >= slot.deadline:
+                failure = Verdict(0.0, "time_limit", None, time.monotonic() - slot.started,
+                                  {"error": "scoring worker exceeded the hard limit and was killed"})
+            if failure is not None:
+                slot.kill()
+                results[slot.pending.popleft()] = failure
+                queue.extendleft(reversed(slot.pending))  # the rest of its run: back to the queue
+                self._slots[position] = _Slot(self._ctx, self.sandbox)

@@ -1,0 +1,28 @@
+"""GRPO with staged response lengths: ``python recipes/rl.py [key=value ...]``.
+
+With no arguments it runs the embedded default's tiny schedule (recipes/conf/rl/tiny.yaml) on this
+machine's CPU, starting from the SFT recipe's export (``runs/sft_tiny/hf``, written by
+``python recipes/sft.py``); any other start: ``policy.init=<Hugging Face dir>``. It prints held-out
+accuracy before RL and after every stage. The AceReason-Nemotron 1.1 schedule:
+``python recipes/rl.py --config-name rl/acereason_7b policy.init=<SFT export>``.
+Configs: recipes/conf/rl/*.yaml; schema: nemo_ext/config/rl.py; the loop: nemo_ext/rl/grpo.py.
+"""
+
+import hydra
+
+from nemo_ext.config.load import as_schema, register_schemas
+from nemo_ext.config.rl import RLConfig
+from nemo_ext.rl.grpo import train
+
+register_schemas({"rl_schema": RLConfig})
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="rl/tiny")
+def main(cfg) -> None:
+    results = train(as_schema(cfg, RLConfig))
+    for name, result in results.items():
+        print(f"held-out accuracy {name}: {result['accuracy']:.1%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The real recipe's SFT config builds the paper's model: Qwen2.5-Math-7B with RoPE base 1e6."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Qwen2ForCausalLM
+
+from nemo_ext.models.catalog import qwen2_config
+from nemo_ext.models.hf_config import rope_theta_of
+from tests.test_sft_run import sft_config
+
+
+def test_acereason_sft_config_builds_the_7b_model_on_the_meta_device():
+    cfg = sft_config([], "sft/acereason_7b")
+    assert cfg.model.name_or_path == "Qwen/Qwen2.5-Math-7B"
+    assert cfg.model.rope_theta == 1_000_000.0 and cfg.model.max_position_embeddings == 131072
+    assert cfg.trainer.epochs == 5
+    hf_config = qwen2_config(cfg.model.name_or_path, rope_theta=cfg.model.rope_theta,
+                             max_position_embeddings=cfg.model.max_position_embeddings)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(hf_config)
+    params = sum(p.numel() for p in model.parameters())
+    # 2 x 152064 x 3584 embeddings + 28 layers x 233.0M = 7,615,616,512 (Qwen2.5-7B's published 7.61B)
+    assert params == 7_615_616_512
+    assert rope_theta_of(model.config) == 1_000_000.0
+
+
+def test_rope_theta_override_reaches_the_loaded_model(tiny_model_dir):
+    from nemo_ext.backends.torch_backend import load_hf_model
+    from nemo_ext.config.schema import ModelConfig
+
+    model = load_hf_model(ModelConfig(rope_theta=1e6, max_position_embeddings=4096), str(tiny_model_dir))
+    assert rope_theta_of(model.config) == 1e6 and model.config.max_position_embeddings == 4096
+    inv_freq = model.model.rotary_emb.inv_freq  # base^(-2i/d): the second entry is 1e6^(-2/64)
+    assert abs(float(inv_freq[1]) - 1e6 ** (-2 / 64)) < 1e-6  # 1e4 would give 0.750

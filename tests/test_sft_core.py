@@ -1,0 +1,99 @@
+"""The SFT building blocks against naive references: packed attention, chunked log-probs and their
+gradients, the packed-batch layout, and loss accumulation over micro-batches."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from nemo_ext.backends.attention import VARLEN_ATTENTION, block_causal_mask, packed_attention_kwargs
+from nemo_ext.backends.logprobs import token_logprobs
+from nemo_ext.backends.torch_backend import lr_lambda
+from nemo_ext.data.batch import pack_sequences
+from nemo_ext.sft.loss import sft_loss
+
+
+def test_pack_sequences_shifts_targets_and_mask_within_each_sequence():
+    b = pack_sequences([[1, 2, 3], [4, 5]], [[0, 1, 1], [0, 1]], {"adv": [[0.0, 0.5, 0.75], [0.0, 2.0]]})
+    assert b.input_ids.tolist() == [1, 2, 3, 4, 5]
+    assert b.position_ids.tolist() == [0, 1, 2, 0, 1]
+    assert b.cu_seqlens.tolist() == [0, 3, 5]
+    assert b.targets.tolist() == [2, 3, 0, 5, 0]  # no target across the boundary
+    assert b.loss_mask.tolist() == [1.0, 1.0, 0.0, 1.0, 0.0]
+    assert b.token_fields["adv"].tolist() == [0.5, 0.75, 0.0, 2.0, 0.0]
+    assert b.max_seqlen == 3 and b.num_loss_tokens == 3
+
+
+def test_block_causal_mask_by_hand():
+    mask = block_causal_mask(torch.tensor([0, 2, 3]), 3)
+    assert mask.tolist() == [[True, False, False], [True, True, False], [False, False, True]]
+
+
+def test_packed_attention_equals_each_sequence_alone(tiny_model_dir):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=VARLEN_ATTENTION)
+    seqs = [torch.randint(0, 400, (n,)).tolist() for n in (7, 3, 11)]
+    b = pack_sequences(seqs, [[1] * len(s) for s in seqs])
+    packed = model.model(input_ids=b.input_ids[None], position_ids=b.position_ids[None],
+                         **packed_attention_kwargs(b.cu_seqlens, b.max_seqlen)).last_hidden_state[0]
+    packed.sum().backward()
+    packed_grad = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+    model.zero_grad()
+
+    model.set_attn_implementation("sdpa")
+    alone = torch.cat([model.model(input_ids=torch.tensor([s])).last_hidden_state[0] for s in seqs])
+    alone.sum().backward()
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed_grad, model.model.layers[0].self_attn.q_proj.weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_logprobs_and_gradients_equal_naive():
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    temperature = 0.7
+    logp, _ = token_logprobs(hidden, weight, targets, temperature, chunk_tokens=8)
+    (logp * torch.linspace(0, 1, 37, dtype=torch.float64)).sum().backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+
+    naive = torch.log_softmax(hidden @ weight.t() / temperature, -1).gather(1, targets[:, None]).squeeze(1)
+    (naive * torch.linspace(0, 1, 37, dtype=torch.float64)).sum().backward()
+    # the chunked path computes logits in fp32 whatever the input dtype
+    torch.testing.assert_close(logp, naive.float(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[0], hidden.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], weight.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_entropy_equals_naive():
+    torch.manual_seed(1)
+    hidden, weight = torch.randn(20, 8), torch.randn(30, 8)
+    _, entropy = token_logprobs(hidden, weight, torch.zeros(20, dtype=torch.long), 1.3, 6, with_entropy=True)
+    p = torch.softmax(hidden @ weight.t() / 1.3, -1)
+    torch.testing.assert_close(entropy, -(p * p.log()).sum(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_sft_loss_over_micro_batches_adds_up_to_the_full_batch():
+    torch.manual_seed(2)
+    seqs = [[1, 2, 3, 4], [5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]
+    masks = [[0, 1, 1, 1], [0, 0, 1], [0, 1], [0, 1, 1, 0, 1]]
+    full = pack_sequences(seqs, masks)
+    halves = [pack_sequences(seqs[:2], masks[:2]), pack_sequences(seqs[2:], masks[2:])]
+    total = full.num_loss_tokens
+    logp_full = -torch.rand(full.num_tokens)
+    loss_full, _ = sft_loss(total)(logp_full, full)
+    split = [halves[0].num_tokens]
+    parts = torch.split(logp_full, [split[0], full.num_tokens - split[0]])
+    loss_parts = sum(sft_loss(total)(lp, mb)[0] for lp, mb in zip(parts, halves, strict=True))
+    torch.testing.assert_close(loss_parts, loss_full)
+    assert total == 8
+    expected = -(logp_full * full.loss_mask).sum() / 8
+    torch.testing.assert_close(loss_full, expected)
+
+
+def test_lr_schedule_warmup_then_cosine_to_min():
+    assert lr_lambda(0, 10, 110, 0.1) == 0.1
+    assert lr_lambda(9, 10, 110, 0.1) == 1.0
+    assert abs(lr_lambda(60, 10, 110, 0.1) - 0.55) < 1e-12  # halfway down the cosine
+    assert abs(lr_lambda(110, 10, 110, 0.1) - 0.1) < 1e-12

@@ -1,0 +1,104 @@
+"""Whole SFT runs on the CPU: exact resume after a crash, data parallelism, config errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from nemo_ext.config.load import as_schema, register_schemas
+from nemo_ext.config.schema import SFTConfig
+from nemo_ext.sft import loop
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "recipes" / "conf"
+SMALL = ["trainer.max_steps=4", "trainer.global_batch_size=4", "data.bin_size=512", "data.synthetic.num_train=200",
+         "data.synthetic.num_eval=10", "eval.num_problems=0", "logging.progress_bar=false", "logging.plot=false",
+         "logging.tensorboard=false", "logging.log_every=1", "checkpoint.save_every=2"]
+
+
+def sft_config(overrides: list[str], config_name: str = "sft/tiny") -> SFTConfig:
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return as_schema(compose(config_name=config_name, overrides=overrides), SFTConfig)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "hf" / "model.safetensors")
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch):
+    loop.run_sft(sft_config([*SMALL, f"output_dir={tmp_path / 'straight'}"]))
+
+    crashed = tmp_path / "crashed"
+    real_step = loop.train_step
+
+    def crash_at_step_3(backend, dataset, schedule, step, device):
+        if step == 3:
+            raise RuntimeError("simulated crash")
+        return real_step(backend, dataset, schedule, step, device)
+
+    monkeypatch.setattr(loop, "train_step", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        loop.run_sft(sft_config([*SMALL, f"output_dir={crashed}"]))
+    assert [p.name for p in (crashed / "checkpoints").iterdir()] == ["step_00000002"]
+    monkeypatch.setattr(loop, "train_step", real_step)
+    loop.run_sft(sft_config([*SMALL, f"output_dir={crashed}"]))
+
+    a, b = final_weights(tmp_path / "straight"), final_weights(crashed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # the resumed run logged steps 3 and 4 once more after the crash, with the same losses
+    straight = (tmp_path / "straight" / "logs" / "metrics.jsonl").read_text().splitlines()
+    resumed = (crashed / "logs" / "metrics.jsonl").read_text().splitlines()
+    loss = lambda line: __import__("json").loads(line)["train/loss"]
+    assert [loss(x) for x in resumed[-2:]] == [loss(x) for x in straight[-2:]]
+
+
+def run_recipe(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "recipes" / "sft.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_equal_one_at_the_same_global_batch(tmp_path):
+    common = [*SMALL, "trainer.max_steps=3", "checkpoint.save_every=0"]
+    for devices in (1, 2):
+        proc = run_recipe([*common, f"trainer.devices={devices}", f"output_dir={tmp_path / str(devices)}"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = final_weights(tmp_path / "1"), final_weights(tmp_path / "2")
+    changed = False
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-5, atol=1e-6)
+        changed |= not torch.equal(one[name], load_file(tmp_path / "1" / "init_model" / "model.safetensors")[name])
+    assert changed  # training moved the weights, so the comparison means something
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("trainer.no_such_key=1", "no_such_key"),
+        ("trainer.max_steps=many", "max_steps"),
+        ("backend=jax", "torch"),  # the allowed values are listed
+        ("optim.lr=fast", "lr"),
+    ],
+)
+def test_bad_overrides_fail_before_any_work_naming_the_key(tmp_path, override, expected):
+    proc = run_recipe([override, f"output_dir={tmp_path / 'run'}"])
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_every_sft_yaml_loads_into_the_schema():
+    names = sorted(p.stem for p in (CONF / "sft").glob("*.yaml"))
+    assert "tiny" in names and "acereason_7b" in names
+    for name in names:
+        cfg = sft_config([], f"sft/{name}")
+        assert isinstance(cfg, SFTConfig)
