@@ -1,6 +1,6 @@
 """Peak memory of the chunked token log-probs (``nemo_ext.backends.logprobs``) against full logits.
 
-    PYTHONPATH=. .venv/bin/python bench/logprobs_memory.py [--tokens 2048] [--vocab 152064] [--chunk 256]
+    PYTHONPATH=. .venv/bin/python bench/logprobs_memory.py [--tokens 4096] [--vocab 152064] [--chunk 128]
 
 One long sequence: hidden states [T, H] and Qwen2.5's vocabulary (152,064 rows). Two passes, as the
 RL loop runs them: ``train`` (log-probs of the targets at temperature 0.85, summed, backward into
@@ -69,10 +69,10 @@ def measure(variant: str, mode: str, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=152064)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--chunk", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=128)
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "MODE"))
     args = parser.parse_args()
     if args.child:

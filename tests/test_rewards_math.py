@@ -30,7 +30,8 @@ def test_extract_answer(response, expected):
 
 
 def test_last_boxed_matrix_with_line_breaks():
-    assert last_boxed("\\boxed{\\begin{pmatrix}1\\\\2\\end{pmatrix}}") == "\\begin{pmatrix}1\\\\2\\end{pmatrix}"
+    matrix = "\\begin{pmatrix}1\\\\2\\end{pmatrix}"
+    assert last_boxed(f"\\boxed{{{matrix}}}") == matrix
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -83,7 +84,8 @@ def test_integer_reference_and_verdict_fields():
 
 def test_no_answer_reasons():
     assert score_math("<think>\\boxed{3}", "3").meta == {"reason": "no </think>"}
-    assert score_math("<think>\\boxed{3}</think> It is 3.", "3").meta == {"reason": "no \\boxed{} after </think>"}
+    no_box = score_math("<think>\\boxed{3}</think> It is 3.", "3")
+    assert no_box.meta == {"reason": "no \\boxed{} after </think>"}
     assert score_math("<think>\\boxed{3}", "3").verdict == "no_answer"
 
 
@@ -96,12 +98,14 @@ def test_pathological_expression_hits_the_time_limit():
 
 
 def test_verdicts_are_deterministic():
-    cases = [("0.5", "\\frac12"), ("\\{1,2\\}", "\\{2,1\\}"), ("x^2", "x\\cdot x"), ("(1,2)", "(2,1)"), ("7", "8")]
+    cases = [("0.5", "\\frac12"), ("\\{1,2\\}", "\\{2,1\\}"), ("x^2", "x\\cdot x"), ("(1,2)", "(2,1)"),
+             ("7", "8")]
     first = [score_math(respond(b), g) for g, b in cases]
     math_reward.equivalent.cache_clear()
     math_reward._parse.cache_clear()
     second = [score_math(respond(b), g) for g, b in cases]
-    assert [(v.reward, v.verdict, v.extracted) for v in first] == [(v.reward, v.verdict, v.extracted) for v in second]
+    fields = lambda verdicts: [(v.reward, v.verdict, v.extracted) for v in verdicts]  # noqa: E731
+    assert fields(first) == fields(second)
     assert [v.reward for v in first] == [1.0, 1.0, 1.0, 0.0, 0.0]
 
 

@@ -117,7 +117,7 @@ def score_code(response: str, tests: list[dict], timeout_s: float = 6.0, *,
         meta = {"isolation": box.isolation, "tests": len(tests), "passed": 0}
         if box.warning:
             meta["warning"] = box.warning
-        reply = box.load()
+        reply = box.load(timeout_s)
         failed = None if reply.status == "ok" else (reply.status, None, reply.error)
         for i, test in enumerate(tests if failed is None else []):
             reply = box.run(timeout_s, stdin=test["input"], args=test.get("args"))

@@ -27,6 +27,9 @@ from nemo_ext.rewards.sandbox import DEFAULT_SANDBOX, SandboxConfig
 
 TASKS = ("math", "code")
 MAX_RUN = 16  # most samples handed to a worker at once
+STARTUP_S = 300.0  # a worker that has not started (imports, warm-up) by then means a broken install
+WARM_UP = [("4", "x = 4"), ("\\{1,2\\}", "\\{2,1\\}"), ("[1,2)", "(1,2]"), ("x^2+2x+1", "(x+1)^2"),
+           ("\\frac{\\sqrt{2}}{2}", "0.7071"), ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1,2)")]
 
 
 def _score_one(task: str, payload: str, reference, timeout_s: float, sandbox: SandboxConfig) -> Verdict:
@@ -39,6 +42,9 @@ def _worker(conn: Connection, sandbox: SandboxConfig) -> None:
     """Score runs of jobs ``(index, task, payload, reference, timeout_s)`` until None or EOF; send
     ``(index, verdict)`` after each job. payload: the boxed answer (math) or the response (code)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    for gold, boxed in WARM_UP:  # sympy imports and builds much on first use: not on a sample's clock
+        judge_boxed(boxed, gold, timeout_s=60)
+    conn.send("ready")
     while True:
         try:
             jobs = conn.recv()
@@ -56,8 +62,14 @@ def _worker(conn: Connection, sandbox: SandboxConfig) -> None:
             conn.send((index, verdict))
 
 
+def tally_errors(verdicts: list[Verdict]) -> collections.Counter[str]:
+    """math-verify errors recorded in ``verdicts`` (meta "errors": "Type: message"), counted by type."""
+    return collections.Counter(e.split(":", 1)[0] for v in verdicts for e in v.meta.get("errors", []))
+
+
 class _Slot:
-    """One worker process, the indices it was handed and not yet answered, and the head's deadline."""
+    """One worker process: whether it has started, the indices it was handed and not yet answered, and
+    the deadline of the head one (or of its start)."""
 
     def __init__(self, ctx, sandbox: SandboxConfig):
         self.conn, child = ctx.Pipe()
@@ -65,7 +77,9 @@ class _Slot:
         self.process.start()
         child.close()
         self.pending: collections.deque[int] = collections.deque()
-        self.started = self.deadline = 0.0
+        self.ready = False
+        self.started = time.monotonic()
+        self.deadline = self.started + STARTUP_S
 
     def kill(self) -> None:
         self.process.kill()
@@ -121,23 +135,21 @@ class RewardPool:
         if len(responses) != len(references):
             raise ValueError(f"{len(responses)} responses but {len(references)} references")
         limits = [self._hard_limit(task, i, ref) for i, ref in enumerate(references)]
-        payloads = [extract_answer(r) for r in responses] if task == "math" else responses
         results: list[Verdict | None] = [None] * len(responses)
+        payloads = [extract_answer(r) for r in responses] if task == "math" else responses
         for i, payload in enumerate(payloads):
-            if payload is None:  # no boxed answer: decided here, without a worker
+            if payload is None:  # math without a boxed answer: decided here, without a worker
                 results[i] = score_math(responses[i], references[i])
         queue = collections.deque(i for i, verdict in enumerate(results) if verdict is None)
         run = max(1, min(MAX_RUN, len(queue) // (4 * len(self._slots))))
         while queue or any(slot.pending for slot in self._slots):
             for position, slot in enumerate(self._slots):
-                if not slot.pending and queue:
+                if slot.ready and not slot.pending and queue:
                     indices = [queue.popleft() for _ in range(min(run, len(queue)))]
                     jobs = [(i, task, payloads[i], references[i], self.timeouts[task]) for i in indices]
-                    self._dispatch(position, jobs, limits)
-            self._collect(results, queue, limits)
-        for verdict in results:
-            for error in verdict.meta.get("errors", []):
-                self.errors[error.split(":", 1)[0]] += 1
+                    self._dispatch(position, jobs, limits, queue)
+            self._collect(results, queue, limits, payloads if task == "math" else [None] * len(payloads))
+        self.errors += tally_errors(results)
         return results
 
     def _hard_limit(self, task: str, index: int, reference) -> float:
@@ -149,47 +161,61 @@ class RewardPool:
             raise ValueError(f"references[{index}]: {e}") from e
         return (self.timeouts["code"] + 1) * len(tests) + 5 + self.sandbox.startup_s + self.grace_s
 
-    def _dispatch(self, position: int, jobs: list[tuple], limits: list[float]) -> None:
-        """Hand ``jobs`` to the idle worker at ``position``, replacing it once if it has died meanwhile."""
-        for _ in range(2):
-            slot = self._slots[position]
-            try:
-                slot.conn.send(jobs)
-                break
-            except OSError:
-                slot.kill()
-                self._slots[position] = _Slot(self._ctx, self.sandbox)
-        else:
-            raise RuntimeError("scoring workers die before taking work; run one in the foreground to see why")
+    def _dispatch(self, position: int, jobs: list[tuple], limits: list[float],
+                  queue: collections.deque) -> None:
+        """Hand ``jobs`` to the idle worker at ``position``; if it died meanwhile, replace it and requeue."""
+        slot = self._slots[position]
+        try:
+            slot.conn.send(jobs)
+        except OSError:
+            slot.kill()
+            self._slots[position] = _Slot(self._ctx, self.sandbox)
+            queue.extendleft(reversed([job[0] for job in jobs]))
+            return
         slot.pending.extend(job[0] for job in jobs)
         slot.started = time.monotonic()
         slot.deadline = slot.started + limits[slot.pending[0]]
 
-    def _collect(self, results: list, queue: collections.deque, limits: list[float]) -> None:
-        """Wait for answers or the nearest deadline; replace workers that died or overran."""
-        busy = [slot for slot in self._slots if slot.pending]
+    def _collect(self, results: list, queue: collections.deque, limits: list[float], extracted: list) -> None:
+        """Wait for answers or the nearest deadline; replace workers that died or overran.
+
+        extracted: what the verdict on sample i reports as extracted if its worker fails (math: the box).
+        """
+        busy = [slot for slot in self._slots if slot.pending or not slot.ready]
         timeout = max(0.0, min(slot.deadline for slot in busy) - time.monotonic())
         ready = wait([slot.conn for slot in busy], timeout=timeout)
         for position, slot in enumerate(self._slots):
-            failure = None
-            while slot.pending and slot.conn in ready and failure is None:
-                try:
-                    index, verdict = slot.conn.recv()
-                except (EOFError, OSError):
-                    failure = Verdict(0.0, "error", None, time.monotonic() - slot.started,
-                                      {"error": f"scoring worker died (exit code {slot.process.exitcode})"})
-                    break
-                results[index] = verdict
-                slot.pending.popleft()
-                slot.started = time.monotonic()
-                slot.deadline = slot.started + limits[slot.pending[0]] if slot.pending else 0.0
-                if not slot.conn.poll():
-                    break
-            if failure is None and slot.pending and time.monotonic() >= slot.deadline:
-                failure = Verdict(0.0, "time_limit", None, time.monotonic() - slot.started,
-                                  {"error": "scoring worker exceeded the hard limit and was killed"})
-            if failure is not None:
+            problem = self._drain(slot, results, limits) if slot.conn in ready else None
+            overdue = time.monotonic() >= slot.deadline
+            if not slot.ready and (overdue or problem):
+                raise RuntimeError(f"a scoring worker failed to start ({problem or 'timed out'}); "
+                                   "run nemo_ext.rewards.pool._worker in the foreground to see why")
+            if problem is None and slot.pending and overdue:
+                problem = ("time_limit", "scoring worker exceeded the hard limit and was killed")
+            if problem is not None:
+                index = slot.pending.popleft()
+                results[index] = Verdict(0.0, problem[0], extracted[index], time.monotonic() - slot.started,
+                                         {"error": problem[1]})
                 slot.kill()
-                results[slot.pending.popleft()] = failure
-                queue.extendleft(reversed(slot.pending))  # the rest of its run: back to the queue
+                queue.extendleft(reversed(slot.pending))  # the rest of its run goes back to the queue
                 self._slots[position] = _Slot(self._ctx, self.sandbox)
+
+    @staticmethod
+    def _drain(slot: _Slot, results: list, limits: list[float]) -> tuple[str, str] | None:
+        """Store every answer ``slot`` has ready; returns ("error", why) if its worker died."""
+        while slot.pending or not slot.ready:
+            try:
+                message = slot.conn.recv()
+            except (EOFError, OSError):
+                return "error", f"scoring worker died (exit code {slot.process.exitcode})"
+            if message == "ready":
+                slot.ready = True
+                continue
+            index, verdict = message
+            results[index] = verdict
+            slot.pending.popleft()
+            slot.started = time.monotonic()
+            slot.deadline = slot.started + limits[slot.pending[0]] if slot.pending else 0.0
+            if not slot.conn.poll():
+                break
+        return None

@@ -190,13 +190,13 @@ class Sandbox:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def load(self) -> Reply:
-        """Start the program: compile it (and for functional tests, run its top level, find fn_name)."""
-        cwd = INSIDE if self.isolation == "bwrap" else self.workdir
+    def load(self, timeout_s: float) -> Reply:
+        """Start the program: compile it (and for functional tests, run its top level and find fn_name)
+        within ``timeout_s`` plus the configured startup allowance."""
         job = {"program": self.program, "fn_name": self.fn_name, "uid": self.uid, "limits": self._limits,
-               "cwd": cwd,
+               "cwd": INSIDE if self.isolation == "bwrap" else self.workdir,
                "sys_path": site.getsitepackages(), "pdeathsig": self.isolation != "bwrap"}
-        return self._exchange(job, self.config.startup_s)
+        return self._exchange(job, timeout_s + self.config.startup_s)
 
     def run(self, timeout_s: float, *, stdin: str | None = None, args: list | None = None) -> Reply:
         """Run one test (stdin text, or functional arguments) within ``timeout_s`` wall seconds."""
