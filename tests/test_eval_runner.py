@@ -95,6 +95,13 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     prepare(tmp_path, "aime24", extra=["samples=4"])  # more samples of the same settings: fine
 
 
+def test_a_failed_load_does_not_bind_the_run_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.jsonl: no such file"):
+        prepare(tmp_path, "aime24", extra=[f"benchmarks.aime24.source.path={tmp_path / 'nowhere.jsonl'}"])
+    _, [run] = prepare(tmp_path, "aime24")  # the fixed source, same output_dir
+    assert [p["id"] for p in run.problems] == ["60", "61", "62"]
+
+
 def test_sample_seeds_are_per_sample_and_stable():
     a = runner.sample_seed(0, "aime24", "60", 0)
     assert runner.sample_seed(0, "aime24", "60", 3) == a + 3

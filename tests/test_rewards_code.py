@@ -10,8 +10,9 @@ import textwrap
 
 import pytest
 
+from nemo_ext.rewards import runner
 from nemo_ext.rewards.code import extract_code, score_code, stdin_output_matches, validate_tests
-from nemo_ext.rewards.sandbox import Sandbox, SandboxConfig, bwrap_problem
+from nemo_ext.rewards.sandbox import Sandbox, SandboxConfig, bwrap_problem, preamble_exports
 
 ADD = [{"input": "1 2\n", "output": "3\n", "testtype": "stdin"},
        {"input": "5 7\n", "output": "12", "testtype": "stdin"}]
@@ -95,6 +96,28 @@ def test_stdin_accepted(program):
     assert v.meta["passed"] == 2 and v.meta["isolation"] == "bwrap"
 
 
+def test_preamble_binds_what_the_full_preamble_binds():
+    full: dict = {}
+    exec(runner.PREAMBLE, full)
+    names = set(full) - {"__builtins__"} - runner.DYNAMIC  # a dynamic name selects the full preamble
+    exports = {m: set(n) for m, n in preamble_exports().items()}
+    lean = runner.preamble(names, exports)
+    assert set(lean) == names and all(lean[n] is full[n] for n in names)
+    assert runner.preamble({"pow", "datetime", "deque"}, exports) == {
+        "pow": pow, "datetime": full["datetime"], "deque": full["deque"]}  # builtins.pow; the module
+
+
+@pytest.mark.parametrize("program", [
+    "q = deque(map(int, input().split()))\nh: List[int] = []\nheappush(h, gcd(q[0], q[1]))\nprint(h[0])",
+    "print(pow(2, 10, 1000) // 8 + int(math.sqrt(0)))",  # builtins.pow, not math.pow
+    "print(datetime.date(2024, 1, 3).day)",  # the module datetime, not the class
+    "print(eval('gcd(6, 9)'))",  # a dynamic lookup gets the whole preamble
+    "a, b = map(int, stdin.readline().split())\nprint(b - a)",
+])
+def test_preamble_names(program):
+    assert score_code(respond(program), stdin_test("6 9\n", "3")).verdict == "accepted"
+
+
 def test_stops_at_first_failure():
     program = "n = int(input())\nif n == 3:\n    while True: pass\nprint(n if n == 1 else -n)"
     tests = stdin_test("1", "1") + stdin_test("2", "2") + stdin_test("3", "3")
@@ -151,7 +174,7 @@ ADVERSARIAL = {
     "fork bomb": ("import os\nwhile True:\n    os.fork()", "runtime_error"),
     "infinite loop": ("while True:\n    pass", "time_limit"),
     "memory bomb": ("x = bytearray(8 * 2**30)", "memory_limit"),
-    "memory bomb, gradual": ("x = []\nwhile True:\n    x.append(bytearray(2**26))", "memory_limit"),
+    "memory bomb, gradual": ("x = []\nwhile True:\n    x.append(' ' * 2**24)", "memory_limit"),
     "gigabytes of output": ("s = 'x' * 2**20\nwhile True:\n    sys.stdout.write(s)", "runtime_error"),
     "sys.exit before printing": ("import sys\nsys.exit(0)\nprint(3)", "wrong_answer"),
     "deep recursion": ("def f(n):\n    return f(n + 1)\nf(0)", "runtime_error"),
@@ -165,7 +188,8 @@ ADVERSARIAL = {
 @pytest.mark.parametrize("name", ADVERSARIAL)
 def test_adversarial_contained(name):
     program, verdict = ADVERSARIAL[name]
-    v = score_code(respond(program), stdin_test("3\n", "3"), timeout_s=2.0)
+    # 2 s is plenty, but filling 2 GiB before MemoryError may take longer on a loaded machine
+    v = score_code(respond(program), stdin_test("3\n", "3"), timeout_s=10.0 if "memory" in name else 2.0)
     assert (v.reward, v.verdict) == (0.0, verdict), v.meta
     assert_scorer_alive()
 

@@ -146,6 +146,8 @@ class PolicyConfig:
 @dataclass
 class RolloutConfig:
     top_p: float = 1.0
+    # vLLM's weights and compute: auto = float32 on CPU (as the trainer there), the model's dtype on GPU.
+    dtype: str = "auto"
     max_model_len: int | None = None  # null = the longest prompt + the largest stage max_response_len
     gpu_memory_utilization: float = 0.4  # GPU share of vLLM's weights and KV cache (colocated)
     tensor_parallel_size: int = 1

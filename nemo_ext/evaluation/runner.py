@@ -73,27 +73,30 @@ def _settings(cfg: EvalConfig, spec: BenchmarkSpec) -> dict:
 
 
 def prepare(cfg: EvalConfig, specs: dict[str, BenchmarkSpec]) -> list[BenchmarkRun]:
-    """Load (or reload from the run directory) every benchmark's problems; check resumed settings."""
+    """Load (or reload from the run directory) every benchmark's problems; check resumed settings.
+
+    Settings bind once ``problems.jsonl`` exists (samples can exist only after it): until then a failed
+    attempt, say an unreachable hub, may be retried with other settings in the same directory.
+    """
     runs = []
     for name, spec in specs.items():
         bench_dir = Path(cfg.output_dir) / name
         settings = json.loads(json.dumps(_settings(cfg, spec)))  # enums and tuples as JSON has them
-        settings_file = bench_dir / "settings.json"
-        if settings_file.exists():
+        settings_file, problems_file = bench_dir / "settings.json", bench_dir / "problems.jsonl"
+        if problems_file.exists() and settings_file.exists():
             old = json.loads(settings_file.read_text())
             changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
             if changed:
                 raise ValueError(f"{settings_file}: this run directory holds samples made with other "
                                  f"settings ({', '.join(changed)} differ); use another output_dir=...")
-        # Settings first: problems.jsonl, once written, is only ever read back under the same settings.
-        atomic_write_json(settings_file, settings)
-        problems_file = bench_dir / "problems.jsonl"
         if problems_file.exists():
             problems = read_local(problems_file)
         else:
             problems = load_problems(name, spec)
-            lines = (json.dumps(p, ensure_ascii=False) + "\n" for p in problems)
-            atomic_write_text(problems_file, "".join(lines))
+        # Settings before problems: a kill in between leaves no problems.jsonl, so nothing is bound yet.
+        atomic_write_json(settings_file, settings)
+        if not problems_file.exists():
+            atomic_write_text(problems_file, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems))
         runs.append(BenchmarkRun(name, spec, bench_dir, problems[: cfg.limit] if cfg.limit else problems))
     return runs
 

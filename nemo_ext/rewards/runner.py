@@ -4,7 +4,7 @@
 it uses the standard library only, so it starts in milliseconds, and never imports ``nemo_ext``.
 
 Protocol (JSON lines). The first line on stdin is the job ``{program, fn_name, uid, limits, cwd,
-sys_path, pdeathsig}``; the runner applies the resource limits, drops to ``uid`` and answers
+sys_path, exports, pdeathsig}``; the runner applies the resource limits, drops to ``uid`` and answers
 ``{"status": ...}`` once the program is compiled (and, for functional tests, loaded). Then one reply
 per test line (``{"stdin": str}`` or ``{"args": list}``): ``{"status", "output", "seconds", "error"}``.
 Expected outputs never enter the sandbox: the trusted parent compares, so forged replies gain nothing.
@@ -13,7 +13,10 @@ Per test, fd 0 is a fresh memfd holding the test's input and fd 1 a fresh memfd 
 so ``input()``, ``sys.stdin.buffer``, ``open(0)`` and ``os.write(1, ...)`` all behave as in a real process.
 Programs run as LiveCodeBench runs them: after its import preamble; for stdin tests the whole program
 runs once per test; a functional program is loaded once and ``Solution().<fn_name>`` (or the function
-``fn_name``) is called per test with the JSON-decoded arguments. ``SystemExit`` is not an error.
+``fn_name``) is called per test with the JSON-decoded arguments. ``SystemExit`` is not an error. To
+start fast, the preamble binds only the names the program's code mentions, each to what the full
+preamble would bind (the parent sends each module's ``import *`` names); a program that looks names up
+dynamically (``eval``, ``globals``, ...) gets the whole preamble.
 """
 
 import errno
@@ -27,8 +30,37 @@ import time
 
 MODULES = ("string re datetime collections heapq bisect copy math random statistics itertools functools "
            "operator io sys json builtins typing").split()
-PREAMBLE = "".join(f"from {m} import *\n" for m in MODULES) + "".join(
-    f"import {m}\n" for m in MODULES if m not in ("builtins", "typing")) + "sys.setrecursionlimit(50000)\n"
+IMPORTED = [m for m in MODULES if m not in ("builtins", "typing")]  # also bound as module names
+PREAMBLE = "".join(f"from {m} import *\n" for m in MODULES) + "".join(f"import {m}\n" for m in IMPORTED)
+DYNAMIC = {"eval", "exec", "globals", "locals", "vars", "__import__"}
+CODE = type(compile("", "", "exec"))
+
+
+def global_names(code) -> set:
+    """Every name the code (and the functions and classes in it) may look up as a global."""
+    names, stack = set(), [code]
+    while stack:
+        code = stack.pop()
+        names.update(code.co_names)
+        stack.extend(const for const in code.co_consts if isinstance(const, CODE))
+    return names
+
+
+def preamble(names: set, exports: dict) -> dict:
+    """The preamble's bindings of ``names``: module names win, then the last ``from m import *``."""
+    namespace: dict = {}
+    if names & DYNAMIC:
+        exec(PREAMBLE, namespace)
+        return namespace
+    for name in names:
+        if name in IMPORTED:
+            namespace[name] = __import__(name)
+            continue
+        for module in reversed(MODULES):
+            if name in exports[module] and hasattr(found := __import__(module), name):
+                namespace[name] = getattr(found, name)
+                break
+    return namespace
 
 
 def describe(exc: BaseException) -> str:
@@ -117,12 +149,8 @@ def guarded(call):
     return value, reply
 
 
-def load(job: dict, base: dict):
-    """Compile (and for functional tests, load) the program. Returns (runner of one test, reply)."""
-    try:
-        code = compile(job["program"], "<solution>", "exec")
-    except Exception as exc:
-        return None, {"status": "syntax_error", "error": describe(exc)}
+def load(code, job: dict, base: dict):
+    """Prepare the compiled program (functional tests: run its top level). Returns (run one test, reply)."""
     if job["fn_name"] is None:
         def run_stdin(test):
             scope = dict(base, __name__="__main__")
@@ -170,13 +198,19 @@ def main() -> None:
 
     job = json.loads(commands.readline())
     sys.path.extend(job["sys_path"])
-    base: dict = {}
-    exec(PREAMBLE, base)  # before the privilege drop, in case Python's files are root-only
+    try:
+        code = compile(job["program"], "<solution>", "exec")
+    except Exception as exc:
+        send({"status": "syntax_error", "error": describe(exc)})
+        os._exit(0)
+    # imports happen before the privilege drop, in case Python's files are root-only
+    base = preamble(global_names(code), {m: set(names) for m, names in job["exports"].items()})
+    sys.setrecursionlimit(50000)
     set_limits(job["limits"])
     drop_privileges(job["uid"], job["pdeathsig"])
     os.chdir(job["cwd"])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past RLIMIT_FSIZE fail with EFBIG instead
-    run_test, reply = load(job, base)
+    run_test, reply = load(code, job, base)
     send(reply)
     if reply["status"] != "ok":
         os._exit(0)

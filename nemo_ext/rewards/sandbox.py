@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import importlib
 import json
 import logging
 import math
@@ -36,9 +37,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemo_ext.rewards import runner
+
 logger = logging.getLogger(__name__)
 
-RUNNER_SOURCE = Path(__file__).with_name("runner.py").read_text()
+RUNNER_SOURCE = Path(runner.__file__).read_text()
 INSIDE = "/tmp/work"  # the working directory as the program sees it under bwrap
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": INSIDE,
        "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
@@ -72,6 +75,16 @@ class Reply:
     output: str | None = None
     seconds: float = 0.0
     error: str = ""
+
+
+@functools.cache
+def preamble_exports() -> dict[str, list[str]]:
+    """For each module of LiveCodeBench's preamble, the names ``from module import *`` binds."""
+    exports = {}
+    for name in runner.MODULES:
+        module = importlib.import_module(name)
+        exports[name] = list(getattr(module, "__all__", None) or (n for n in dir(module) if n[0] != "_"))
+    return exports
 
 
 @functools.cache
@@ -195,7 +208,8 @@ class Sandbox:
         within ``timeout_s`` plus the configured startup allowance."""
         job = {"program": self.program, "fn_name": self.fn_name, "uid": self.uid, "limits": self._limits,
                "cwd": INSIDE if self.isolation == "bwrap" else self.workdir,
-               "sys_path": site.getsitepackages(), "pdeathsig": self.isolation != "bwrap"}
+               "sys_path": site.getsitepackages(), "exports": preamble_exports(),
+               "pdeathsig": self.isolation != "bwrap"}
         return self._exchange(job, timeout_s + self.config.startup_s)
 
     def run(self, timeout_s: float, *, stdin: str | None = None, args: list | None = None) -> Reply:

@@ -27,11 +27,12 @@ from contextlib import contextmanager
 import torch
 
 from nemo_ext.config.rl import RLConfig, StageConfig, validate_rl_config
+from nemo_ext.data.prompts import render_prompt
 from nemo_ext.data.synthetic import make_problems
 from nemo_ext.observe import MetricsLogger, plot_curves
 from nemo_ext.rl import checkpoint
 from nemo_ext.rl.advantages import group_advantages, uniform_groups
-from nemo_ext.rl.experience import Group, attach_old_logprobs, build_micro_batches, step_tensors
+from nemo_ext.rl.experience import Group, StepTensors, attach_old_logprobs, build_micro_batches, step_tensors
 from nemo_ext.rl.filters import fill_informative_groups, overlong_weights, soft_overlong_penalty
 from nemo_ext.rl.losses import PolicyLoss, loss_normalizer
 from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
@@ -86,25 +87,35 @@ def step_seed(base: int, global_step: int, draw: int) -> int:
     return random.Random(f"{base}-{global_step}-{draw}").getrandbits(31)
 
 
-def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temperature: float) -> dict:
-    """One GRPO step; returns its metrics (see docs/rl.md for every name)."""
+def rollout_metrics(t: StepTensors) -> dict[str, float]:
+    """Statistics of every rollout the step drew (dynamic sampling's dropped groups included)."""
+    return {
+        "reward/mean": float(t.rewards.mean()), "pass_rate": float(t.passed.float().mean()),
+        "response_length/mean": float(t.lengths.float().mean()), "response_length/max": int(t.lengths.max()),
+        "truncated_frac": float(t.truncated.float().mean()),
+        "groups/uniform": int(uniform_groups(t.rewards).sum()),
+    }
+
+
+def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temperature: float) -> dict | None:
+    """One GRPO step; returns its metrics (docs/rl.md names them all), or None if the stage had no
+    prompts left to draw (its end)."""
     cfg, sched, timer = run.cfg, run.schedule, PhaseTimer()
     step_start = time.perf_counter()
-    draws = 0
+    drawn: list[Group] = []
 
     def draw(k: int) -> list[Group]:
-        nonlocal draws
         with timer("sample"):
             ids = sched.take(k)
         if not ids:
             return []
-        draws += 1
-        groups = rollout_groups(run, stage, [prompts[i] for i in ids], temperature,
-                                step_seed(cfg.trainer.seed, sched.state.global_step, draws), timer)
+        seed = step_seed(cfg.trainer.seed, sched.state.global_step, len(drawn))
+        groups = rollout_groups(run, stage, [prompts[i] for i in ids], temperature, seed, timer)
         sched.record_pass_rates(ids, torch.tensor([g.passed for g in groups]))
+        drawn.extend(groups)
         return groups
 
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {"temperature": temperature}
     if stage.dynamic_sampling.enabled:
         groups, report = fill_informative_groups(draw, lambda g: g.rewards, stage.prompts_per_step,
                                                  stage.dynamic_sampling.max_rounds)
@@ -112,9 +123,28 @@ def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temp
                         "dynamic_sampling/rounds": report.rounds, "dynamic_sampling/short": report.short})
     else:
         groups = draw(stage.prompts_per_step)
-    if not groups:
-        return {**metrics, "update/skipped": 1.0, "time/step": time.perf_counter() - step_start}
+    if not drawn:
+        return None
+    generated = step_tensors(drawn)
+    metrics.update(rollout_metrics(generated))
+    metrics["groups/trained"] = len(groups)
+    if groups:
+        metrics.update(update_policy(run, stage, groups, temperature, timer))
+    else:  # dynamic sampling found no group with unequal rewards
+        metrics["update/skipped"] = 1.0
+    step_seconds = time.perf_counter() - step_start
+    metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+    metrics["time/step"] = step_seconds
+    tokens = float(generated.lengths.sum())
+    metrics["throughput/tokens_per_s"] = tokens / step_seconds
+    metrics["throughput/generate_tokens_per_s"] = tokens / max(timer.seconds["generate"], 1e-9)
+    return metrics
 
+
+def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperature: float,
+                  timer: PhaseTimer) -> dict[str, float]:
+    """Advantages -> micro-batches -> old log-probs -> one optimizer step -> weights into vLLM."""
+    cfg = run.cfg
     with timer("advantages"):
         t = step_tensors(groups)
         advantages = group_advantages(t.rewards, cfg.advantage.estimator, cfg.advantage.eps)
@@ -122,30 +152,16 @@ def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temp
         micro_batches = build_micro_batches(groups, advantages, weights, cfg.policy.micro_batch_tokens)
         norm = loss_normalizer(micro_batches, stage.max_response_len)
     with timer("logprobs"):
-        metrics.update(attach_old_logprobs(micro_batches, run.backend.logprobs(micro_batches, temperature)))
-    metrics.update({
-        "reward/mean": float(t.rewards.mean()), "pass_rate": float(t.passed.float().mean()),
-        "response_length/mean": float(t.lengths.float().mean()), "response_length/max": int(t.lengths.max()),
-        "truncated_frac": float(t.truncated.float().mean()), "temperature": temperature,
-        "groups/uniform": int(uniform_groups(t.rewards).sum()), "groups/trained": len(groups),
-        "loss_tokens": norm.tokens,
-    })
-    if norm.tokens > 0:
-        run.engine.sleep()
-        with timer("train"):
-            out = run.backend.train_step(micro_batches, PolicyLoss(cfg.loss, norm), temperature)
-        metrics.update({f"update/{k}": v for k, v in out.items()})
-        with timer("sync"):
-            run.engine.load_weights(run.backend.hf_weights())
-    else:  # every response filtered out (all truncated): nothing to learn from
-        metrics["update/skipped"] = 1.0
-    step_seconds = time.perf_counter() - step_start
-    metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
-    metrics["time/step"] = step_seconds
-    generated = float(t.lengths.sum())
-    metrics["throughput/tokens_per_s"] = generated / step_seconds
-    metrics["throughput/generate_tokens_per_s"] = generated / max(timer.seconds["generate"], 1e-9)
-    return metrics
+        metrics = attach_old_logprobs(micro_batches, run.backend.logprobs(micro_batches, temperature))
+    metrics["loss_tokens"] = norm.tokens
+    if norm.tokens == 0:  # every response filtered out (all truncated): nothing to learn from
+        return {**metrics, "update/skipped": 1.0}
+    run.engine.sleep()
+    with timer("train"):
+        out = run.backend.train_step(micro_batches, PolicyLoss(cfg.loss, norm), temperature)
+    with timer("sync"):
+        run.engine.load_weights(run.backend.hf_weights())
+    return {**metrics, **{f"update/{k}": v for k, v in out.items()}}
 
 
 def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt],
@@ -168,9 +184,7 @@ def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPromp
 
 
 def heldout_accuracy(run: RLRun, problems: list[dict]) -> dict[str, float]:
-    """Greedy (or ``eval.temperature``) accuracy on held-out synthetic problems, scored by the reward."""
-    from nemo_ext.data.prompts import render_prompt
-
+    """Greedy (or ``eval.temperature``) accuracy on held-out math problems, scored by the reward."""
     ev = run.cfg.eval
     completions = run.engine.sample([render_prompt(p["question"], "math") for p in problems], n=1,
                                     temperature=ev.temperature, max_tokens=ev.max_new_tokens, seed=0,
@@ -181,8 +195,9 @@ def heldout_accuracy(run: RLRun, problems: list[dict]) -> dict[str, float]:
             "response_length/mean": sum(len(cs[0].token_ids) for cs in completions) / len(problems)}
 
 
-def run_stage(run: RLRun) -> dict:
-    """Train the schedule's current stage to its end; returns the stage summary."""
+def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
+    """Train the schedule's current stage to its end and return its summary, or return None once the
+    run reaches global step ``stop_at``."""
     sched, stage = run.schedule, run.schedule.stage
     prompts = load_stage_prompts(stage, run.cfg.trainer.seed)
     fresh = sched.state.active is None
@@ -196,7 +211,12 @@ def run_stage(run: RLRun) -> dict:
     if controller.needs_probe:
         logger.log(sched.state.global_step, probe_temperature(run, stage, prompts, controller))
     while (reason := sched.done_reason()) is None:
+        if stop_at is not None and sched.state.global_step >= stop_at:
+            logger.close()
+            return None
         metrics = grpo_step(run, stage, prompts, controller.temperature)
+        if metrics is None:  # no prompts left: done_reason() now says why
+            continue
         if "entropy" in metrics:
             controller.observe(metrics["entropy"])
         sched.state.temperature = controller.state_dict()
@@ -246,14 +266,22 @@ def finish_stage(run: RLRun, summary: dict) -> None:
     checkpoint.save(run)
 
 
-def train(cfg: RLConfig) -> dict:
+def train(cfg: RLConfig, stop_at: int | None = None) -> dict:
     """Run (or resume) the whole RL schedule; returns the held-out accuracies before RL (``init``) and
-    after each stage, also written to ``<output_dir>/eval.json``."""
+    after each stage, also written to ``<output_dir>/eval.json``.
+
+    stop_at: checkpoint and return once the run reaches this global step (a time-limited job); the
+    next call resumes there.
+    """
     run = build_run(validate_rl_config(cfg))
     try:
         evaluate(run, "init")
         while not run.schedule.finished:
-            finish_stage(run, run_stage(run))
+            summary = run_stage(run, stop_at)
+            if summary is None:
+                checkpoint.save(run)
+                break
+            finish_stage(run, summary)
         return checkpoint.read_eval(run.out)
     finally:
         close_run(run)

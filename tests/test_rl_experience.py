@@ -1,0 +1,94 @@
+"""Rollout groups -> packed micro-batches and their statistics; RL prompt files (nemo_ext/rl)."""
+
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from nemo_ext.config.rl import StageConfig, Task
+from nemo_ext.data.prompts import render_prompt
+from nemo_ext.rl.experience import Group, attach_old_logprobs, build_micro_batches, step_tensors
+from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
+
+
+@dataclass
+class FakeCompletion:  # the fields of nemo_ext.generation.Completion the loop reads
+    token_ids: list[int]
+    logprobs: list[float]
+    truncated: bool
+
+
+PROMPT = RLPrompt("p", Task.math, "text", "7")
+
+
+def group() -> Group:
+    return Group(PROMPT, [1, 2], [FakeCompletion([3, 4], [-0.1, -0.2], False), FakeCompletion([5], [-0.3], True)],
+                 rewards=[1.0, 0.0], passed=[True, False])
+
+
+def test_step_tensors():
+    t = step_tensors([group()])
+    assert t.rewards.tolist() == [[1.0, 0.0]] and t.passed.tolist() == [[True, False]]
+    assert t.truncated.tolist() == [[False, True]] and t.lengths.tolist() == [[2, 1]]
+
+
+def test_micro_batches_carry_per_token_fields_aligned_with_targets():
+    adv, weights = torch.tensor([[0.5, -0.5]]), torch.tensor([[1.0, 0.0]])
+    first, second = build_micro_batches([group()], adv, weights, micro_batch_tokens=4)  # 4 + 3 > 4: two bins
+    # sequence [1, 2, 3, 4]: position j predicts token j + 1; response tokens 3 and 4 are trained
+    assert first.input_ids.tolist() == [1, 2, 3, 4] and first.targets.tolist() == [2, 3, 4, 0]
+    assert first.loss_mask.tolist() == [0, 1, 1, 0]
+    assert first.token_fields["advantages"].tolist() == [0, 0.5, 0.5, 0]
+    assert first.token_fields["weights"].tolist() == [0, 1, 1, 0]
+    assert torch.allclose(first.token_fields["rollout_logprobs"], torch.tensor([0, -0.1, -0.2, 0]))
+    assert second.input_ids.tolist() == [1, 2, 5] and second.token_fields["weights"].tolist() == [0, 0, 0]
+    (both,) = build_micro_batches([group()], adv, weights, micro_batch_tokens=7)
+    assert both.cu_seqlens.tolist() == [0, 4, 7]
+
+
+def test_old_logprobs_entropy_and_mismatch():
+    (mb,) = build_micro_batches([group()], torch.zeros(1, 2), torch.ones(1, 2), micro_batch_tokens=7)
+    # trainer log-probs at the 3 response tokens (positions 1, 2, 5): -0.1 (equal), -0.2 + ln 2, -0.3
+    trainer = torch.tensor([9.0, -0.1, -0.2 + math.log(2), 9.0, 9.0, -0.3, 9.0])
+    entropy = torch.tensor([9.0, 0.2, 0.4, 9.0, 9.0, 0.6, 9.0])
+    stats = attach_old_logprobs([mb], [(trainer, entropy)])
+    assert mb.token_fields["old_logprobs"] is trainer
+    assert stats["entropy"] == pytest.approx(0.4)
+    # k3 at log-ratio ln 2: 2 - 1 - ln 2; the other two tokens 0
+    assert stats["mismatch/kl"] == pytest.approx((1 - math.log(2)) / 3, rel=1e-5)
+    assert stats["mismatch/max_abs"] == pytest.approx(math.log(2), rel=1e-5)
+
+
+def test_prompt_files_math_and_code(tmp_path):
+    math_file = tmp_path / "math.jsonl"
+    math_file.write_text(json.dumps({"id": "a", "question": "1+1?", "answer": "2"}) + "\n\n"
+                         + json.dumps({"question": "2+2?", "answer": 4}) + "\n")
+    prompts = load_stage_prompts(StageConfig(name="m", data=str(math_file), steps=1), seed=0)
+    assert list(prompts) == ["a", "3"]  # a missing id defaults to the line number
+    assert prompts["3"].reference == "4" and prompts["a"].text == render_prompt("1+1?", "math")
+    code_file = tmp_path / "code.jsonl"
+    tests = [{"input": "1\n", "output": "2\n", "testtype": "stdin"}]
+    code_file.write_text(json.dumps({"id": "c", "question": "Add one.", "tests": tests}) + "\n")
+    code = load_stage_prompts(StageConfig(name="c", task=Task.code, data=str(code_file), steps=1), seed=0)
+    assert code["c"].reference == tests and code["c"].text == render_prompt("Add one.", "code")
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"question": "q"}', "line.jsonl:2: missing key 'answer'"),
+    ('{"question": 3, "answer": "1"}', "line.jsonl:2: key 'question' has type int"),
+    ("not json", "line.jsonl:2: not valid JSON"),
+    ('{"id": "a", "question": "q", "answer": "1"}', "line.jsonl:2: duplicate id 'a'"),
+])
+def test_bad_prompt_lines_name_file_line_and_key(tmp_path, line, message):
+    path = tmp_path / "line.jsonl"
+    path.write_text(json.dumps({"id": "a", "question": "q", "answer": "1"}) + "\n" + line + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_stage_prompts(StageConfig(name="m", data=str(path), steps=1), seed=0)
+
+
+def test_synthetic_prompts_are_deterministic():
+    stage = StageConfig(name="s", num_prompts=5, steps=1)
+    a, b = load_stage_prompts(stage, seed=3), load_stage_prompts(stage, seed=3)
+    assert list(a) == [f"synthetic-{i}" for i in range(5)] and a == b
