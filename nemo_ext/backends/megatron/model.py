@@ -4,7 +4,8 @@ megatron-core model chunks (one per virtual pipeline stage of this rank).
 Layer spec: Transformer Engine's when ``transformer_engine`` imports (fused norm+linear, TE's
 attention on packed THD batches through ``PackedSeqParams``, FP8 ``hybrid`` / ``e4m3`` with the
 delayed, tensorwise or blockwise recipe, context parallelism). Without TE: megatron's local spec with
-``VarlenCoreAttention`` swapped in as core attention, which runs torch's flash-attention varlen kernel
+``VarlenCoreAttention`` swapped in as core attention and an HF-exact ``RMSNorm`` that
+allows sequence parallelism, which runs torch's flash-attention varlen kernel
 on the packed batch's ``cu_seqlens`` (megatron's own THD RoPE path applies positions per sequence).
 FP8 and context parallelism without TE are refused here, by name, before anything is built.
 
@@ -27,6 +28,11 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 )
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import (
+    TransformerBlock,
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nemo_ext.backends.megatron.convert import Shape
@@ -130,12 +136,34 @@ class VarlenCoreAttention(MegatronModule):
         return out.reshape(out.shape[0], -1)
 
 
-def layer_spec(impl: str) -> ModuleSpec:
+class RMSNorm(torch.nn.Module):
+    """RMSNorm for the local spec, computed as HF's Qwen2 / Llama do (normalize in fp32, cast, scale).
+
+    megatron's own fallback without apex (torch's RMSNorm) refuses sequence parallelism; this one
+    marks its weight ``sequence_parallel`` so finalize_model_grads all-reduces its gradient over TP.
+    """
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_):
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        self.weight.sequence_parallel = config.sequence_parallel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+def block_spec(impl: str, config: TransformerConfig, vp_stage: int | None) -> ModuleSpec:
+    """The decoder of one model chunk: its layers' spec and the final norm."""
     if impl == "transformer_engine":
         return get_gpt_layer_with_transformer_engine_spec()
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-    spec.submodules.self_attention.submodules.core_attention = VarlenCoreAttention
-    return spec
+    layer = get_gpt_layer_local_spec(normalization="RMSNorm")
+    layer.submodules.self_attention.submodules.core_attention = VarlenCoreAttention
+    layer.submodules.input_layernorm = RMSNorm
+    layer.submodules.pre_mlp_layernorm = RMSNorm
+    layers = [layer] * get_num_layers_to_build(config, vp_stage=vp_stage)
+    return ModuleSpec(module=TransformerBlock,
+                      submodules=TransformerBlockSubmodules(layer_specs=layers, layer_norm=RMSNorm))
 
 
 def _get(cfg, key, default=None):
@@ -150,9 +178,9 @@ def rope_theta(hf_config, model_cfg: ModelConfig) -> float:
     return float(params.get("rope_theta", _get(hf_config, "rope_theta", 10000.0)))
 
 
-def _build_chunk(config, spec, shape: Shape, theta: float, max_len: int, vp_stage: int | None) -> GPTModel:
+def _build_chunk(config, impl: str, shape: Shape, theta: float, max_len: int, vp_stage: int | None) -> GPTModel:
     return GPTModel(
-        config, spec, vocab_size=shape.padded_vocab, max_sequence_length=max_len,
+        config, block_spec(impl, config, vp_stage), vocab_size=shape.padded_vocab, max_sequence_length=max_len,
         pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
         post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         share_embeddings_and_output_weights=shape.tie_embeddings, parallel_output=True,
@@ -166,7 +194,6 @@ def build_model_chunks(shape: Shape, hf_config, model_cfg: ModelConfig, config: 
     the current CUDA device as ``config.use_cpu_initialization`` says."""
     theta = rope_theta(hf_config, model_cfg)
     max_len = model_cfg.max_position_embeddings or _get(hf_config, "max_position_embeddings", 32768)
-    spec = layer_spec(impl)
     vpp = config.virtual_pipeline_model_parallel_size
     stages = range(vpp) if vpp else [None]
-    return [_build_chunk(config, spec, shape, theta, max_len, s) for s in stages]
+    return [_build_chunk(config, impl, shape, theta, max_len, s) for s in stages]
