@@ -31,3 +31,11 @@ def test_generation_on_vllm_cpu(tmp_path):
     assert facts["max_gap_vs_hf_raw"] > 0.05
     assert facts["unfinished_after_close"] == 0  # closing the stream aborted the rest
     assert facts["wide_batch_prompt_tokens"] > 4096 and facts["wide_batch_samples"] == 80
+
+
+def test_sleep_mode_on_cpu_is_refused_before_any_engine_starts(monkeypatch):
+    from nemo_ext.generation import build_engine
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    with pytest.raises(ValueError, match="enable_sleep_mode needs a GPU"):
+        build_engine("/nonexistent", enable_sleep_mode=True)

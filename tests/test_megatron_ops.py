@@ -131,3 +131,24 @@ def test_two_tensor_parallel_ranks_equal_one_full_vocabulary(tmp_path):
         torch.testing.assert_close(gw_shard, wr.grad.chunk(2)[rank], rtol=1e-5, atol=1e-6)
     # Each rank returns its partial hidden gradient; megatron's TP region all-reduces them.
     torch.testing.assert_close(results[0][2] + results[1][2], hr.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_rope_equals_hf_rotary_per_sequence():
+    from transformers import Qwen2Config
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding, apply_rotary_pos_emb
+
+    from nemo_ext.backends.megatron.varlen import apply_rope, rope_cos_sin
+
+    torch.manual_seed(0)
+    q, k = torch.randn(9, 4, 16), torch.randn(9, 2, 16)
+    positions = torch.tensor([0, 1, 2, 0, 1, 2, 3, 4, 0])  # sequences of 3, 5 and 1 tokens
+    cos, sin = rope_cos_sin(positions, 16, 1e6, torch.float32)
+    rq, rk = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    hf = Qwen2RotaryEmbedding(Qwen2Config(hidden_size=64, num_attention_heads=4, head_dim=16, rope_theta=1e6))
+    for a, b in [(0, 3), (3, 8), (8, 9)]:
+        pos = torch.arange(b - a)[None]
+        hcos, hsin = hf(q[None, a:b], pos)
+        eq, ek = apply_rotary_pos_emb(q[a:b].transpose(0, 1)[None], k[a:b].transpose(0, 1)[None], hcos, hsin)
+        torch.testing.assert_close(rq[a:b], eq[0].transpose(0, 1), rtol=0, atol=1e-6)
+        torch.testing.assert_close(rk[a:b], ek[0].transpose(0, 1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(rq[3], q[3])  # position 0 is not rotated

@@ -210,6 +210,7 @@ def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
     logger = MetricsLogger(run.out / "logs" / stage.name, tensorboard=run.cfg.logging.tensorboard)
     if controller.needs_probe:
         logger.log(sched.state.global_step, probe_temperature(run, stage, prompts, controller))
+        sched.state.temperature = controller.state_dict()
     while (reason := sched.done_reason()) is None:
         if stop_at is not None and sched.state.global_step >= stop_at:
             logger.close()

@@ -18,6 +18,7 @@ the torch backend's (``lr_lambda``), so both backends train on the same schedule
 from __future__ import annotations
 
 import functools
+import math
 import os
 import socket
 from collections.abc import Iterator
@@ -38,7 +39,14 @@ from nemo_ext.backends.base import Backend, LossFn
 from nemo_ext.backends.megatron import checkpoint
 from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.layout import Layout, plan_layout
-from nemo_ext.backends.megatron.model import build_model_chunks, choose_impl, transformer_config
+from nemo_ext.backends.megatron.model import (
+    PackedRotary,
+    build_model_chunks,
+    choose_impl,
+    rope_theta,
+    transformer_config,
+)
+from nemo_ext.backends.megatron.varlen import rope_cos_sin
 from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
 from nemo_ext.backends.torch_backend import lr_lambda
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
@@ -78,21 +86,33 @@ class _Micro:
     packed: PackedSeqParams
 
 
-def _to_micro(batch: PackedBatch, multiple: int, device: torch.device) -> _Micro:
-    """Pad to a multiple of ``multiple`` tokens with one extra (untrained) sequence, so every token
-    belongs to a sequence of ``cu_seqlens``."""
+def _to_micro(batch: PackedBatch, length: int, device: torch.device,
+              rope: tuple[int, float, torch.dtype] | None = None) -> _Micro:
+    """Pad to ``length`` tokens with one extra (untrained) sequence, so every token belongs to a
+    sequence of ``cu_seqlens``. ``rope``: (head_dim, theta, dtype) of the local spec's RoPE tables."""
     batch = batch.to(device)
-    pad = -batch.num_tokens % multiple
+    pad = length - batch.num_tokens
     ids, pos, tgt, cu = batch.input_ids, batch.position_ids, batch.targets, batch.cu_seqlens.to(torch.int32)
     if pad:
         zeros = ids.new_zeros(pad)
         ids, tgt = torch.cat([ids, zeros]), torch.cat([tgt, zeros])
         pos = torch.cat([pos, torch.arange(pad, device=device)])
-        cu = torch.cat([cu, cu.new_tensor([batch.num_tokens + pad])])
+        cu = torch.cat([cu, cu.new_tensor([length])])
     max_len = max(batch.max_seqlen, pad)
-    packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len,
-                             max_seqlen_kv=max_len)
+    kw = dict(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len, max_seqlen_kv=max_len)
+    if rope is None:
+        packed = PackedSeqParams(**kw)
+    else:  # local spec: RoPE tables for VarlenCoreAttention
+        cos, sin = rope_cos_sin(pos, *rope)
+        packed = PackedRotary(**kw, rope_cos=cos, rope_sin=sin)
     return _Micro(batch, ids[None], pos[None], tgt, packed)
+
+
+def padded_lengths(num_tokens: list[int], multiple: int, same: bool) -> list[int]:
+    """Each micro-batch's length rounded up to ``multiple``; with ``same`` (pipeline parallelism: the
+    stages exchange fixed-shape activations) all of them padded to the longest."""
+    lengths = [-(-n // multiple) * multiple for n in num_tokens]
+    return [max(lengths)] * len(lengths) if same else lengths
 
 
 class MegatronBackend(Backend):
@@ -116,6 +136,8 @@ class MegatronBackend(Backend):
                                          bf16=bf16, recompute=recompute, init_weights=not load_weights)
         self.config.finalize_model_grads_func = _finalize_grads
         self.chunks = build_model_chunks(self.shape, self.hf_config, model_cfg, self.config, self.impl)
+        self.rope = None if self.te else (self.shape.head_dim, rope_theta(self.hf_config, model_cfg),
+                                          self.config.params_dtype)
         for chunk in self.chunks:
             chunk.to(self.device)
         if load_weights:
@@ -124,7 +146,7 @@ class MegatronBackend(Backend):
         self.ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=True)
         self.model = [DistributedDataParallel(self.config, self.ddp_config, m, disable_bucketing=i > 0)
                       for i, m in enumerate(wrapped)]
-        self.pad_multiple = self.layout.pad_multiple() * (16 if model_cfg.fp8 else 1)
+        self.pad_multiple = math.lcm(self.layout.pad_multiple(), 16 if model_cfg.fp8 else 1)  # FP8 GEMMs: 16 rows
         self.chunk_tokens = model_cfg.logits_chunk_tokens
         self.grad_clip, self.bf16 = trainer_cfg.grad_clip, bf16
         self.reset_optimizer(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)
@@ -137,8 +159,9 @@ class MegatronBackend(Backend):
 
     def _init_parallel(self, trainer_cfg: TrainerConfig) -> Layout:
         m = self.model_cfg
+        gpus = torch.cuda.device_count() * trainer_cfg.num_nodes
         layout = plan_layout(
-            self.shape, world_size=dist.get_world_size(), gpus_present=torch.cuda.device_count() * trainer_cfg.num_nodes,
+            self.shape, world_size=dist.get_world_size(), gpus_present=gpus,
             tp=m.tensor_model_parallel_size, pp=m.pipeline_model_parallel_size, cp=m.context_parallel_size,
             vpp=m.virtual_pipeline_model_parallel_size, sequence_parallel=m.sequence_parallel,
             global_batch_size=trainer_cfg.global_batch_size, micro_batch_size=trainer_cfg.micro_batch_size)
@@ -182,6 +205,10 @@ class MegatronBackend(Backend):
             group=tp_group if self.layout.tp > 1 else None, with_entropy=with_entropy)
         return torch.stack([logp, entropy]) if with_entropy else logp
 
+    def _micros(self, micro_batches: list[PackedBatch]) -> list[_Micro]:
+        lengths = padded_lengths([b.num_tokens for b in micro_batches], self.pad_multiple, self.layout.pp > 1)
+        return [_to_micro(b, n, self.device, self.rope) for b, n in zip(micro_batches, lengths, strict=True)]
+
     def _schedule(self, micros: list[_Micro], loss_fn: LossFn | None, temperature: float, forward_only: bool):
         """Run megatron's forward-backward schedule; returns the last stage's per-micro-batch dicts."""
 
@@ -207,23 +234,28 @@ class MegatronBackend(Backend):
             model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=len(micros),
             seq_length=max(m.input_ids.shape[1] for m in micros), micro_batch_size=1, forward_only=forward_only)
 
-    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:
+    def forward_backward(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0
+                         ) -> dict[str, float]:
+        """Gradients of the summed loss shares in the parameters' ``main_grad`` (reduced over DP), no
+        optimizer step. Returns the summed ``loss`` and metrics, as ``train_step`` does."""
         for m in self.model:
             m.train()
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        micros = [_to_micro(b, self.pad_multiple, self.device) for b in micro_batches]
-        outputs = self._schedule(micros, loss_fn, temperature, forward_only=False)
+        outputs = self._schedule(self._micros(micro_batches), loss_fn, temperature, forward_only=False)
+        totals = {}
+        for out in outputs:
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + v.float()
+        return self._sum_over_replicas(totals)
+
+    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:
+        result = self.forward_backward(micro_batches, loss_fn, temperature)
         lr = self._current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         _, grad_norm, _ = self.optimizer.step()
         self.step += 1
-        totals = {}
-        for out in outputs:
-            for k, v in out.items():
-                totals[k] = totals.get(k, 0.0) + v.float()
-        result = self._sum_over_replicas(totals)
         result.update(grad_norm=float(grad_norm), lr=lr)
         return result
 
@@ -246,8 +278,10 @@ class MegatronBackend(Backend):
     def logprobs(self, micro_batches: list[PackedBatch], temperature: float = 1.0):
         for m in self.model:
             m.eval()
-        micros = [_to_micro(b, self.pad_multiple, self.device) for b in micro_batches]
-        outputs = self._schedule(micros, None, temperature, forward_only=True)
+        micros = self._micros(micro_batches)
+        # megatron's interleaved schedule wants at least PP micro-batches: repeat the last (results dropped).
+        extra = max(0, self.layout.pp - len(micros)) if self.layout.vpp else 0
+        outputs = self._schedule(micros + micros[-1:] * extra, None, temperature, forward_only=True)
         results = []
         for i, micro in enumerate(micros):
             both = torch.stack([outputs[i]["logp"], outputs[i]["entropy"]]) if outputs else \
@@ -262,6 +296,11 @@ class MegatronBackend(Backend):
 
     def hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         return checkpoint.hf_weights(self.chunks, self.shape, self.layout, te=self.te)
+
+    def hf_grads(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Like ``hf_weights``, for the fp32 gradients ``forward_backward`` left (tests, DP = 1)."""
+        return checkpoint.hf_weights(self.chunks, self.shape, self.layout, te=self.te,
+                                     tensor_of=lambda p: p.main_grad)
 
     def export_hf(self, path: Path) -> None:
         checkpoint.export_hf(self.hf_weights(), self.hf_config, self.tokenizer, Path(path),

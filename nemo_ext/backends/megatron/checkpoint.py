@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -64,7 +64,8 @@ class _HFReader:
 
     def __call__(self, name: str) -> torch.Tensor:
         if name not in self.files:
-            raise KeyError(f"HF checkpoint has no tensor {name!r} (files: {sorted(set(map(str, self.files.values())))})")
+            files = sorted({str(f) for f in self.files.values()})
+            raise KeyError(f"HF checkpoint has no tensor {name!r} (files: {files})")
         with safe_open(self.files[name], "pt") as f:
             return f.get_tensor(name)
 
@@ -88,9 +89,12 @@ def load_hf_weights(chunks, shape: Shape, layout: Layout, path: str | Path) -> N
 
 
 @torch.no_grad()
-def hf_weights(chunks, shape: Shape, layout: Layout, te: bool) -> Iterator[tuple[str, torch.Tensor]]:
+def hf_weights(chunks, shape: Shape, layout: Layout, te: bool,
+               tensor_of: Callable[[torch.nn.Parameter], torch.Tensor] = lambda p: p
+               ) -> Iterator[tuple[str, torch.Tensor]]:
     """Full tensors under HF names, one megatron tensor at a time; collective over the model-parallel
-    group (every TP / PP rank must iterate it to the end).
+    group (every TP / PP rank must iterate it to the end). ``tensor_of`` picks what of each parameter
+    is gathered (the weight, or its ``main_grad``).
 
     The owning stage all-gathers the TP shards and broadcasts the full tensor to the other pipeline
     stages, so each rank holds at most one full tensor beyond its own shards.
@@ -98,10 +102,9 @@ def hf_weights(chunks, shape: Shape, layout: Layout, te: bool) -> Iterator[tuple
     tp_group, pp_group = (parallel_state.get_tensor_model_parallel_group(),
                           parallel_state.get_pipeline_model_parallel_group())
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
-    params = [dict(c.named_parameters()) for c in chunks]
+    params = [{n: tensor_of(p) for n, p in c.named_parameters()} for c in chunks]
     offsets = _chunk_offsets(chunks, shape, layout)
-    dtype = next(iter(params[0].values())).dtype
-    device = next(iter(params[0].values())).device
+    dtype, device = next(iter(params[0].values())).dtype, next(iter(params[0].values())).device
     for name in convert.megatron_param_names(shape, te):
         stage, vp = convert.owner(name, shape.num_layers, layout.pp, layout.vpp or 1)
         if stage == pp_rank:

@@ -71,6 +71,9 @@ def plan_layout(shape: Shape, *, world_size: int, gpus_present: int | None, tp: 
     if global_batch_size % (dp * micro_batch_size):
         errors.append(f"trainer.global_batch_size={global_batch_size} is not divisible by DP x micro batch = "
                       f"{dp} x {micro_batch_size} = {dp * micro_batch_size}")
+    elif vpp is not None and global_batch_size // (dp * micro_batch_size) < pp:
+        errors.append(f"virtual pipeline stages need at least PP={pp} micro-batches per step, got "
+                      f"global_batch_size / (DP x micro batch) = {global_batch_size // (dp * micro_batch_size)}")
     if errors:
         raise ValueError("invalid megatron layout: " + "; ".join(errors))
     return Layout(tp=tp, pp=pp, cp=cp, dp=dp, vpp=vpp, sequence_parallel=sequence_parallel)

@@ -4,9 +4,9 @@ megatron-core model chunks (one per virtual pipeline stage of this rank).
 Layer spec: Transformer Engine's when ``transformer_engine`` imports (fused norm+linear, TE's
 attention on packed THD batches through ``PackedSeqParams``, FP8 ``hybrid`` / ``e4m3`` with the
 delayed, tensorwise or blockwise recipe, context parallelism). Without TE: megatron's local spec with
-``VarlenCoreAttention`` swapped in as core attention and an HF-exact ``RMSNorm`` that
-allows sequence parallelism, which runs torch's flash-attention varlen kernel
-on the packed batch's ``cu_seqlens`` (megatron's own THD RoPE path applies positions per sequence).
+two swaps: ``VarlenCoreAttention`` as core attention (RoPE from per-token positions, then torch's
+flash-attention varlen kernel on the packed batch's ``cu_seqlens``; see varlen.py) and an HF-exact
+``RMSNorm`` that, unlike megatron's torch fallback, allows sequence parallelism.
 FP8 and context parallelism without TE are refused here, by name, before anything is built.
 
 GPTModel vs HybridModel: megatron-core 0.19 marks GPTModel deprecated in favour of HybridModel. This
@@ -18,6 +18,8 @@ MLP layers, which would change every checkpoint name ``convert.py`` maps. Switch
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
@@ -26,6 +28,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_layer_local_spec,
     get_gpt_layer_with_transformer_engine_spec,
 )
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import (
@@ -37,7 +40,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.layout import Layout
-from nemo_ext.backends.megatron.varlen import packed_causal_attention
+from nemo_ext.backends.megatron.varlen import apply_rope, packed_causal_attention
 from nemo_ext.config.schema import ModelConfig
 
 FP8_FORMATS = (None, "hybrid", "e4m3")
@@ -81,8 +84,9 @@ def transformer_config(shape: Shape, hf_config, model_cfg: ModelConfig, layout: 
                        ) -> TransformerConfig:
     """megatron's TransformerConfig for this model and layout.
 
-    recompute: None, ``"full"`` (every layer's activations recomputed) or ``"selective"`` (megatron's
-    default selective set: core attention). init_weights: False when HF weights overwrite them anyway.
+    recompute: None, ``"full"`` (each layer recomputed from its input in backward) or ``"selective"``
+    (only the MLP, whose SwiGLU intermediates are the largest activations). init_weights: False when HF
+    weights overwrite them anyway.
     """
     dtype = torch.bfloat16 if bf16 else torch.float32
     te = impl == "transformer_engine"
@@ -91,7 +95,7 @@ def transformer_config(shape: Shape, hf_config, model_cfg: ModelConfig, layout: 
     if recompute == "full":
         recompute_kw = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     elif recompute == "selective":
-        recompute_kw = dict(recompute_granularity="selective")
+        recompute_kw = dict(recompute_granularity="selective", recompute_modules=["mlp"])
     elif recompute is not None:
         raise ValueError(f"recompute={recompute!r}; expected None, 'full' or 'selective'")
     return TransformerConfig(
@@ -107,18 +111,28 @@ def transformer_config(shape: Shape, hf_config, model_cfg: ModelConfig, layout: 
         use_cpu_initialization=cpu_init, perform_initialization=init_weights,
         bias_activation_fusion=True, masked_softmax_fusion=False, persist_layer_norm=False,
         apply_rope_fusion=te, gradient_accumulation_fusion=False,
-        # Packed bins differ in length; the loss share is already globally normalized (see _finalize_grads).
-        variable_seq_lengths=layout.pp > 1, calculate_per_token_loss=True, deallocate_pipeline_outputs=True,
-        moe_token_dispatcher_type="alltoall",  # no MoE; 0.19 rejects the default with variable_seq_lengths
+        # The loss share is already globally normalized (see backend._finalize_grads). Pipeline stages
+        # exchange fixed shapes: the backend pads a step's micro-batches to one length instead of
+        # variable_seq_lengths, which hangs megatron 0.19's interleaved schedule.
+        calculate_per_token_loss=True, deallocate_pipeline_outputs=True,
         **recompute_kw, **fp8,
     )
 
 
+@dataclass
+class PackedRotary(PackedSeqParams):
+    """PackedSeqParams plus the RoPE tables of the row (cos, sin [T, 1, head_dim]) for the local spec."""
+
+    rope_cos: torch.Tensor | None = None
+    rope_sin: torch.Tensor | None = None
+
+
 class VarlenCoreAttention(MegatronModule):
-    """megatron ``core_attention`` on packed THD tensors through ``varlen.packed_causal_attention``.
+    """megatron ``core_attention`` on packed THD tensors: RoPE, then ``varlen.packed_causal_attention``.
 
     Takes what megatron's SelfAttention passes: query [T, Hq/tp, D], key/value [T, Hkv/tp, D] (the THD
-    squeeze), ``packed_seq_params`` with the boundaries. Returns [T, Hq/tp * D].
+    squeeze), ``packed_seq_params`` a ``PackedRotary`` with the boundaries and RoPE tables (the local
+    spec's GPTModel is built without position embeddings; see varlen.py for why). Returns [T, Hq/tp * D].
     """
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type, attention_type: str,
@@ -129,15 +143,18 @@ class VarlenCoreAttention(MegatronModule):
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
-        if packed_seq_params is None or packed_seq_params.qkv_format != "thd":
-            raise ValueError("VarlenCoreAttention runs packed THD batches only (PackedSeqParams qkv_format='thd')")
+        if not isinstance(packed_seq_params, PackedRotary) or packed_seq_params.rope_cos is None:
+            raise ValueError("VarlenCoreAttention runs packed THD batches with RoPE tables (PackedRotary) only")
+        cos, sin = packed_seq_params.rope_cos, packed_seq_params.rope_sin
+        query, key = apply_rope(query, cos, sin), apply_rope(key, cos, sin)
         out = packed_causal_attention(query, key, value, packed_seq_params.cu_seqlens_q,
                                       packed_seq_params.max_seqlen_q, self.softmax_scale)
         return out.reshape(out.shape[0], -1)
 
 
 class RMSNorm(torch.nn.Module):
-    """RMSNorm for the local spec, computed as HF's Qwen2 / Llama do (normalize in fp32, cast, scale).
+    """RMSNorm for the local spec, rounded as HF's Qwen2 / Llama do: normalize in fp32, cast, scale
+    (torch's fused kernel upcasts internally, so only the bf16 input is kept for backward).
 
     megatron's own fallback without apex (torch's RMSNorm) refuses sequence parallelism; this one
     marks its weight ``sequence_parallel`` so finalize_model_grads all-reduces its gradient over TP.
@@ -150,7 +167,7 @@ class RMSNorm(torch.nn.Module):
         self.weight.sequence_parallel = config.sequence_parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return self.weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
 
 
 def block_spec(impl: str, config: TransformerConfig, vp_stage: int | None) -> ModuleSpec:
@@ -184,7 +201,8 @@ def _build_chunk(config, impl: str, shape: Shape, theta: float, max_len: int, vp
         pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
         post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         share_embeddings_and_output_weights=shape.tie_embeddings, parallel_output=True,
-        position_embedding_type="rope", rotary_base=theta, vp_stage=vp_stage,
+        position_embedding_type="rope" if impl == "transformer_engine" else "none", rotary_base=theta,
+        vp_stage=vp_stage,
     )
 
 

@@ -5,8 +5,13 @@ CUDA this is torch's flash-attention varlen kernel (``torch.nn.attention.varlen.
 torch >= 2.10; ``window_size=(-1, 0)`` makes it causal). Grouped KV heads go to the kernel as they
 are: flash attention shares each KV head among its query group natively, so KV is never repeated
 (newer torch asks for ``enable_gqa=True`` to allow this; older torch has no such flag). Elsewhere an
-exact fallback runs SDPA per sequence. Pure torch: the megatron module wrapping it lives in
-``model.py``. Left out: dropout, sliding windows, context parallelism (TE's attention does CP).
+exact fallback runs SDPA per sequence.
+
+RoPE (Su et al. 2021) for packed rows is here too, computed from per-token positions that restart at
+every sequence (``rope_cos_sin`` once per micro-batch, ``apply_rope`` per layer): megatron's own THD
+RoPE path without TE splits the row per sequence and reads ``cu_seqlens`` on the host twice per layer.
+Pure torch: the megatron module wrapping it lives in ``model.py``. Left out: dropout, sliding
+windows, context parallelism (TE's attention does CP), RoPE scaling.
 """
 
 from __future__ import annotations
@@ -23,6 +28,22 @@ def _varlen_kwargs() -> dict:
     from torch.nn.attention.varlen import varlen_attn
 
     return {"enable_gqa": True} if "enable_gqa" in inspect.signature(varlen_attn).parameters else {}
+
+
+def rope_cos_sin(position_ids_T: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, 1, head_dim] in ``dtype``, computed in fp32 as Hugging Face's Qwen2 / Llama do."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids_T.device).float() / head_dim
+    inv_freq = 1.0 / (theta ** exponent)
+    freqs = position_ids_T.float()[:, None] * inv_freq[None, :]  # [T, D/2]
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None, :]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x_THD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, the non-interleaved (GPT-NeoX / HF) layout."""
+    x1, x2 = x_THD.chunk(2, dim=-1)
+    return x_THD * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 def packed_causal_attention(q_THD: torch.Tensor, k_TGD: torch.Tensor, v_TGD: torch.Tensor,

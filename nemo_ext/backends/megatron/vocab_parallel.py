@@ -28,7 +28,9 @@ def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
 
 def _chunk_logits(h_CH, w_VH, lo: int, vocab_size: int, temperature: float) -> torch.Tensor:
     """[C, V_local] float32 logits / temperature, padded columns at -inf."""
-    z = (h_CH @ w_VH.t()).float() / temperature
+    z = (h_CH @ w_VH.t()).float()
+    if temperature != 1.0:
+        z.div_(temperature)
     n_valid = max(0, min(w_VH.shape[0], vocab_size - lo))
     if n_valid < w_VH.shape[0]:
         z[:, n_valid:] = float("-inf")
@@ -70,12 +72,12 @@ class _VocabParallelLogprob(torch.autograd.Function):
         for s in range(0, hidden_TH.shape[0], chunk):
             h = hidden_TH[s:s + chunk]
             z = _chunk_logits(h, weight_VH, lo, vocab_size, temperature)
-            g = grad_T[s:s + chunk].float()
-            dz = torch.exp(z - lse[s:s + chunk, None]) * -g[:, None]
+            g = grad_T[s:s + chunk].float() / temperature
+            dz = z.sub_(lse[s:s + chunk, None]).exp_().mul_(-g[:, None])  # in place: chunks are large
             local = targets_T[s:s + chunk] - lo
             rows = torch.nonzero((local >= 0) & (local < z.shape[1])).squeeze(1)
             dz[rows, local[rows]] += g[rows]
-            dz = (dz / temperature).to(h.dtype)
+            dz = dz.to(h.dtype)
             grad_h[s:s + chunk] = dz @ weight_VH
             grad_w.addmm_(dz.t().float(), h.float())
         return grad_h, grad_w.to(weight_VH.dtype), None, None, None, None, None, None

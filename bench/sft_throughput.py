@@ -1,0 +1,266 @@
+"""SFT training throughput (tokens/s, MFU) of the backends on one model shape and the same packed data.
+
+    python bench/sft_throughput.py --backend megatron,torch,hf_baseline --shape 1.5b
+    python bench/sft_throughput.py --backend megatron --shape 7b --tp 2 --nproc 2 --bin 8192 --no-optimizer
+
+Each backend runs in its own process (``torchrun`` for megatron), on random weights and random tokens
+(never all zeros) with sequence lengths drawn log-normally around a median of ~4K, packed first-fit-
+decreasing into bins of ``--bin`` tokens; every backend sees the same sequences. One step = ``--micro``
+bins (forward, backward, optimizer step unless ``--no-optimizer``); ``--warmup`` steps, then the timed
+ones, synchronized. Reported per backend: tokens/s, per-GPU model TFLOP/s and MFU, peak memory, and the
+ratio to the first backend listed.
+
+Model FLOPs = 6 x params x tokens + 6 x layers x hidden x sum(len^2) (causal attention, recompute not
+counted); MFU = model FLOP/s per GPU / 989 TFLOP/s (H100 SXM dense bf16).
+hf_baseline is the plain Hugging Face way: each sequence alone (a padded batch of 1), sdpa attention,
+gradient checkpointing, fp32 master weights + bf16 autocast, fused AdamW, one optimizer step per bin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PEAK_FLOPS = 989e12
+SHAPES = {  # Qwen2.5 configs (Hugging Face config.json values)
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+
+
+def hf_config(shape: str, layers: int | None):
+    from transformers import Qwen2Config
+
+    kw = dict(SHAPES[shape])
+    if layers:
+        kw["num_hidden_layers"] = layers
+    return Qwen2Config(**kw, rope_theta=1e6, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                       layer_types=["full_attention"] * kw["num_hidden_layers"])
+
+
+def num_params(cfg) -> int:
+    h, f, L, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    per_layer = h * h * 2 + 2 * h * kv + h + 2 * kv + 3 * h * f + 2 * h  # q,o + k,v + biases + MLP + norms
+    return L * per_layer + v * h * (1 if cfg.tie_word_embeddings else 2) + h
+
+
+def make_bins(args, vocab: int) -> list[list[list[int]]]:
+    """Bins of token-id sequences, deterministic in ``--seed``."""
+    from nemo_ext.data.packing import first_fit_decreasing
+
+    rng = np.random.default_rng(args.seed)
+    needed = (args.warmup + args.steps) * args.micro
+    lengths = np.clip(rng.lognormal(np.log(4096), 0.6, size=needed * args.bin // 256), 256, args.bin).astype(int)
+    packed = first_fit_decreasing(lengths, args.bin)  # FFD opens bins longest-first: pick bins at random
+    bins = [packed[i] for i in rng.choice(len(packed), size=needed, replace=False)]
+    return [[rng.integers(0, vocab, size=lengths[i]).tolist() for i in b] for b in bins]
+
+
+def model_flops(cfg, bins) -> float:
+    tokens = sum(len(s) for b in bins for s in b)
+    sq = sum(len(s) ** 2 for b in bins for s in b)
+    return 6 * num_params(cfg) * tokens + 6 * cfg.num_hidden_layers * cfg.hidden_size * sq
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: one backend each, in its own process
+# ---------------------------------------------------------------------------------------------
+
+def _packed(bins):
+    from nemo_ext.data.batch import pack_sequences
+
+    return [pack_sequences(b, [[1] * len(s) for s in b]) for b in bins]
+
+
+def _steps(args, bins):
+    return [bins[i * args.micro:(i + 1) * args.micro] for i in range(args.warmup + args.steps)]
+
+
+def _timed(args, steps, run_step) -> list[float]:
+    times = []
+    for i, step in enumerate(steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run_step(step)
+        torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _configs(args, model_dir: str):
+    from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
+
+    model = ModelConfig(tensor_model_parallel_size=args.tp, sequence_parallel=args.tp > 1,
+                        logits_chunk_tokens=4096)
+    trainer = TrainerConfig(precision=Precision.bf16, global_batch_size=args.micro, micro_batch_size=1,
+                            activation_checkpointing=args.recompute == "full", fsdp=False)
+    return model, trainer, OptimConfig(lr=1e-5, min_lr=1e-6, warmup_steps=2)
+
+
+def work_megatron(args, model_dir: str, bins) -> list[float]:
+    from nemo_ext.backends.megatron.backend import MegatronBackend
+    from nemo_ext.sft.loss import sft_loss
+
+    model, trainer, optim = _configs(args, model_dir)
+    recompute = None if args.recompute == "none" else args.recompute
+    be = MegatronBackend(model_dir, model, trainer, optim, total_steps=100, load_weights=False, recompute=recompute)
+    run = be.forward_backward if args.no_optimizer else be.train_step
+    return _timed(args, _steps(args, _packed(bins)),
+                  lambda mbs: run(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs))))
+
+
+def work_torch(args, model_dir: str, bins) -> list[float]:
+    from nemo_ext.backends.torch_backend import TorchBackend
+    from nemo_ext.sft.loss import sft_loss
+
+    model, trainer, optim = _configs(args, model_dir)
+    be = TorchBackend(model_dir, model, trainer, optim, 100, torch.device("cuda", 0))
+    if args.no_optimizer:
+        raise ValueError("--no-optimizer is for megatron only")
+    return _timed(args, _steps(args, _packed(bins)),
+                  lambda mbs: be.train_step(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs))))
+
+
+def work_hf_baseline(args, model_dir: str, bins) -> list[float]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").cuda()
+    model.gradient_checkpointing_enable({"use_reentrant": False})
+    model.config.use_cache = False
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+    def step(step_bins):
+        for seqs in step_bins:
+            tokens = sum(len(s) for s in seqs)
+            for s in seqs:
+                ids = torch.tensor([s], device="cuda")
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model(input_ids=ids, labels=ids).loss
+                (loss * (len(s) - 1) / tokens).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return _timed(args, _steps(args, bins), step)
+
+
+def worker(args) -> None:
+    import torch.distributed as dist
+
+    cfg = hf_config(args.shape, args.layers)
+    bins = make_bins(args, cfg.vocab_size)
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.reset_peak_memory_stats()
+    times = globals()[f"work_{args.worker}"](args, args.model_dir, bins)
+    timed_bins = bins[args.warmup * args.micro:]
+    flops = model_flops(cfg, timed_bins)
+    tokens = sum(len(s) for b in timed_bins for s in b)
+    ngpu = args.nproc if args.worker == "megatron" else 1
+    total = sum(times)
+    result = dict(backend=args.worker, shape=args.shape, layers=cfg.num_hidden_layers, tp=args.tp if ngpu > 1 else 1,
+                  gpus=ngpu, bin=args.bin, recompute=args.recompute, optimizer=not args.no_optimizer,
+                  params=num_params(cfg), tokens_per_s=tokens / total, median_step_s=statistics.median(times),
+                  tflops_per_gpu=flops / total / ngpu / 1e12, mfu=flops / total / ngpu / PEAK_FLOPS,
+                  peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30, card=torch.cuda.get_device_name())
+    if int(os.environ.get("RANK", 0)) == 0:
+        Path(args.result).write_text(json.dumps(result))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestrator
+# ---------------------------------------------------------------------------------------------
+
+def write_model_dir(args, out: Path, weights: bool) -> None:
+    """config.json (+ random bf16 weights, made on the GPU, for the HF-based backends)."""
+    cfg = hf_config(args.shape, args.layers)
+    if not weights:
+        cfg.save_pretrained(out)
+        return
+    code = (f"import sys, torch; sys.path.insert(0, {str(ROOT)!r}); from bench.sft_throughput import hf_config; "
+            "from transformers import AutoModelForCausalLM; torch.manual_seed(0); "
+            f"cfg = hf_config({args.shape!r}, {args.layers!r}); cfg.dtype = torch.bfloat16\n"
+            "with torch.device('cuda'): m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)\n"
+            f"m.save_pretrained({str(out)!r})")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def run_backend(args, backend: str, model_dir: Path, result: Path) -> dict | None:
+    nproc = args.nproc if backend == "megatron" else 1
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__,
+           "--worker", backend, "--model-dir", str(model_dir), "--result", str(result)]
+    cmd += [a for a in sys.argv[1:] if not a.startswith("--backend") and a not in args.backend.split(",")]
+    print("+", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        oom = "OutOfMemoryError" in proc.stderr or "out of memory" in proc.stderr
+        print(f"{backend}: {'OUT OF MEMORY' if oom else 'FAILED'}\n{proc.stderr[-4000:]}", flush=True)
+        return None
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", default="megatron,torch,hf_baseline", help="comma-separated; the first is the baseline")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="1.5b")
+    p.add_argument("--layers", type=int, default=None, help="override the number of layers (a model that fits)")
+    p.add_argument("--bin", type=int, default=16384)
+    p.add_argument("--micro", type=int, default=1, help="bins per optimizer step")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--nproc", type=int, default=1, help="GPUs for megatron (TP x DP)")
+    p.add_argument("--recompute", choices=["none", "selective", "full"], default="none")
+    p.add_argument("--no-optimizer", action="store_true", help="forward + backward only (megatron)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="append the results as JSON lines here")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    backends = args.backend.split(",")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        write_model_dir(args, model_dir, weights=any(b != "megatron" for b in backends))
+        for b in backends:
+            r = run_backend(args, b, model_dir, Path(tmp) / f"{b}.json")
+            if r:
+                results.append(r)
+                print(json.dumps(r), flush=True)
+                if args.out:
+                    with open(args.out, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+    print(f"\n{'backend':<12} {'layout':<14} {'tokens/s':>10} {'TFLOP/s/GPU':>12} {'MFU':>6} {'mem GiB':>8} "
+          f"{'ratio':>6}")
+    for r in results:
+        layout = f"{r['gpus']}gpu tp{r['tp']} {r['recompute'][:4]}"
+        ratio = r["tokens_per_s"] / r["gpus"] / (results[0]["tokens_per_s"] / results[0]["gpus"])
+        print(f"{r['backend']:<12} {layout:<14} {r['tokens_per_s']:>10.0f} {r['tflops_per_gpu']:>12.1f} "
+              f"{r['mfu']:>6.1%} {r['peak_mem_gib']:>8.1f} {ratio:>6.2f}")
+    if results:
+        print(f"card: {results[0]['card']}; shape {args.shape} ({results[0]['params'] / 1e9:.2f}B params, "
+              f"{results[0]['layers']} layers); ratio = per-GPU tokens/s / {results[0]['backend']}'s")
+
+
+if __name__ == "__main__":
+    main()

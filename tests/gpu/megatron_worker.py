@@ -1,0 +1,186 @@
+"""One process of a megatron GPU check, started by ``torchrun`` from tests/gpu/test_megatron_gpu.py.
+
+    torchrun --nproc-per-node N tests/gpu/megatron_worker.py SCENARIO --model DIR --out FILE [--tp T --pp P ...]
+
+Scenarios (rank 0 writes FILE, a torch.save'd dict):
+  hf_logits  megatron logits / log-probs vs the HF model on the same weights, and the HF export round trip
+  grads      loss and full HF-named gradients of two packed micro-batches (fp32), for layout comparisons
+  ckpt_save  two SFT steps, a distributed checkpoint, the log-probs and the next step's loss after it
+  ckpt_load  load that checkpoint (at another layout), the same log-probs and next-step loss
+  sft        N SFT steps on the embedded arithmetic task: the loss curve (megatron, then the torch backend)
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from nemo_ext.backends.megatron import checkpoint
+from nemo_ext.backends.megatron.backend import MegatronBackend, _to_micro
+from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
+from nemo_ext.data.batch import PackedBatch, pack_sequences
+from nemo_ext.sft.loss import sft_loss
+
+
+def random_batches(n: int, lengths=(37, 120, 5, 64), vocab: int = 400, seed: int = 0) -> list[PackedBatch]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        seqs = [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths]
+        out.append(pack_sequences(seqs, [[0] * (L // 3) + [1] * (L - L // 3) for L in lengths]))
+    return out
+
+
+def backend(args, precision: str, steps: int = 100, lr: float = 1e-3) -> MegatronBackend:
+    model = ModelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp,
+                        sequence_parallel=args.sp)
+    trainer = TrainerConfig(precision=Precision(precision), global_batch_size=args.micro, micro_batch_size=1,
+                            grad_clip=1.0, seed=1234)
+    return MegatronBackend(args.model, model, trainer, OptimConfig(lr=lr, min_lr=lr / 10, warmup_steps=5), steps)
+
+
+def hf_logits(args) -> dict:
+    """Per precision: ||logits_mc - logits_hf|| / ||logits_hf|| over the packed sequences."""
+    result = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        be = backend(args, precision)
+        hf = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation="sdpa").cuda()
+        batch = random_batches(1)[0]
+        micro = _to_micro(batch, batch.num_tokens, be.device, be.rope)
+        with torch.no_grad():
+            logits = be.chunks[0](micro.input_ids, micro.position_ids, None, packed_seq_params=micro.packed)
+            logits = logits[0, :, : be.shape.vocab].float()
+            bounds = batch.cu_seqlens.tolist()
+            ref = torch.cat([hf(batch.input_ids[a:b][None].cuda()).logits[0].float()
+                             for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+        [(logp, _)] = be.logprobs([batch])
+        ref_logp = torch.log_softmax(ref, -1).gather(1, batch.targets.cuda()[:, None]).squeeze(1).cpu()
+        mask = batch.loss_mask.bool()
+        export = Path(args.out).with_suffix(f".{precision}.hf")
+        be.export_hf(export)
+        exported = AutoModelForCausalLM.from_pretrained(export, dtype=dtype).state_dict()
+        original = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).state_dict()
+        result[precision] = {
+            "logits_rel_err": float((logits - ref).norm() / ref.norm()),
+            "logp_max_abs_err": float((logp - ref_logp)[mask].abs().max()),
+            "export_max_abs_diff": max(float((exported[k].float() - v.float()).abs().max())
+                                       for k, v in original.items()),
+            "export_keys_equal": exported.keys() == original.keys(),
+        }
+        del be, hf
+        _reset_megatron()
+    return result
+
+
+def _reset_megatron() -> None:
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    torch.cuda.empty_cache()
+
+
+def grads(args) -> dict:
+    be = backend(args, "fp32")
+    batches = random_batches(args.micro)
+    total = sum(b.num_loss_tokens for b in batches)
+    out = be.forward_backward(batches, sft_loss(total))
+    named = {name: g.float().cpu() for name, g in be.hf_grads()}
+    return {"loss": out["loss"], "grads": named}
+
+
+def ckpt_save(args) -> dict:
+    be = backend(args, args.precision)
+    batches = random_batches(args.micro)
+    loss_fn = sft_loss(sum(b.num_loss_tokens for b in batches))
+    for _ in range(2):
+        be.train_step(batches, loss_fn)
+    checkpoint.atomic_save(be, Path(args.ckpt), {"data_position": 2})
+    [(logp, entropy)] = be.logprobs(batches[:1])
+    return {"logp": logp, "entropy": entropy, "next_loss": be.train_step(batches, loss_fn)["loss"]}
+
+
+def ckpt_load(args) -> dict:
+    be = backend(args, args.precision)
+    extra = be.load(Path(args.ckpt))
+    batches = random_batches(args.micro)
+    [(logp, entropy)] = be.logprobs(batches[:1])
+    loss_fn = sft_loss(sum(b.num_loss_tokens for b in batches))
+    return {"logp": logp, "entropy": entropy, "extra": extra, "step": be.step,
+            "next_loss": be.train_step(batches, loss_fn)["loss"]}
+
+
+def sft_batches(model_dir: str, steps: int, per_step: int, bin_size: int = 1024) -> list[list[PackedBatch]]:
+    """``steps`` global batches of ``per_step`` packed bins of the embedded task's teacher outputs."""
+    from nemo_ext.data.packing import first_fit_decreasing
+    from nemo_ext.data.synthetic import make_problems
+    from nemo_ext.data.tokenize import tokenize_chats
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    problems = make_problems(steps * per_step * 8, seed=0, split="train")
+    samples = tokenize_chats(tok, [p["question"] for p in problems], [p["output"] for p in problems],
+                             ["math"] * len(problems))
+    samples = [s.truncated(bin_size) for s in samples]
+    bins = first_fit_decreasing([len(s) for s in samples], bin_size)
+    random.Random(0).shuffle(bins)
+    packed = [pack_sequences([samples[i].input_ids.tolist() for i in b], [samples[i].loss_mask.tolist() for i in b])
+              for b in bins[: steps * per_step]]
+    if len(packed) < steps * per_step:
+        raise ValueError(f"only {len(packed)} bins for {steps} x {per_step}")
+    return [packed[i * per_step:(i + 1) * per_step] for i in range(steps)]
+
+
+def _train(be, steps_batches) -> list[float]:
+    losses = []
+    for mbs in steps_batches:
+        tokens = sum(b.num_loss_tokens for b in mbs)  # DP = 1: this rank's bins are the global batch
+        losses.append(be.train_step(mbs, sft_loss(tokens))["loss"])
+    return losses
+
+
+def sft(args) -> dict:
+    steps_batches = sft_batches(args.model, args.steps, args.micro)
+    be = backend(args, "bf16", steps=args.steps, lr=args.lr)
+    result = {"megatron": _train(be, steps_batches)}
+    del be
+    if dist.get_world_size() == 1:
+        from nemo_ext.backends.torch_backend import TorchBackend
+
+        trainer = TrainerConfig(precision=Precision.bf16, global_batch_size=args.micro, fsdp=False)
+        tb = TorchBackend(args.model, ModelConfig(), trainer,
+                          OptimConfig(lr=args.lr, min_lr=args.lr / 10, warmup_steps=5), args.steps,
+                          torch.device("cuda", 0))
+        result["torch"] = _train(tb, steps_batches)
+    return result
+
+
+SCENARIOS = {"hf_logits": hf_logits, "grads": grads, "ckpt_save": ckpt_save, "ckpt_load": ckpt_load, "sft": sft}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("scenario", choices=sorted(SCENARIOS))
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--ckpt", default=None)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--sp", action="store_true")
+    p.add_argument("--micro", type=int, default=2, help="micro-batches (packed bins) per step")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--lr", type=float, default=3e-3)
+    args = p.parse_args()
+    result = SCENARIOS[args.scenario](args)
+    if dist.get_rank() == 0:
+        torch.save(result, args.out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
