@@ -1,7 +1,7 @@
 """SFT training throughput (tokens/s, MFU) of the backends on one model shape and the same packed data.
 
     python bench/sft_throughput.py --backend megatron,torch,hf_baseline --shape 1.5b
-    python bench/sft_throughput.py --backend megatron --shape 7b --tp 2 --nproc 2 --bin 8192 --no-optimizer
+    python bench/sft_throughput.py --backend megatron --shape 7b --tp 2 --gpus 2 --bin 8192 --no-optimizer
 
 Each backend runs in its own process (``torchrun`` for megatron), on random weights and random tokens
 (never all zeros) with sequence lengths drawn log-normally around a median of ~4K, packed first-fit-
@@ -34,22 +34,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PEAK_FLOPS = 989e12
-SHAPES = {  # Qwen2.5 configs (Hugging Face config.json values)
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-}
+SHAPES = {"1.5b": "Qwen/Qwen2.5-1.5B", "7b": "Qwen/Qwen2.5-Math-7B"}  # nemo_ext.models.catalog names
 
 
 def hf_config(shape: str, layers: int | None):
-    from transformers import Qwen2Config
+    """The cataloged architecture (random weights), RoPE base 1e6, 32K context, ``layers`` if given."""
+    from nemo_ext.models.catalog import qwen2_config
 
-    kw = dict(SHAPES[shape])
-    if layers:
-        kw["num_hidden_layers"] = layers
-    return Qwen2Config(**kw, rope_theta=1e6, max_position_embeddings=32768, rms_norm_eps=1e-6,
-                       layer_types=["full_attention"] * kw["num_hidden_layers"])
+    overrides = {"num_hidden_layers": layers} if layers else {}
+    cfg = qwen2_config(SHAPES[shape], rope_theta=1e6, max_position_embeddings=32768, **overrides)
+    cfg.layer_types = ["full_attention"] * cfg.num_hidden_layers
+    return cfg
 
 
 def num_params(cfg) -> int:
@@ -65,7 +60,8 @@ def make_bins(args, vocab: int) -> list[list[list[int]]]:
 
     rng = np.random.default_rng(args.seed)
     needed = (args.warmup + args.steps) * args.micro
-    lengths = np.clip(rng.lognormal(np.log(4096), 0.6, size=needed * args.bin // 256), 256, args.bin).astype(int)
+    longest = min(args.bin, args.max_len or args.bin)
+    lengths = np.clip(rng.lognormal(np.log(4096), 0.6, size=needed * args.bin // 256), 256, longest).astype(int)
     packed = first_fit_decreasing(lengths, args.bin)  # FFD opens bins longest-first: pick bins at random
     bins = [packed[i] for i in rng.choice(len(packed), size=needed, replace=False)]
     return [[rng.integers(0, vocab, size=lengths[i]).tolist() for i in b] for b in bins]
@@ -170,7 +166,7 @@ def worker(args) -> None:
     timed_bins = bins[args.warmup * args.micro:]
     flops = model_flops(cfg, timed_bins)
     tokens = sum(len(s) for b in timed_bins for s in b)
-    ngpu = args.nproc if args.worker == "megatron" else 1
+    ngpu = args.gpus if args.worker == "megatron" else 1
     total = sum(times)
     result = dict(backend=args.worker, shape=args.shape, layers=cfg.num_hidden_layers, tp=args.tp if ngpu > 1 else 1,
                   gpus=ngpu, bin=args.bin, recompute=args.recompute, optimizer=not args.no_optimizer,
@@ -203,17 +199,28 @@ def write_model_dir(args, out: Path, weights: bool) -> None:
 
 
 def run_backend(args, backend: str, model_dir: Path, result: Path) -> dict | None:
-    nproc = args.nproc if backend == "megatron" else 1
+    nproc = args.gpus if backend == "megatron" else 1
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__,
            "--worker", backend, "--model-dir", str(model_dir), "--result", str(result)]
-    cmd += [a for a in sys.argv[1:] if not a.startswith("--backend") and a not in args.backend.split(",")]
-    print("+", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
+    for key in ("shape", "layers", "bin", "max_len", "micro", "warmup", "steps", "tp", "gpus", "seed"):
+        if getattr(args, key) is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    cmd += ["--no-optimizer"] if args.no_optimizer else []
+    cmd += ["--recompute", args.recompute]  # last: the OOM retry below replaces it
+    for recompute in dict.fromkeys([args.recompute, "selective", "full"]):  # on OOM, recompute more
+        if backend != "megatron" and recompute != args.recompute:
+            break
+        run_cmd = [*cmd[:-1], recompute] if cmd[-2] == "--recompute" else cmd
+        print("+", " ".join(run_cmd), flush=True)
+        proc = subprocess.run(run_cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            return json.loads(result.read_text())
         oom = "OutOfMemoryError" in proc.stderr or "out of memory" in proc.stderr
-        print(f"{backend}: {'OUT OF MEMORY' if oom else 'FAILED'}\n{proc.stderr[-4000:]}", flush=True)
-        return None
-    return json.loads(result.read_text())
+        print(f"{backend} (recompute {recompute}): {'OUT OF MEMORY' if oom else 'FAILED'}\n{proc.stderr[-3000:]}",
+              flush=True)
+        if not oom:
+            break
+    return None
 
 
 def main() -> None:
@@ -222,11 +229,12 @@ def main() -> None:
     p.add_argument("--shape", choices=sorted(SHAPES), default="1.5b")
     p.add_argument("--layers", type=int, default=None, help="override the number of layers (a model that fits)")
     p.add_argument("--bin", type=int, default=16384)
+    p.add_argument("--max-len", type=int, default=None, help="longest sequence (default: the bin size)")
     p.add_argument("--micro", type=int, default=1, help="bins per optimizer step")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--nproc", type=int, default=1, help="GPUs for megatron (TP x DP)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs for megatron (TP x DP)")
     p.add_argument("--recompute", choices=["none", "selective", "full"], default="none")
     p.add_argument("--no-optimizer", action="store_true", help="forward + backward only (megatron)")
     p.add_argument("--seed", type=int, default=0)

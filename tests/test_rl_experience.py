@@ -9,7 +9,7 @@ import torch
 
 from nemo_ext.config.rl import StageConfig, Task
 from nemo_ext.data.prompts import render_prompt
-from nemo_ext.rl.experience import Group, attach_old_logprobs, build_micro_batches, step_tensors
+from nemo_ext.rl.experience import Group, attach_old_logprobs, build_micro_batches, contributes, step_tensors
 from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
 
 
@@ -44,8 +44,18 @@ def test_micro_batches_carry_per_token_fields_aligned_with_targets():
     assert first.token_fields["weights"].tolist() == [0, 1, 1, 0]
     assert torch.allclose(first.token_fields["rollout_logprobs"], torch.tensor([0, -0.1, -0.2, 0]))
     assert second.input_ids.tolist() == [1, 2, 5] and second.token_fields["weights"].tolist() == [0, 0, 0]
-    (both,) = build_micro_batches([group()], adv, weights, micro_batch_tokens=7)
+    (both,) = build_micro_batches([group()], adv, torch.ones(1, 2), micro_batch_tokens=7)
     assert both.cu_seqlens.tolist() == [0, 4, 7]
+
+
+def test_responses_without_a_gradient_term_are_packed_apart():
+    # weight 0 (filtered) and advantage 0 (equal rewards) go to their own micro-batch even though
+    # everything fits in one
+    live, dead = build_micro_batches([group()], torch.tensor([[0.5, -0.5]]), torch.tensor([[1.0, 0.0]]), 7)
+    assert live.input_ids.tolist() == [1, 2, 3, 4] and dead.input_ids.tolist() == [1, 2, 5]
+    assert contributes(live) and not contributes(dead)
+    live, dead = build_micro_batches([group()], torch.tensor([[0.0, 1.0]]), torch.ones(1, 2), 7)
+    assert live.input_ids.tolist() == [1, 2, 5] and not contributes(dead)
 
 
 def test_old_logprobs_entropy_and_mismatch():

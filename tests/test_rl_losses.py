@@ -7,7 +7,7 @@ import torch
 
 from nemo_ext.config.rl import Aggregation, KLEstimator, LossConfig
 from nemo_ext.data.batch import pack_sequences
-from nemo_ext.rl.losses import PolicyLoss, clipped_objective, kl_penalty, loss_normalizer
+from nemo_ext.rl.losses import LossNormalizer, PolicyLoss, clipped_objective, kl_penalty, loss_normalizer
 
 
 def test_ppo_clip_with_separate_bounds():
@@ -142,3 +142,19 @@ def test_micro_batches_with_accumulation_equal_one_batch(aggregation):
     assert full_loss.item() != 0.0
     for i in range(4):
         assert torch.allclose(micro_grads[i], full_grads[i], atol=1e-7)
+
+
+@pytest.mark.parametrize("aggregation", list(Aggregation))
+def test_a_micro_batch_of_zero_advantages_adds_nothing_but_its_count(aggregation):
+    live = two_sequences()
+    dead = pack_sequences([[5, 6, 7]], [[0, 1, 1]], {"advantages": [[0, 0, 0]], "weights": [[0, 1, 1]]})
+    norm = loss_normalizer([live, dead], max_response_len=4)
+    assert (norm.tokens, norm.sequences) == (6.0, 3)  # the dead sequence's 2 tokens count
+    logp = torch.full((3,), -1.0, requires_grad=True)
+    loss, _ = PolicyLoss(LossConfig(aggregation=aggregation), norm)(logp, dead)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logp.grad, torch.zeros(3))
+    # skipping it: metrics are means over the tokens actually run
+    skipped = LossNormalizer(norm.tokens, norm.sequences, 4, metric_tokens=4.0)
+    _, metrics = PolicyLoss(LossConfig(aggregation=aggregation), skipped)(torch.full((6,), -1.0), live)
+    assert metrics["ratio"].item() == pytest.approx(1.0)

@@ -67,8 +67,13 @@ def build_micro_batches(
 ) -> list[PackedBatch]:
     """Pack every response of ``groups`` into micro-batches of at most ``micro_batch_tokens`` tokens
     (or the longest sequence, if longer). Fields: advantages, weights, rollout_logprobs (0 where vLLM
-    returned none)."""
-    seqs, trained, fields = [], [], {ADVANTAGES: [], WEIGHTS: [], ROLLOUT_LOGPROBS: []}
+    returned none).
+
+    Responses whose policy-gradient term is zero (advantage 0, as in a group of equal rewards, or
+    weight 0) are packed apart from the others, so a step can skip their micro-batches
+    (``contributes``) without changing the gradient; they still count in the loss normalizer.
+    """
+    seqs, trained, fields, live = [], [], {ADVANTAGES: [], WEIGHTS: [], ROLLOUT_LOGPROBS: []}, []
     for n, group in enumerate(groups):
         prompt_len = len(group.prompt_ids)
         for g, completion in enumerate(group.completions):
@@ -79,10 +84,19 @@ def build_micro_batches(
             fields[WEIGHTS].append([0.0] * prompt_len + [float(weights_NG[n, g])] * len(resp))
             logprobs = list(completion.logprobs) if completion.logprobs is not None else [0.0] * len(resp)
             fields[ROLLOUT_LOGPROBS].append([0.0] * prompt_len + logprobs)
-    lengths = [len(s) for s in seqs]
-    bins = first_fit_decreasing(lengths, max(micro_batch_tokens, max(lengths)))
+            live.append(bool(advantages_NG[n, g] != 0 and weights_NG[n, g] > 0 and resp))
+    bin_size = max(micro_batch_tokens, max(len(s) for s in seqs))
+    bins = []
+    for part in ([i for i in range(len(seqs)) if live[i]], [i for i in range(len(seqs)) if not live[i]]):
+        bins += [[part[j] for j in b] for b in first_fit_decreasing([len(seqs[i]) for i in part], bin_size)]
     return [pack_sequences([seqs[i] for i in b], [trained[i] for i in b],
                            {k: [v[i] for i in b] for k, v in fields.items()}) for b in bins]
+
+
+def contributes(batch: PackedBatch) -> bool:
+    """Whether any response token of ``batch`` has a non-zero advantage and loss weight."""
+    f = batch.token_fields
+    return bool((batch.loss_mask * f[WEIGHTS] * f[ADVANTAGES]).ne(0).any())
 
 
 def attach_old_logprobs(
@@ -103,7 +117,7 @@ def attach_old_logprobs(
         diff = (logp - mb.token_fields[ROLLOUT_LOGPROBS]) * mask  # log p_trainer - log p_vLLM
         tokens += float(mask.sum())
         entropy += float((ent * mask).sum())
-        kl += float(((torch.exp(diff) - 1.0 - diff) * mask).sum())
+        kl += float(((torch.expm1(diff) - diff) * mask).sum())
         max_abs = max(max_abs, float(diff.abs().max()))
     tokens = max(tokens, 1.0)
     return {"entropy": entropy / tokens, "mismatch/kl": kl / tokens, "mismatch/max_abs": max_abs}

@@ -23,23 +23,29 @@ import random
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 
 from nemo_ext.config.rl import RLConfig, StageConfig, validate_rl_config
 from nemo_ext.data.prompts import render_prompt
-from nemo_ext.data.synthetic import make_problems
 from nemo_ext.observe import MetricsLogger, plot_curves
 from nemo_ext.rl import checkpoint
 from nemo_ext.rl.advantages import group_advantages, uniform_groups
-from nemo_ext.rl.experience import Group, StepTensors, attach_old_logprobs, build_micro_batches, step_tensors
+from nemo_ext.rl.experience import (
+    Group,
+    StepTensors,
+    attach_old_logprobs,
+    build_micro_batches,
+    contributes,
+    step_tensors,
+)
 from nemo_ext.rl.filters import fill_informative_groups, overlong_weights, soft_overlong_penalty
-from nemo_ext.rl.losses import PolicyLoss, loss_normalizer
-from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
+from nemo_ext.rl.losses import PolicyLoss, loss_normalizer, token_mask
+from nemo_ext.rl.prompts import RLPrompt, load_eval_problems, load_stage_prompts
 from nemo_ext.rl.setup import RLRun, build_run, close_run
 from nemo_ext.rl.stages import StageSchedule, epoch_order
 from nemo_ext.rl.temperature import TemperatureController
-from nemo_ext.sft.data import read_eval_problems
 
 PLOT_KEYS = ("reward/mean", "response_length/mean", "truncated_frac", "entropy", "temperature", "mismatch/kl")
 
@@ -143,22 +149,29 @@ def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temp
 
 def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperature: float,
                   timer: PhaseTimer) -> dict[str, float]:
-    """Advantages -> micro-batches -> old log-probs -> one optimizer step -> weights into vLLM."""
+    """Advantages -> micro-batches -> old log-probs -> one optimizer step -> weights into vLLM.
+
+    Micro-batches without a policy-gradient term (equal-reward groups, filtered responses) join the
+    log-prob pass (entropy, mismatch) and the normalizer but not the update, whose gradient they
+    would not change; with a KL term every micro-batch is trained.
+    """
     cfg = run.cfg
     with timer("advantages"):
         t = step_tensors(groups)
         advantages = group_advantages(t.rewards, cfg.advantage.estimator, cfg.advantage.eps)
         weights = overlong_weights(t.truncated, stage.overlong.filter)
         micro_batches = build_micro_batches(groups, advantages, weights, cfg.policy.micro_batch_tokens)
-        norm = loss_normalizer(micro_batches, stage.max_response_len)
+        trained = [mb for mb in micro_batches if cfg.loss.kl_coef > 0 or contributes(mb)]
+        norm = replace(loss_normalizer(micro_batches, stage.max_response_len),
+                       metric_tokens=float(sum(token_mask(mb).sum() for mb in trained)))
     with timer("logprobs"):
         metrics = attach_old_logprobs(micro_batches, run.backend.logprobs(micro_batches, temperature))
-    metrics["loss_tokens"] = norm.tokens
-    if norm.tokens == 0:  # every response filtered out (all truncated): nothing to learn from
+    metrics.update({"loss_tokens": norm.tokens, "update/trained_tokens": norm.metric_tokens})
+    if not trained:  # nothing to learn from: equal rewards everywhere, or every response filtered
         return {**metrics, "update/skipped": 1.0}
     run.engine.sleep()
     with timer("train"):
-        out = run.backend.train_step(micro_batches, PolicyLoss(cfg.loss, norm), temperature)
+        out = run.backend.train_step(trained, PolicyLoss(cfg.loss, norm), temperature)
     with timer("sync"):
         run.engine.load_weights(run.backend.hf_weights())
     return {**metrics, **{f"update/{k}": v for k, v in out.items()}}
@@ -246,10 +259,7 @@ def evaluate(run: RLRun, name: str) -> None:
     results = checkpoint.read_eval(run.out)
     if name in results or run.cfg.eval.num_problems <= 0:
         return
-    ev = run.cfg.eval
-    problems = read_eval_problems(ev.file, ev.num_problems) if ev.file else \
-        make_problems(ev.num_problems, seed=ev.seed, split="test")
-    results[name] = heldout_accuracy(run, problems)
+    results[name] = heldout_accuracy(run, load_eval_problems(run.cfg.eval))
     print(f"[rl] held-out accuracy after {name}: {results[name]['accuracy']:.3f}", flush=True)
     checkpoint.write_eval(run.out, results)
 

@@ -52,11 +52,14 @@ class LossNormalizer:
     tokens:           sum of loss_mask * weight (the weighted response tokens).
     sequences:        sequences with at least one weighted token.
     max_response_len: Dr. GRPO's constant (tokens).
+    metric_tokens:    the weighted tokens of the micro-batches actually run (the metrics' token means);
+                      fewer than ``tokens`` when micro-batches with no policy-gradient term are skipped.
     """
 
     tokens: float
     sequences: int
     max_response_len: int
+    metric_tokens: float | None = None
 
 
 def loss_normalizer(micro_batches: Sequence[PackedBatch], max_response_len: int) -> LossNormalizer:
@@ -134,7 +137,7 @@ class PolicyLoss:
     Reads ``advantages`` [T] and optionally ``old_logprobs`` (default: the current log-probs,
     detached: the strictly on-policy case), ``rollout_logprobs`` (needed when ``tis_cap`` is set),
     ``ref_logprobs`` (needed when ``kl_coef`` > 0) and ``weights`` from ``batch.token_fields``.
-    Metrics are token means over the global batch (their micro-batch shares add up).
+    Metrics are token means over the micro-batches run (their shares add up).
     """
 
     cfg: LossConfig
@@ -148,7 +151,8 @@ class PolicyLoss:
         pg, ratio, clipped = clipped_objective(
             logprobs_T, old, fields[ADVANTAGES], cfg.clip_low, cfg.clip_high, cfg.dual_clip
         )
-        share = token_mask(batch) / max(self.norm.tokens, 1.0)  # token-mean weights for the metrics
+        metric_tokens = self.norm.tokens if self.norm.metric_tokens is None else self.norm.metric_tokens
+        share = token_mask(batch) / max(metric_tokens, 1.0)  # token-mean weights for the metrics
         metrics = {"ratio": (share * ratio).sum().detach(), "clip_frac": (share * clipped).sum()}
         if cfg.tis_cap is not None:
             is_weight = torch.exp(old - _required(fields, ROLLOUT_LOGPROBS, "tis_cap")).clamp(max=cfg.tis_cap)

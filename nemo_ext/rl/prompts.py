@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from nemo_ext.config.rl import StageConfig, Task
+from nemo_ext.config.rl import RLEvalConfig, StageConfig, Task
 from nemo_ext.data.prompts import render_prompt
 from nemo_ext.data.synthetic import make_problems
+from nemo_ext.sft.data import read_eval_problems
 
 DEFAULT_SYNTHETIC_PROMPTS = 512
 
@@ -54,6 +55,15 @@ def load_stage_prompts(stage: StageConfig, seed: int) -> dict[str, RLPrompt]:
     if not prompts:
         raise ValueError(f"{stage.data}: no prompts")
     return prompts
+
+
+def load_eval_problems(cfg: RLEvalConfig) -> list[dict]:
+    """Held-out ``{question, answer}`` math problems: ``cfg.file``, or the synthetic test split."""
+    if cfg.num_problems <= 0:
+        return []
+    if cfg.file:
+        return read_eval_problems(cfg.file, cfg.num_problems)
+    return make_problems(cfg.num_problems, seed=cfg.seed, split="test")
 
 
 def _parse_line(line: str, task: Task, where: str, default_id: str) -> RLPrompt:

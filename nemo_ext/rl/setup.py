@@ -11,8 +11,9 @@ import torch
 from nemo_ext.backends.base import Backend
 from nemo_ext.config.rl import RLConfig
 from nemo_ext.config.schema import Accelerator
+from nemo_ext.data.prompts import render_prompt
 from nemo_ext.rl import checkpoint
-from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
+from nemo_ext.rl.prompts import RLPrompt, load_eval_problems, load_stage_prompts
 from nemo_ext.rl.rollout import RolloutEngine
 from nemo_ext.rl.stages import StageSchedule
 
@@ -60,14 +61,18 @@ def resolve_init(init: str, out: Path) -> Path:
 
 
 def max_model_len(run_cfg: RLConfig, tokenizer) -> int:
-    """rollout.max_model_len, or the longest prompt of any stage plus that stage's response limit."""
+    """rollout.max_model_len, or the longest prompt plus its response limit over the stages and the
+    held-out evaluation."""
     if run_cfg.rollout.max_model_len is not None:
         return run_cfg.rollout.max_model_len
-    need = run_cfg.eval.max_new_tokens + 256
+    longest = lambda texts: max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    need = 0
     for stage in run_cfg.stages:
         texts = [p.text for p in load_stage_prompts(stage, run_cfg.trainer.seed).values()]
-        longest = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
-        need = max(need, longest + stage.max_response_len)
+        need = max(need, longest(texts) + stage.max_response_len)
+    if problems := load_eval_problems(run_cfg.eval):
+        texts = [render_prompt(p["question"], "math") for p in problems]
+        need = max(need, longest(texts) + run_cfg.eval.max_new_tokens)
     return need
 
 

@@ -65,10 +65,15 @@ def _assert_same_grads(ref: dict, other: dict, rtol: float = 1e-4):
         assert err < rtol, f"{name}: relative gradient error {err:.2e}"
 
 
+@pytest.fixture(scope="session")
+def tp1_grads(tmp_path_factory, tiny) -> dict:
+    return run(tmp_path_factory.mktemp("tp1"), tiny, "grads")
+
+
 @needs_two
 @pytest.mark.parametrize("layout", [dict(tp=2), dict(tp=2, sp=True), dict(pp=2)], ids=["tp2", "tp2_sp", "pp2"])
-def test_tensor_and_pipeline_parallel_give_the_tp1_loss_and_gradients(tmp_path, tiny, layout):
-    ref = run(tmp_path, tiny, "grads", name="tp1")
+def test_tensor_and_pipeline_parallel_give_the_tp1_loss_and_gradients(tmp_path, tiny, tp1_grads, layout):
+    ref = tp1_grads
     other = run(tmp_path, tiny, "grads", nproc=2, name="layout", **layout)
     print(layout, "loss", ref["loss"], other["loss"])
     _assert_same_grads(ref, other)
@@ -78,7 +83,8 @@ def test_tensor_and_pipeline_parallel_give_the_tp1_loss_and_gradients(tmp_path, 
 def test_checkpoint_saved_at_tp2_loads_at_tp1(tmp_path, tiny):
     ckpt = tmp_path / "ckpt"
     saved = run(tmp_path, tiny, "ckpt_save", nproc=2, tp=2, ckpt=ckpt)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["layout.json", "megatron", "trainer_state.pt"]
+    assert sorted(p.name for p in (ckpt / "step_00000002").iterdir()) == ["layout.json", "megatron",
+                                                                          "trainer_state.pt"]
     loaded = run(tmp_path, tiny, "ckpt_load", tp=1, ckpt=ckpt)
     print("ckpt", float((loaded["logp"] - saved["logp"]).abs().max()), saved["next_loss"], loaded["next_loss"])
     assert loaded["extra"] == {"data_position": 2} and loaded["step"] == 2
@@ -88,14 +94,21 @@ def test_checkpoint_saved_at_tp2_loads_at_tp1(tmp_path, tiny):
     assert abs(loaded["next_loss"] - saved["next_loss"]) < 1e-4 * abs(saved["next_loss"])
 
 
-def test_fifty_sft_steps_lower_the_loss_like_the_torch_backend(tmp_path, tiny):
-    r = run(tmp_path, tiny, "sft", steps=50)
-    mc = r["megatron"]
+@pytest.fixture(scope="session")
+def sft_curves(tmp_path_factory, tiny) -> dict:
+    return run(tmp_path_factory.mktemp("sft"), tiny, "sft", steps=50)
+
+
+def test_fifty_sft_steps_lower_the_loss(sft_curves):
+    mc = sft_curves["megatron"]
     print("sft megatron", [round(x, 3) for x in mc])
     first, last = sum(mc[:5]) / 5, sum(mc[-5:]) / 5
     assert last < 0.5 * first, (first, last)
-    if "torch" in r:
-        tb = r["torch"]
-        print("sft torch", [round(x, 3) for x in tb])
-        assert abs(mc[0] - tb[0]) < 0.05 * tb[0]  # same weights, same data: same first loss
-        assert abs(last - sum(tb[-5:]) / 5) < 0.25 * sum(tb[-5:]) / 5
+
+
+def test_megatron_and_torch_backends_train_alike(sft_curves):
+    assert "torch_error" not in sft_curves, sft_curves.get("torch_error")
+    mc, tb = sft_curves["megatron"], sft_curves["torch"]
+    print("sft torch", [round(x, 3) for x in tb])
+    assert abs(mc[0] - tb[0]) < 0.05 * tb[0]  # same weights, same data: the same first loss
+    assert abs(sum(mc[-5:]) - sum(tb[-5:])) < 0.25 * sum(tb[-5:])

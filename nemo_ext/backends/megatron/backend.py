@@ -1,5 +1,5 @@
 """``MegatronBackend``: the ``Backend`` interface on megatron-core, with TP / PP (1F1B, optional virtual
-stages) / CP (TE) / SP / DP, Megatron DDP and the distributed optimizer.
+stages) / SP / DP, Megatron DDP and the distributed optimizer (CP is refused: model.choose_impl).
 
 One process per GPU (torchrun or the recipe's self-launch). The loop hands each data-parallel rank its
 packed micro-batches; every TP / PP rank of one replica receives the same ones. A micro-batch runs
@@ -43,7 +43,6 @@ from nemo_ext.backends.megatron.model import (
     PackedRotary,
     build_model_chunks,
     choose_impl,
-    rope_theta,
     transformer_config,
 )
 from nemo_ext.backends.megatron.varlen import rope_cos_sin
@@ -51,14 +50,16 @@ from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
 from nemo_ext.backends.torch_backend import lr_lambda
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch
+from nemo_ext.models.hf_config import apply_overrides, rope_theta_of
 
 
-def init_distributed() -> torch.device:
+def init_distributed(device: torch.device | None = None) -> torch.device:
     """Join (or, run alone, create) the default process group; one CUDA device per process."""
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
         raise RuntimeError("backend=megatron needs CUDA GPUs (megatron-core calls torch.cuda throughout); "
                            "use backend=torch on CPU")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = device.index if device is not None and device.index is not None else \
+        int(os.environ.get("LOCAL_RANK", 0))
     torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         if "WORLD_SIZE" not in os.environ:
@@ -120,11 +121,13 @@ class MegatronBackend(Backend):
     (benchmarks); otherwise the HF safetensors at ``model_path`` are imported."""
 
     def __init__(self, model_path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, optim_cfg: OptimConfig,
-                 total_steps: int, *, load_weights: bool = True, recompute: str | None = None):
-        self.device = init_distributed()
+                 total_steps: int, *, load_weights: bool = True, recompute: str | None = None,
+                 device: torch.device | None = None):
+        self.device = init_distributed(device)
         self.model_path, self.model_cfg, self.optim_cfg = model_path, model_cfg, optim_cfg
         self.total_steps, self.step = total_steps, 0
-        self.hf_config = AutoConfig.from_pretrained(model_path)
+        self.hf_config = apply_overrides(AutoConfig.from_pretrained(model_path), model_cfg.rope_theta,
+                                         model_cfg.max_position_embeddings)
         self.shape = Shape.from_hf_config(self.hf_config)
         self.layout = self._init_parallel(trainer_cfg)
         self.impl = choose_impl(model_cfg, self.layout)
@@ -135,8 +138,8 @@ class MegatronBackend(Backend):
         self.config = transformer_config(self.shape, self.hf_config, model_cfg, self.layout, impl=self.impl,
                                          bf16=bf16, recompute=recompute, init_weights=not load_weights)
         self.config.finalize_model_grads_func = _finalize_grads
-        self.chunks = build_model_chunks(self.shape, self.hf_config, model_cfg, self.config, self.impl)
-        self.rope = None if self.te else (self.shape.head_dim, rope_theta(self.hf_config, model_cfg),
+        self.chunks = build_model_chunks(self.shape, self.hf_config, self.config, self.impl)
+        self.rope = None if self.te else (self.shape.head_dim, rope_theta_of(self.hf_config),
                                           self.config.params_dtype)
         for chunk in self.chunks:
             chunk.to(self.device)
@@ -316,7 +319,3 @@ class MegatronBackend(Backend):
         self.warmup_steps, self.total_steps = state["warmup_steps"], state["total_steps"]
         return state["extra"]
 
-
-def build_megatron_backend(cfg, model_path: str, total_steps: int) -> MegatronBackend:
-    """The megatron backend for an ``SFTConfig`` (or any config with ``model``, ``trainer``, ``optim``)."""
-    return MegatronBackend(model_path, cfg.model, cfg.trainer, cfg.optim, total_steps)

@@ -3,9 +3,9 @@ megatron-core distributed checkpoints (model + distributed-optimizer state).
 
 Distributed checkpoints store every tensor by its global shape and offsets (``sharded_state_dict``;
 the optimizer in megatron's ``fully_reshardable`` format), so a checkpoint saved at one
-TP / PP / DP layout loads at another. ``save`` writes into the directory it is given (the
-``Backend.save`` contract: the caller renames it into place); ``atomic_save`` does that rename
-for callers that want it done here.
+TP / PP / DP layout loads at another. ``save`` writes into the directory it is given; the caller
+(``nemo_ext.checkpoint.CheckpointManager``) renames it into place once every rank is done, so a
+killed run leaves either the previous checkpoint or the new one.
 
 Round trips: import then export reproduces the HF tensors exactly when the parameters keep the HF
 dtype (bf16 checkpoints with precision=bf16, fp32 ones with precision=fp32); an fp32 checkpoint
@@ -158,7 +158,7 @@ def _sharded_state(backend, is_loading: bool) -> dict:
 
 
 def save(backend, path: Path, trainer_state: dict) -> None:
-    """Model, optimizer and ``trainer_state`` under ``path`` (which must not exist yet). Collective."""
+    """Model, optimizer and ``trainer_state`` under ``path`` (new or empty). Collective."""
     if dist.get_rank() == 0:
         (path / "megatron").mkdir(parents=True)
     dist.barrier()
@@ -228,16 +228,3 @@ def load(backend, path: Path) -> dict:
     _load_optimizer(backend.optimizer, state["optimizer"])
     return torch.load(path / "trainer_state.pt", weights_only=False)
 
-
-def atomic_save(backend, path: Path, extra_state: dict) -> None:
-    """``backend.save`` into ``.<name>.tmp`` beside ``path``, then rename it into place (rank 0)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if dist.get_rank() == 0 and tmp.exists():
-        shutil.rmtree(tmp)  # left by a run killed mid-save
-    dist.barrier()
-    backend.save(tmp, extra_state)
-    if dist.get_rank() == 0:
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    dist.barrier()

@@ -3,7 +3,8 @@ megatron-core model chunks (one per virtual pipeline stage of this rank).
 
 Layer spec: Transformer Engine's when ``transformer_engine`` imports (fused norm+linear, TE's
 attention on packed THD batches through ``PackedSeqParams``, FP8 ``hybrid`` / ``e4m3`` with the
-delayed, tensorwise or blockwise recipe, context parallelism). Without TE: megatron's local spec with
+delayed, tensorwise or blockwise recipe; context parallelism is refused until packed batches are
+split over CP ranks). Without TE: megatron's local spec with
 two swaps: ``VarlenCoreAttention`` as core attention (RoPE from per-token positions, then torch's
 flash-attention varlen kernel on the packed batch's ``cu_seqlens``; see varlen.py) and an HF-exact
 ``RMSNorm`` that, unlike megatron's torch fallback, allows sequence parallelism.
@@ -42,6 +43,7 @@ from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.layout import Layout
 from nemo_ext.backends.megatron.varlen import apply_rope, packed_causal_attention
 from nemo_ext.config.schema import ModelConfig
+from nemo_ext.models.hf_config import rope_theta_of
 
 FP8_FORMATS = (None, "hybrid", "e4m3")
 FP8_RECIPES = ("delayed", "tensorwise", "blockwise")
@@ -76,6 +78,9 @@ def choose_impl(model_cfg: ModelConfig, layout: Layout, have_te: bool | None = N
                            f"transformer_engine (got {model_cfg.transformer_impl})")
     if layout.cp > 1 and impl != "transformer_engine":
         raise RuntimeError(f"model.context_parallel_size={layout.cp} needs Transformer Engine's attention: {missing}")
+    if layout.cp > 1:
+        raise NotImplementedError(f"model.context_parallel_size={layout.cp}: splitting packed batches over context-"
+                                  "parallel ranks (TE's thd_get_partitioned_indices) is not implemented yet; use 1")
     return impl
 
 
@@ -188,13 +193,6 @@ def _get(cfg, key, default=None):
     return default if value is None else value
 
 
-def rope_theta(hf_config, model_cfg: ModelConfig) -> float:
-    if model_cfg.rope_theta is not None:
-        return float(model_cfg.rope_theta)
-    params = _get(hf_config, "rope_parameters", {}) or {}
-    return float(params.get("rope_theta", _get(hf_config, "rope_theta", 10000.0)))
-
-
 def _build_chunk(config, impl: str, shape: Shape, theta: float, max_len: int, vp_stage: int | None) -> GPTModel:
     return GPTModel(
         config, block_spec(impl, config, vp_stage), vocab_size=shape.padded_vocab, max_sequence_length=max_len,
@@ -206,12 +204,12 @@ def _build_chunk(config, impl: str, shape: Shape, theta: float, max_len: int, vp
     )
 
 
-def build_model_chunks(shape: Shape, hf_config, model_cfg: ModelConfig, config: TransformerConfig,
-                       impl: str) -> list[GPTModel]:
+def build_model_chunks(shape: Shape, hf_config, config: TransformerConfig, impl: str) -> list[GPTModel]:
     """This rank's model chunks (``vpp`` of them with virtual pipeline stages, else one), on the CPU or
-    the current CUDA device as ``config.use_cpu_initialization`` says."""
-    theta = rope_theta(hf_config, model_cfg)
-    max_len = model_cfg.max_position_embeddings or _get(hf_config, "max_position_embeddings", 32768)
+    the current CUDA device as ``config.use_cpu_initialization`` says. ``hf_config`` carries the
+    recipe's overrides (``nemo_ext.models.hf_config.apply_overrides``)."""
+    theta = rope_theta_of(hf_config)
+    max_len = _get(hf_config, "max_position_embeddings", 32768)
     vpp = config.virtual_pipeline_model_parallel_size
     stages = range(vpp) if vpp else [None]
     return [_build_chunk(config, impl, shape, theta, max_len, s) for s in stages]

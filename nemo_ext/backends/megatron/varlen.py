@@ -4,8 +4,8 @@ Sequences laid end to end attend only within themselves, given their boundaries 
 CUDA this is torch's flash-attention varlen kernel (``torch.nn.attention.varlen.varlen_attn``,
 torch >= 2.10; ``window_size=(-1, 0)`` makes it causal). Grouped KV heads go to the kernel as they
 are: flash attention shares each KV head among its query group natively, so KV is never repeated
-(newer torch asks for ``enable_gqa=True`` to allow this; older torch has no such flag). Elsewhere an
-exact fallback runs SDPA per sequence.
+(newer torch asks for ``enable_gqa=True`` to allow this; torch 2.11 has no such flag). Elsewhere (the
+CPU, and fp32, which flash attention does not take) an exact fallback runs SDPA per sequence.
 
 RoPE (Su et al. 2021) for packed rows is here too, computed from per-token positions that restart at
 every sequence (``rope_cos_sin`` once per micro-batch, ``apply_rope`` per layer): megatron's own THD
@@ -55,7 +55,7 @@ def packed_causal_attention(q_THD: torch.Tensor, k_TGD: torch.Tensor, v_TGD: tor
     """
     if q_THD.shape[1] % k_TGD.shape[1]:
         raise ValueError(f"{q_THD.shape[1]} query heads are not a multiple of {k_TGD.shape[1]} KV heads")
-    if q_THD.is_cuda:
+    if q_THD.is_cuda and q_THD.dtype in (torch.float16, torch.bfloat16):
         from torch.nn.attention.varlen import varlen_attn
 
         cu = cu_seqlens.to(torch.int32)

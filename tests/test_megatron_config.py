@@ -1,0 +1,38 @@
+"""The 8 x H100 megatron SFT config composes, and its layout is valid for the paper's 7B model."""
+
+from __future__ import annotations
+
+import pytest
+
+from nemo_ext.backends.megatron.convert import Shape
+from nemo_ext.backends.megatron.layout import plan_layout
+from nemo_ext.models.catalog import qwen2_config
+from tests.test_sft_run import sft_config
+
+
+def _layout(cfg, **over):
+    m, t = cfg.model, cfg.trainer
+    args = dict(world_size=t.devices * t.num_nodes, gpus_present=8, tp=m.tensor_model_parallel_size,
+                pp=m.pipeline_model_parallel_size, cp=m.context_parallel_size,
+                vpp=m.virtual_pipeline_model_parallel_size, sequence_parallel=m.sequence_parallel,
+                global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size)
+    shape = Shape.from_hf_config(qwen2_config(cfg.model.name_or_path))
+    return plan_layout(shape, **{**args, **over})
+
+
+def test_acereason_megatron_config_is_the_7b_sft_on_a_valid_8_gpu_layout():
+    cfg = sft_config([], "sft/acereason_7b_megatron")
+    base = sft_config([], "sft/acereason_7b")
+    assert cfg.backend.value == "megatron" and cfg.output_dir != base.output_dir
+    assert (cfg.model.name_or_path, cfg.data, cfg.optim, cfg.trainer.epochs) == \
+        (base.model.name_or_path, base.data, base.optim, base.trainer.epochs)
+    layout = _layout(cfg)
+    assert (layout.tp, layout.pp, layout.cp, layout.dp) == (2, 1, 1, 4)
+    assert cfg.trainer.global_batch_size // (layout.dp * cfg.trainer.micro_batch_size) == 16
+    assert cfg.model.fp8 is None
+
+
+def test_command_line_layouts_are_checked_against_the_model():
+    cfg = sft_config(["model.tensor_model_parallel_size=8"], "sft/acereason_7b_megatron")
+    with pytest.raises(ValueError, match="num_attention_heads=28 is not divisible by tensor_model_parallel_size=8"):
+        _layout(cfg)
