@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 
 from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.layout import plan_layout
-from nemo_ext.backends.megatron.varlen import packed_causal_attention
 from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
+from nemo_ext.backends.varlen import packed_causal_attention
 
 SHAPE_7B = Shape(num_layers=28, hidden=3584, num_heads=28, num_kv_heads=4, head_dim=128, ffn=18944,
                  vocab=152064, tie_embeddings=False, qkv_bias=True)
@@ -137,7 +137,7 @@ def test_packed_rope_equals_hf_rotary_per_sequence():
     from transformers import Qwen2Config
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding, apply_rotary_pos_emb
 
-    from nemo_ext.backends.megatron.varlen import apply_rope, rope_cos_sin
+    from nemo_ext.backends.varlen import apply_rope, rope_cos_sin
 
     torch.manual_seed(0)
     q, k = torch.randn(9, 4, 16), torch.randn(9, 2, 16)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from nemo_ext.backends.attention import VARLEN_ATTENTION, block_causal_mask, packed_attention_kwargs
+from nemo_ext.backends.attention import VARLEN_ATTENTION, packed_attention_kwargs
 from nemo_ext.backends.logprobs import token_logprobs
 from nemo_ext.backends.torch_backend import lr_lambda
 from nemo_ext.data.batch import pack_sequences
@@ -22,11 +22,6 @@ def test_pack_sequences_shifts_targets_and_mask_within_each_sequence():
     assert b.loss_mask.tolist() == [1.0, 1.0, 0.0, 1.0, 0.0]
     assert b.token_fields["adv"].tolist() == [0.5, 0.75, 0.0, 2.0, 0.0]
     assert b.max_seqlen == 3 and b.num_loss_tokens == 3
-
-
-def test_block_causal_mask_by_hand():
-    mask = block_causal_mask(torch.tensor([0, 2, 3]), 3)
-    assert mask.tolist() == [[True, False, False], [True, True, False], [False, False, True]]
 
 
 def test_packed_attention_equals_each_sequence_alone(tiny_model_dir):

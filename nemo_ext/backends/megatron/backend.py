@@ -45,9 +45,9 @@ from nemo_ext.backends.megatron.model import (
     choose_impl,
     transformer_config,
 )
-from nemo_ext.backends.megatron.varlen import rope_cos_sin
 from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
 from nemo_ext.backends.torch_backend import lr_lambda
+from nemo_ext.backends.varlen import rope_cos_sin
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch
 from nemo_ext.models.hf_config import apply_overrides, rope_theta_of

@@ -41,7 +41,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.layout import Layout
-from nemo_ext.backends.megatron.varlen import apply_rope, packed_causal_attention
+from nemo_ext.backends.varlen import apply_rope, packed_causal_attention
 from nemo_ext.config.schema import ModelConfig
 from nemo_ext.models.hf_config import rope_theta_of
 

@@ -1,4 +1,5 @@
-"""Causal attention over a packed batch (THD layout), for megatron-core's local layer spec.
+"""Causal attention over a packed batch (THD layout), for the torch backend (``attention.py``) and
+megatron-core's local layer spec (``megatron/model.py``).
 
 Sequences laid end to end attend only within themselves, given their boundaries ``cu_seqlens``. On
 CUDA this is torch's flash-attention varlen kernel (``torch.nn.attention.varlen.varlen_attn``,
@@ -10,8 +11,8 @@ CPU, and fp32, which flash attention does not take) an exact fallback runs SDPA 
 RoPE (Su et al. 2021) for packed rows is here too, computed from per-token positions that restart at
 every sequence (``rope_cos_sin`` once per micro-batch, ``apply_rope`` per layer): megatron's own THD
 RoPE path without TE splits the row per sequence and reads ``cu_seqlens`` on the host twice per layer.
-Pure torch: the megatron module wrapping it lives in ``model.py``. Left out: dropout, sliding
-windows, context parallelism (TE's attention does CP), RoPE scaling.
+Pure torch. Left out: dropout, sliding windows, context parallelism (TE's attention does CP), RoPE
+scaling.
 """
 
 from __future__ import annotations
