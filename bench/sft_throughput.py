@@ -121,16 +121,22 @@ def work_megatron(args, model_dir: str, bins) -> list[float]:
                   lambda mbs: run(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs))))
 
 
-def work_torch(args, model_dir: str, bins) -> list[float]:
+def work_torch(args, model_dir: str, bins, compile_layers: bool = False) -> list[float]:
     from nemo_ext.backends.torch_backend import TorchBackend
     from nemo_ext.sft.loss import sft_loss
 
     model, trainer, optim = _configs(args, model_dir)
+    trainer.compile = compile_layers
     be = TorchBackend(model_dir, model, trainer, optim, 100, torch.device("cuda", 0))
     if args.no_optimizer:
         raise ValueError("--no-optimizer is for megatron only")
     return _timed(args, _steps(args, _packed(bins)),
                   lambda mbs: be.train_step(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs))))
+
+
+def work_torch_compile(args, model_dir: str, bins) -> list[float]:
+    """The torch backend with each decoder layer under torch.compile (``trainer.compile=true``)."""
+    return work_torch(args, model_dir, bins, compile_layers=True)
 
 
 def work_hf_baseline(args, model_dir: str, bins) -> list[float]:

@@ -30,11 +30,12 @@ class Backend(ABC):
     """A policy that trains on packed micro-batches and exports Hugging Face weights.
 
     One instance per process. ``dp_rank`` / ``dp_world_size`` tell the loop which share of the data
-    this process trains on.
+    this process trains on; ``hf_config`` is the model's Hugging Face config.
     """
 
     dp_rank: int = 0
     dp_world_size: int = 1
+    hf_config = None  # the Hugging Face config of the policy (shape for FLOPs, export)
 
     @abstractmethod
     def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:

@@ -86,6 +86,7 @@ class TorchBackend(Backend):
         self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer or model_path)
 
         self.hf_model = load_hf_model(model_cfg, model_path).to(device)
+        self.hf_config = self.hf_model.config
         if trainer_cfg.activation_checkpointing:
             self.hf_model.gradient_checkpointing_enable({"use_reentrant": False})
         self.module = TokenLogprobModel(self.hf_model, model_cfg.logits_chunk_tokens)

@@ -28,3 +28,13 @@ def apply_overrides(config: PretrainedConfig, rope_theta: float | None = None,
     if max_position_embeddings is not None:
         config.max_position_embeddings = int(max_position_embeddings)
     return config
+
+
+def num_parameters(config: PretrainedConfig) -> int:
+    """Parameter count of the causal LM ``config`` describes (built on the meta device: no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())

@@ -18,6 +18,7 @@ from nemo_ext.data.pack_job import PackConfig, pack_dataset
 from nemo_ext.data.shards import PackedDataset
 from nemo_ext.data.sources import ChatFields
 from nemo_ext.io import atomic_write_json
+from nemo_ext.models.hf_config import num_parameters
 from nemo_ext.models.tiny import build_tiny_checkpoint
 from nemo_ext.observe import MetricsLogger, model_flops, peak_flops, plot_curves, progress
 from nemo_ext.sft.accuracy import heldout_accuracy
@@ -125,16 +126,15 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     logger = MetricsLogger(paths.root / "logs", cfg.logging.tensorboard, enabled=world.is_main)
     bar = progress(total_steps, start, cfg.logging.progress_bar and world.is_main, "sft")
-    hf_cfg = getattr(backend, "hf_model", None) and backend.hf_model.config
-    num_params = sum(p.numel() for p in backend.hf_model.parameters()) if hf_cfg else 0
-    peak = peak_flops(device)
+    hf_cfg, peak = backend.hf_config, peak_flops(device)
+    num_params = num_parameters(hf_cfg) if peak else 0
     for step in range(start, total_steps):
         tic = time.perf_counter()
         metrics, lens = train_step(backend, dataset, schedule, step, device)
         elapsed = time.perf_counter() - tic
         tokens = dist.all_reduce_sum(sum(lens), device)
         metrics.update(tokens_per_s=tokens / elapsed, step_time_s=elapsed)
-        if hf_cfg and peak:
+        if peak:
             flops = model_flops(num_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, lens) * world.world_size
             metrics["mfu"] = flops / elapsed / (peak * world.world_size)
         bar.update(1)

@@ -41,7 +41,7 @@ def _run_sft(tmp_path: Path, devices: int) -> Path:
     args = [sys.executable, str(ROOT / "recipes" / "sft.py"), f"output_dir={out}", f"trainer.devices={devices}",
             "trainer.accelerator=gpu", "trainer.max_steps=30", "trainer.global_batch_size=8",
             "data.synthetic.num_train=2000", "eval.num_problems=50", "checkpoint.save_every=0",
-            "logging.progress_bar=false", "logging.log_every=1"]
+            "logging.progress_bar=false", "logging.tensorboard=false", "logging.log_every=1"]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
