@@ -1,5 +1,8 @@
 """The embedded default's task: multi-digit arithmetic, worked digit by digit inside ``<think>``.
 
+Each step writes one digit and the digits written so far (``-> 927``), so the final answer is a copy
+of the last partial result: a tiny model needs only local operations, never a long-range reversal.
+
 Small enough that a ~1M-parameter model learns it on two CPU cores in minutes, hard enough (carries
 chain across digits) that it does not reach 100% at once, so SFT and then RL show measurable gains.
 Each problem is a dict with ``question``, ``answer`` (the integer as a string), and ``output`` (the
@@ -29,37 +32,40 @@ def _digits(n: int) -> list[int]:
 
 def _add_steps(a: int, b: int) -> list[str]:
     da, db = _digits(a), _digits(b)
-    steps, carry = [], 0
+    steps, carry, partial = [], 0, ""
     for i in range(max(len(da), len(db))):
         x, y = (da[i] if i < len(da) else 0), (db[i] if i < len(db) else 0)
         s = x + y + carry
-        steps.append(f"{x}+{y}+{carry}={s}, write {s % 10} carry {s // 10}")
+        partial = f"{s % 10}{partial}"
+        steps.append(f"{x}+{y}+{carry}={s}, write {s % 10} carry {s // 10} -> {partial}")
         carry = s // 10
     if carry:
-        steps.append(f"final carry {carry}")
+        steps.append(f"final carry {carry} -> {carry}{partial}")
     return steps
 
 
 def _sub_steps(a: int, b: int) -> list[str]:
     da, db = _digits(a), _digits(b)
-    steps, borrow = [], 0
+    steps, borrow, partial = [], 0, ""
     for i in range(len(da)):
         x, y = da[i], (db[i] if i < len(db) else 0)
         d = x - y - borrow
         nxt = 1 if d < 0 else 0
-        steps.append(f"{x}-{y}-{borrow}={d}, write {d + 10 * nxt} borrow {nxt}")
+        partial = f"{d + 10 * nxt}{partial}"
+        steps.append(f"{x}-{y}-{borrow}={d}, write {d + 10 * nxt} borrow {nxt} -> {partial}")
         borrow = nxt
     return steps
 
 
 def _mul_steps(a: int, b: int) -> list[str]:
-    steps, carry = [], 0
+    steps, carry, partial = [], 0, ""
     for x in _digits(a):
         p = x * b + carry
-        steps.append(f"{x}*{b}+{carry}={p}, write {p % 10} carry {p // 10}")
+        partial = f"{p % 10}{partial}"
+        steps.append(f"{x}*{b}+{carry}={p}, write {p % 10} carry {p // 10} -> {partial}")
         carry = p // 10
     if carry:
-        steps.append(f"final carry {carry}")
+        steps.append(f"final carry {carry} -> {carry}{partial}")
     return steps
 
 

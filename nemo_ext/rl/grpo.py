@@ -164,17 +164,19 @@ def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperatu
         trained = [mb for mb in micro_batches if cfg.loss.kl_coef > 0 or contributes(mb)]
         norm = replace(loss_normalizer(micro_batches, stage.max_response_len),
                        metric_tokens=float(sum(token_mask(mb).sum() for mb in trained)))
+    run.engine.sleep()  # GPU: the trainer's passes get the memory of vLLM's weights and KV cache
     with timer("logprobs"):
         metrics = attach_old_logprobs(micro_batches, run.backend.logprobs(micro_batches, temperature))
     metrics.update({"loss_tokens": norm.tokens, "update/trained_tokens": norm.metric_tokens})
-    if not trained:  # nothing to learn from: equal rewards everywhere, or every response filtered
-        return {**metrics, "update/skipped": 1.0}
-    run.engine.sleep()
-    with timer("train"):
-        out = run.backend.train_step(trained, PolicyLoss(cfg.loss, norm), temperature)
-    with timer("sync"):
+    if trained:
+        with timer("train"):
+            out = run.backend.train_step(trained, PolicyLoss(cfg.loss, norm), temperature)
+        metrics.update({f"update/{k}": v for k, v in out.items()})
+    else:  # nothing to learn from: equal rewards everywhere, or every response filtered
+        metrics["update/skipped"] = 1.0
+    with timer("sync"):  # wakes vLLM even after a skipped update
         run.engine.load_weights(run.backend.hf_weights())
-    return {**metrics, **{f"update/{k}": v for k, v in out.items()}}
+    return metrics
 
 
 def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt],

@@ -56,7 +56,8 @@ def resolve_init(init: str, out: Path) -> Path:
         return path
     path = Path(init)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"policy.init={init!r}: not a Hugging Face directory (no config.json)")
+        raise FileNotFoundError(f"policy.init={init!r}: not a Hugging Face directory (no config.json); "
+                                "pass the SFT run's hf/ export (python recipes/sft.py writes runs/sft_tiny/hf)")
     return path
 
 
