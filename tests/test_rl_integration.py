@@ -94,6 +94,7 @@ def test_stages_transition_and_resume_exactly(tmp_path):
     for out in (tmp_path / "straight", resumed):
         assert (out / "stages" / "a" / "hf" / "model.safetensors").exists()
         assert (out / "stages" / "b" / "hf" / "model.safetensors").exists()
+        assert (out / "hf").resolve() == (out / "stages" / "b" / "hf").resolve()  # the final weights
         assert (out / "logs" / "b" / "curves.png").exists()
         assert [r["step"] for r in rows(out / "logs" / "a" / "metrics.jsonl")] == [1, 2]
         assert [r["step"] for r in rows(out / "logs" / "b" / "metrics.jsonl")] == [3, 4]

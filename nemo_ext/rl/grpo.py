@@ -19,11 +19,13 @@ policy for the optional KL term, and the Megatron backend (it plugs in through t
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -276,7 +278,18 @@ def finish_stage(run: RLRun, summary: dict) -> None:
     if run.cfg.logging.plot and (log_dir / "metrics.jsonl").exists():
         plot_curves(log_dir / "metrics.jsonl", PLOT_KEYS, log_dir / "curves.png", title=f"RL stage {name}")
     run.schedule.next_stage()
+    if run.schedule.finished:
+        link_final_export(run.out, name)
     checkpoint.save(run)
+
+
+def link_final_export(out: Path, stage: str) -> None:
+    """``<out>/hf`` -> ``stages/<stage>/hf``: the run's final weights at a path that does not depend on
+    the stage names (a relative symlink, replaced atomically)."""
+    tmp = out / ".hf.link"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path("stages") / stage / "hf", target_is_directory=True)
+    os.replace(tmp, out / "hf")
 
 
 def train(cfg: RLConfig, stop_at: int | None = None) -> dict:
