@@ -3,7 +3,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
-# Tame thread oversubscription on small CPU machines (vLLM and torch both spawn OpenMP pools).
+# OpenMP threads per process. Two suit one busy process on a 2-core machine (the demo's phases run
+# one at a time); tests run several processes at once (workers, reward pools), where more threads than
+# free cores make every parallel region wait on a descheduled thread (10x slower, measured).
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -33,7 +35,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 test: venv sysdeps lint
-	$(PY) -m pytest -q -x -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
 
 test-gpu:
 	python3 -m pytest -q -m gpu tests/gpu

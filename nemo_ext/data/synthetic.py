@@ -72,12 +72,12 @@ def _mul_steps(a: int, b: int) -> list[str]:
 def _make_problem(rng: random.Random) -> dict:
     op = rng.choice(OPERATIONS)
     if op == "mul":
-        a, b = rng.randint(10, 99_999), rng.randint(2, 9)
+        a, b = rng.randint(10, 9_999), rng.randint(2, 9)
         question, answer = f"What is {a} * {b}?", a * b
         intro = f"Multiply {a} by {b} digit by digit from the right."
         steps, result = _mul_steps(a, b), "product"
     else:
-        a, b = rng.randint(10, 99_999), rng.randint(10, 99_999)
+        a, b = rng.randint(10, 9_999), rng.randint(10, 9_999)
         if op == "sub":
             a, b = max(a, b), min(a, b)
             question, answer = f"What is {a} - {b}?", a - b
