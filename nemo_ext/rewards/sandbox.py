@@ -133,11 +133,21 @@ def interpreter_binds() -> tuple[str, ...]:
     return tuple(args)
 
 
+def fresh_tmpfs_binds(covered: tuple[str, ...]) -> list[str]:
+    """Bind the interpreter's trees back where the sandbox's fresh tmpfs mounts cover them (a virtual
+    environment under /tmp, as in a CI checkout there), read-only."""
+    paths = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *site.getsitepackages())})
+    hidden = [p for p in paths if any(p == c or p.startswith(c + os.sep) for c in covered)]
+    return [arg for p in hidden if os.path.isdir(p) for arg in ("--ro-bind", p, p)]
+
+
 def bwrap_argv(workdir: str) -> list[str]:
     argv = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--perms", "1777", "--tmpfs", "/tmp"]
+    covered = ("/tmp", "/run") if os.path.isdir("/run") else ("/tmp",)
     if os.path.isdir("/run"):
         argv += ["--tmpfs", "/run"]
+    argv += fresh_tmpfs_binds(covered)
     if os.geteuid() == 0:
         argv += interpreter_binds()
     argv += ["--bind", workdir, INSIDE,
