@@ -20,10 +20,10 @@ from nemo_ext.data.shards import (
     make_bin,
     read_metadata,
     shard_name,
-    write_json,
     write_shard,
 )
 from nemo_ext.data.tokenize import TokenizedSample, tokenize_chat, tokenize_chats
+from nemo_ext.io import atomic_write_json
 
 
 def build_char_tokenizer(directory) -> str:
@@ -166,7 +166,7 @@ def _write_pack(directory, shards):
     for s, bins in enumerate(shards):
         names.append({"file": shard_name(s), "bins": len(bins)})
         write_shard(directory / shard_name(s), bins)
-    write_json(directory / METADATA, {"bin_size": 64, "shards": names})
+    atomic_write_json(directory / METADATA, {"bin_size": 64, "shards": names})
 
 
 def test_shards_round_trip_with_random_access_across_shards_and_row_groups(tmp_path):

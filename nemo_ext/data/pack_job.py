@@ -37,11 +37,11 @@ from nemo_ext.data.shards import (
     read_metadata,
     shard_name,
     write_histogram_png,
-    write_json,
     write_shard,
 )
 from nemo_ext.data.sources import ChatFields, MalformedRowError, Row, chat_sample, open_rows
 from nemo_ext.data.tokenize import TokenizedSample, tokenize_chats
+from nemo_ext.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _load_state(out: Path, cfg: PackConfig) -> dict | None:
 def _save_state(out: Path, cfg: PackConfig, buffer: int, shards_done: int, totals: PackStats, complete=False):
     """Progress: buffers before ``buffer`` are done (``totals``), and ``shards_done`` shards of it."""
     state = dict(config=cfg.identity(), buffer=buffer, shards_in_buffer=shards_done, complete=complete)
-    write_json(out / STATE, {**state, "totals": asdict(totals)})
+    atomic_write_json(out / STATE, {**state, "totals": asdict(totals)})
 
 
 def _bin(samples: list[TokenizedSample], indices: list[int]) -> dict[str, np.ndarray]:
@@ -266,6 +266,6 @@ def pack_dataset(cfg: PackConfig, progress: bool = True) -> dict:
     meta = metadata(cfg, totals)
     hist = meta["length_histogram"]
     write_histogram_png(out / HISTOGRAM_PNG, hist["edges"], hist["counts"], hist["over_bin_size"])
-    write_json(out / METADATA, meta)
+    atomic_write_json(out / METADATA, meta)
     _save_state(out, cfg, buffer, 0, totals, complete=True)
     return meta

@@ -20,14 +20,15 @@ from __future__ import annotations
 import bisect
 import json
 import os
-import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from nemo_ext.io import atomic_write
 
 SCHEMA = pa.schema(
     [
@@ -44,31 +45,6 @@ ROW_GROUP_BINS = 16  # bins per Parquet row group: the unit PackedDataset reads 
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-
-    write_atomic(path, write)
 
 
 def make_bin(sequences: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -98,7 +74,7 @@ def write_shard(path: str | os.PathLike, bins: Sequence[dict[str, np.ndarray]]) 
         [_list_array([b[name] for b in bins], dtype) for name, dtype in COLUMN_DTYPES.items()],
         schema=SCHEMA,
     )
-    write_atomic(path, lambda tmp: pq.write_table(table, tmp, row_group_size=ROW_GROUP_BINS))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=ROW_GROUP_BINS))
 
 
 def read_metadata(directory: str | os.PathLike) -> dict:
@@ -212,5 +188,5 @@ def write_histogram_png(
     ax.set_ylabel("samples")
     ax.set_title(f"sample lengths; {over} longer than the bin size {edges[-1]}")
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
