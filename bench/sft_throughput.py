@@ -12,6 +12,9 @@ ratio to the first backend listed.
 
 Model FLOPs = 6 x params x tokens + 6 x layers x hidden x sum(len^2) (causal attention, recompute not
 counted); MFU = model FLOP/s per GPU / 989 TFLOP/s (H100 SXM dense bf16).
+Backends: megatron; torch (eager); torch_compile (``trainer.compile=true``); torch_compile_fsdp (the
+same with FSDP2's bf16 parameters on one rank); hf_baseline. On running out of memory a backend is
+retried with more recompute (``oom_fallbacks``).
 hf_baseline is the plain Hugging Face way: each sequence alone (a padded batch of 1), sdpa attention,
 gradient checkpointing, fp32 master weights + bf16 autocast, fused AdamW, one optimizer step per bin.
 """
@@ -88,6 +91,8 @@ def _steps(args, bins):
 
 
 def _timed(args, steps, run_step) -> list[float]:
+    """Seconds per timed step (after ``--warmup`` steps); with ``--logs``, the last step runs again
+    under the profiler and its CUDA kernel table goes to ``<logs>/<backend>.profile.txt``."""
     times = []
     for i, step in enumerate(steps):
         torch.cuda.synchronize()
@@ -96,6 +101,14 @@ def _timed(args, steps, run_step) -> list[float]:
         torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+    if args.logs and int(os.environ.get("RANK", 0)) == 0:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            run_step(steps[-1])
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+        (Path(args.logs) / f"{args.worker}.profile.txt").write_text(table)
     return times
 
 
@@ -121,22 +134,39 @@ def work_megatron(args, model_dir: str, bins) -> list[float]:
                   lambda mbs: run(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs))))
 
 
-def work_torch(args, model_dir: str, bins, compile_layers: bool = False) -> list[float]:
+def work_torch(args, model_dir: str, bins, compile_layers: bool = False, fsdp: bool = False) -> list[float]:
+    """The torch backend, eager. ``--recompute full``: activation checkpointing of every layer;
+    ``selective`` (compiled only): the partitioner's activation memory budget ``--memory-budget``."""
+    import torch.distributed as dist
+
     from nemo_ext.backends.torch_backend import TorchBackend
     from nemo_ext.sft.loss import sft_loss
 
-    model, trainer, optim = _configs(args, model_dir)
-    trainer.compile = compile_layers
-    be = TorchBackend(model_dir, model, trainer, optim, 100, torch.device("cuda", 0))
     if args.no_optimizer:
         raise ValueError("--no-optimizer is for megatron only")
+    if args.recompute == "selective" and not compile_layers:
+        raise ValueError("selective recompute of the torch backend needs compile (torch_compile*)")
+    model, trainer, optim = _configs(args, model_dir)
+    trainer.compile = compile_layers
+    if args.recompute == "selective":
+        trainer.activation_memory_budget = args.memory_budget
+    if fsdp:  # FSDP2 on a one-rank group: bf16 parameters through its mixed-precision policy, no autocast
+        dist.init_process_group("nccl", device_id=torch.device("cuda", 0))
+        trainer.fsdp = True
+    be = TorchBackend(model_dir, model, trainer, optim, 100, torch.device("cuda", 0))
     return _timed(args, _steps(args, _packed(bins)),
                   lambda mbs: be.train_step(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs))))
 
 
 def work_torch_compile(args, model_dir: str, bins) -> list[float]:
-    """The torch backend with each decoder layer under torch.compile (``trainer.compile=true``)."""
+    """The torch backend with ``trainer.compile=true``: each decoder layer and the log-prob chunks
+    under torch.compile (dynamic shapes)."""
     return work_torch(args, model_dir, bins, compile_layers=True)
+
+
+def work_torch_compile_fsdp(args, model_dir: str, bins) -> list[float]:
+    """torch_compile with FSDP2's bf16 parameters (one rank) instead of fp32 weights under autocast."""
+    return work_torch(args, model_dir, bins, compile_layers=True, fsdp=True)
 
 
 def work_hf_baseline(args, model_dir: str, bins) -> list[float]:
@@ -204,21 +234,29 @@ def write_model_dir(args, out: Path, weights: bool) -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def oom_fallbacks(backend: str) -> list[str]:
+    """The recompute settings to try next, in order, when ``backend`` runs out of memory."""
+    if backend == "hf_baseline":
+        return []  # always checkpoints every layer
+    return ["full"] if backend == "torch" else ["selective", "full"]
+
+
 def run_backend(args, backend: str, model_dir: Path, result: Path) -> dict | None:
     nproc = args.gpus if backend == "megatron" else 1
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__,
            "--worker", backend, "--model-dir", str(model_dir), "--result", str(result)]
-    for key in ("shape", "layers", "bin", "max_len", "micro", "warmup", "steps", "tp", "gpus", "seed"):
+    for key in ("shape", "layers", "bin", "max_len", "micro", "warmup", "steps", "tp", "gpus", "seed", "memory_budget",
+                "logs"):
         if getattr(args, key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += ["--no-optimizer"] if args.no_optimizer else []
     cmd += ["--recompute", args.recompute]  # last: the OOM retry below replaces it
-    for recompute in dict.fromkeys([args.recompute, "selective", "full"]):  # on OOM, recompute more
-        if backend != "megatron" and recompute != args.recompute:
-            break
+    for recompute in dict.fromkeys([args.recompute, *oom_fallbacks(backend)]):
         run_cmd = [*cmd[:-1], recompute] if cmd[-2] == "--recompute" else cmd
         print("+", " ".join(run_cmd), flush=True)
         proc = subprocess.run(run_cmd, capture_output=True, text=True)
+        if args.logs:
+            Path(args.logs, f"{backend}.{recompute}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode == 0:
             return json.loads(result.read_text())
         oom = "OutOfMemoryError" in proc.stderr or "out of memory" in proc.stderr
@@ -242,7 +280,10 @@ def main() -> None:
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--gpus", type=int, default=1, help="GPUs for megatron (TP x DP)")
     p.add_argument("--recompute", choices=["none", "selective", "full"], default="none")
+    p.add_argument("--memory-budget", type=float, default=0.5,
+                   help="torch_compile* with --recompute selective: trainer.activation_memory_budget")
     p.add_argument("--no-optimizer", action="store_true", help="forward + backward only (megatron)")
+    p.add_argument("--logs", default=None, help="a directory for each worker's log and kernel profile")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="append the results as JSON lines here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -12,8 +12,16 @@ scaled distribution (see ../shared/FACTS.md, vLLM's processed log-probs).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.utils.checkpoint import checkpoint
+
+
+@functools.cache
+def _compiled_chunk_logprobs():
+    # dynamic: the last chunk of a row is shorter, and rows differ in length; one graph for all
+    return torch.compile(_chunk_logprobs, dynamic=True)
 
 
 def _chunk_logprobs(hidden_CH: torch.Tensor, weight_VH: torch.Tensor, targets_C: torch.Tensor,
@@ -37,12 +45,15 @@ def token_logprobs(
     temperature: float = 1.0,
     chunk_tokens: int = 2048,
     with_entropy: bool = False,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(targets) under softmax(hidden @ weight.T / temperature), chunk by chunk.
 
     hidden_TH: [T, H] final hidden states (after the last norm); weight_VH: [V, H] output embedding.
     Returns ``logp_T`` [T] float32 (differentiable unless ``with_entropy``) and, with
     ``with_entropy``, ``entropy_T`` [T] float32 in nats (computed without gradient), else None.
+    ``compiled``: run each chunk's log-softmax under torch.compile, which fuses the upcast, the
+    temperature and the reduction into one pass over the chunk's logits (forward and backward).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -52,9 +63,9 @@ def token_logprobs(
                                               targets_T[s:s + chunk_tokens], temperature) for s in starts]
         return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
     needs_grad = torch.is_grad_enabled() and (hidden_TH.requires_grad or weight_VH.requires_grad)
+    chunk_fn = _compiled_chunk_logprobs() if compiled else _chunk_logprobs
     pieces = []
     for s in starts:
         args = (hidden_TH[s:s + chunk_tokens], weight_VH, targets_T[s:s + chunk_tokens], temperature)
-        pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if needs_grad
-                      else _chunk_logprobs(*args))
+        pieces.append(checkpoint(chunk_fn, *args, use_reentrant=False) if needs_grad else chunk_fn(*args))
     return torch.cat(pieces), None

@@ -39,10 +39,11 @@ class TokenLogprobModel(torch.nn.Module):
     used (FSDP2 unshards it in this module's forward).
     """
 
-    def __init__(self, hf_model: torch.nn.Module, chunk_tokens: int):
+    def __init__(self, hf_model: torch.nn.Module, chunk_tokens: int, compiled: bool = False):
         super().__init__()
         self.hf_model = hf_model
         self.chunk_tokens = chunk_tokens
+        self.compiled = compiled
 
     def forward(self, batch: PackedBatch, temperature: float, with_entropy: bool = False):
         hidden = self.hf_model.model(
@@ -52,7 +53,8 @@ class TokenLogprobModel(torch.nn.Module):
             **packed_attention_kwargs(batch.cu_seqlens, batch.max_seqlen),
         ).last_hidden_state[0]
         weight = self.hf_model.get_output_embeddings().weight
-        return token_logprobs(hidden, weight, batch.targets, temperature, self.chunk_tokens, with_entropy)
+        return token_logprobs(hidden, weight, batch.targets, temperature, self.chunk_tokens, with_entropy,
+                              compiled=self.compiled)
 
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -89,12 +91,21 @@ class TorchBackend(Backend):
         self.hf_config = self.hf_model.config
         if trainer_cfg.activation_checkpointing:
             self.hf_model.gradient_checkpointing_enable({"use_reentrant": False})
-        self.module = TokenLogprobModel(self.hf_model, model_cfg.logits_chunk_tokens)
+        self.module = TokenLogprobModel(self.hf_model, model_cfg.logits_chunk_tokens, trainer_cfg.compile)
         self.fsdp = self.distributed and device.type == "cuda" and trainer_cfg.fsdp
         self.model = self._parallelize(self.module, trainer_cfg)
         self.reset_optimizer(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)
 
     def _parallelize(self, module: TokenLogprobModel, trainer_cfg: TrainerConfig) -> torch.nn.Module:
+        if trainer_cfg.compile:
+            if not 0 < trainer_cfg.activation_memory_budget <= 1:
+                raise ValueError("trainer.activation_memory_budget must be in (0, 1], got "
+                                 f"{trainer_cfg.activation_memory_budget}")
+            torch._functorch.config.activation_memory_budget = trainer_cfg.activation_memory_budget
+            # dynamic: packed rows differ in length and number of sequences; one graph serves them all
+            # (static shapes would recompile for every new bin length).
+            for layer in module.hf_model.model.layers:
+                layer.compile(dynamic=True)
         if self.fsdp:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -102,9 +113,6 @@ class TorchBackend(Backend):
             for layer in module.hf_model.model.layers:
                 fully_shard(layer, mp_policy=mp)
             return fully_shard(module, mp_policy=mp)
-        if trainer_cfg.compile and self.device.type == "cuda":
-            for layer in module.hf_model.model.layers:
-                layer.compile()
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)

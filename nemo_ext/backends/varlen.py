@@ -17,18 +17,19 @@ scaling.
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 import torch
 import torch.nn.functional as F
 
-
-@functools.cache
-def _varlen_kwargs() -> dict:
+try:
     from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # torch < 2.10: only the exact fallback
+    varlen_attn = None
 
-    return {"enable_gqa": True} if "enable_gqa" in inspect.signature(varlen_attn).parameters else {}
+# Resolved once here, not at call time, so torch.compile traces the call without inspecting.
+_VARLEN_KWARGS = {"enable_gqa": True} if varlen_attn and "enable_gqa" in inspect.signature(varlen_attn).parameters \
+    else {}
 
 
 def rope_cos_sin(position_ids_T: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
@@ -57,11 +58,11 @@ def packed_causal_attention(q_THD: torch.Tensor, k_TGD: torch.Tensor, v_TGD: tor
     if q_THD.shape[1] % k_TGD.shape[1]:
         raise ValueError(f"{q_THD.shape[1]} query heads are not a multiple of {k_TGD.shape[1]} KV heads")
     if q_THD.is_cuda and q_THD.dtype in (torch.float16, torch.bfloat16):
-        from torch.nn.attention.varlen import varlen_attn
-
+        if varlen_attn is None:
+            raise RuntimeError(f"packed attention on CUDA needs torch >= 2.10 (varlen_attn), not {torch.__version__}")
         cu = cu_seqlens.to(torch.int32)
         return varlen_attn(q_THD, k_TGD, v_TGD, cu, cu, max_seqlen, max_seqlen, scale=scale,
-                           window_size=(-1, 0), **_varlen_kwargs())
+                           window_size=(-1, 0), **_VARLEN_KWARGS)
     return _reference(q_THD, k_TGD, v_TGD, cu_seqlens, scale)
 
 

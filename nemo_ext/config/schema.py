@@ -47,7 +47,11 @@ class TrainerConfig:
     seed: int = 1234
     activation_checkpointing: bool = False
     fsdp: bool = True  # FSDP2 across GPUs; CPU runs always use DDP (gloo)
-    compile: bool = False  # torch.compile the decoder layers (GPU)
+    compile: bool = False  # torch.compile each decoder layer and the log-prob chunks (dynamic shapes)
+    # With compile: the fraction of the activations the backward would keep that the compiled graphs
+    # may keep; below 1, torch's min-cut partitioner recomputes the cheapest ops (pointwise first) in
+    # the backward pass instead of storing their outputs (torch._functorch.config.activation_memory_budget).
+    activation_memory_budget: float = 1.0
     eval_every: int = 0  # 0 = only at the end
 
 
