@@ -91,7 +91,7 @@ def _steps(args, bins):
 
 
 def _timed(args, steps, run_step) -> list[float]:
-    """Seconds per timed step (after ``--warmup`` steps); with ``--logs``, the last step runs again
+    """Seconds per timed step (after ``--warmup`` steps); with ``--worker-logs``, the last step runs again
     under the profiler and its CUDA kernel table goes to ``<logs>/<backend>.profile.txt``."""
     times = []
     for i, step in enumerate(steps):
@@ -101,14 +101,14 @@ def _timed(args, steps, run_step) -> list[float]:
         torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-    if args.logs and int(os.environ.get("RANK", 0)) == 0:
+    if args.worker_logs and int(os.environ.get("RANK", 0)) == 0:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             run_step(steps[-1])
             torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
-        (Path(args.logs) / f"{args.worker}.profile.txt").write_text(table)
+        (Path(args.worker_logs) / f"{args.worker}.profile.txt").write_text(table)
     return times
 
 
@@ -246,7 +246,7 @@ def run_backend(args, backend: str, model_dir: Path, result: Path) -> dict | Non
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__,
            "--worker", backend, "--model-dir", str(model_dir), "--result", str(result)]
     for key in ("shape", "layers", "bin", "max_len", "micro", "warmup", "steps", "tp", "gpus", "seed", "memory_budget",
-                "logs"):
+                "worker_logs"):
         if getattr(args, key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += ["--no-optimizer"] if args.no_optimizer else []
@@ -255,8 +255,8 @@ def run_backend(args, backend: str, model_dir: Path, result: Path) -> dict | Non
         run_cmd = [*cmd[:-1], recompute] if cmd[-2] == "--recompute" else cmd
         print("+", " ".join(run_cmd), flush=True)
         proc = subprocess.run(run_cmd, capture_output=True, text=True)
-        if args.logs:
-            Path(args.logs, f"{backend}.{recompute}.log").write_text(proc.stdout + proc.stderr)
+        if args.worker_logs:
+            Path(args.worker_logs, f"{backend}.{recompute}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode == 0:
             return json.loads(result.read_text())
         oom = "OutOfMemoryError" in proc.stderr or "out of memory" in proc.stderr
@@ -283,7 +283,7 @@ def main() -> None:
     p.add_argument("--memory-budget", type=float, default=0.5,
                    help="torch_compile* with --recompute selective: trainer.activation_memory_budget")
     p.add_argument("--no-optimizer", action="store_true", help="forward + backward only (megatron)")
-    p.add_argument("--logs", default=None, help="a directory for each worker's log and kernel profile")
+    p.add_argument("--worker-logs", default=None, help="a directory for each worker's log and kernel profile")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="append the results as JSON lines here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
