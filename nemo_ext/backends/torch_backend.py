@@ -110,9 +110,10 @@ class TorchBackend(Backend):
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
             mp = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
+            reshard = self.dp_world_size > 1  # one rank: keep the bf16 copy for the backward, nothing to free
             for layer in module.hf_model.model.layers:
-                fully_shard(layer, mp_policy=mp)
-            return fully_shard(module, mp_policy=mp)
+                fully_shard(layer, mp_policy=mp, reshard_after_forward=reshard)
+            return fully_shard(module, mp_policy=mp, reshard_after_forward=reshard)
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)

@@ -57,6 +57,9 @@ def packed_causal_attention(q_THD: torch.Tensor, k_TGD: torch.Tensor, v_TGD: tor
     """
     if q_THD.shape[1] % k_TGD.shape[1]:
         raise ValueError(f"{q_THD.shape[1]} query heads are not a multiple of {k_TGD.shape[1]} KV heads")
+    if q_THD.is_cuda and torch.is_autocast_enabled("cuda"):
+        # as SDPA does under autocast; HF's RoPE returns fp32 queries and keys when the residual is fp32
+        q_THD, k_TGD, v_TGD = (x.to(torch.get_autocast_dtype("cuda")) for x in (q_THD, k_TGD, v_TGD))
     if q_THD.is_cuda and q_THD.dtype in (torch.float16, torch.bfloat16):
         if varlen_attn is None:
             raise RuntimeError(f"packed attention on CUDA needs torch >= 2.10 (varlen_attn), not {torch.__version__}")
