@@ -36,6 +36,35 @@ def test_varlen_flash_attention_equals_each_sequence_alone_in_bf16(tiny_model_di
     assert rel < 2e-2, f"relative error {rel:.3e}"
 
 
+@needs_cuda
+def test_fp32_weights_under_autocast_take_the_varlen_flash_kernel(tiny_model_dir):
+    """One GPU without FSDP keeps fp32 weights under bf16 autocast, and HF's RoPE then returns fp32
+    queries: the packed row must still reach flash attention, not the per-sequence fallback."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import AutoModelForCausalLM
+
+    from nemo_ext.backends.attention import VARLEN_ATTENTION, packed_attention_kwargs
+    from nemo_ext.data.batch import pack_sequences
+
+    class RecordOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=VARLEN_ATTENTION).cuda()
+    seqs = [torch.randint(0, 400, (n,)).tolist() for n in (37, 5, 120)]
+    b = pack_sequences(seqs, [[1] * len(s) for s in seqs]).to("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16), RecordOps() as ops:
+        model.model(input_ids=b.input_ids[None], position_ids=b.position_ids[None],
+                    **packed_attention_kwargs(b.cu_seqlens, b.max_seqlen))
+    assert any("varlen" in n or "flash_attention" in n for n in ops.names), sorted(ops.names)
+    assert not any("scaled_dot_product" in n for n in ops.names), sorted(ops.names)
+
+
 def _run_sft(tmp_path: Path, devices: int) -> Path:
     out = tmp_path / f"gpu{devices}"
     args = [sys.executable, str(ROOT / "recipes" / "sft.py"), f"output_dir={out}", f"trainer.devices={devices}",
