@@ -12,9 +12,9 @@ ratio to the first backend listed.
 
 Model FLOPs = 6 x params x tokens + 6 x layers x hidden x sum(len^2) (causal attention, recompute not
 counted); MFU = model FLOP/s per GPU / 989 TFLOP/s (H100 SXM dense bf16).
-Backends: megatron; torch (eager); torch_compile (``trainer.compile=true``); torch_compile_fsdp (the
-same with FSDP2's bf16 parameters on one rank); hf_baseline. On running out of memory a backend is
-retried with more recompute (``oom_fallbacks``).
+Backends: megatron; megatron_compile (``trainer.compile=true``); torch (eager); torch_compile
+(``trainer.compile=true``); torch_compile_fsdp (the same with FSDP2's bf16 parameters on one rank);
+hf_baseline. On running out of memory a backend is retried with more recompute (``oom_fallbacks``).
 hf_baseline is the plain Hugging Face way: each sequence alone (a padded batch of 1), sdpa attention,
 gradient checkpointing, fp32 master weights + bf16 autocast, fused AdamW, one optimizer step per bin.
 """
@@ -122,16 +122,22 @@ def _configs(args, model_dir: str):
     return model, trainer, OptimConfig(lr=1e-5, min_lr=1e-6, warmup_steps=2)
 
 
-def work_megatron(args, model_dir: str, bins) -> list[float]:
+def work_megatron(args, model_dir: str, bins, compile_layers: bool = False) -> list[float]:
     from nemo_ext.backends.megatron.backend import MegatronBackend
     from nemo_ext.sft.loss import sft_loss
 
     model, trainer, optim = _configs(args, model_dir)
+    trainer.compile = compile_layers
     recompute = None if args.recompute == "none" else args.recompute
     be = MegatronBackend(model_dir, model, trainer, optim, total_steps=100, load_weights=False, recompute=recompute)
     run = be.forward_backward if args.no_optimizer else be.train_step
     return _timed(args, _steps(args, _packed(bins)),
                   lambda mbs: run(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs))))
+
+
+def work_megatron_compile(args, model_dir: str, bins) -> list[float]:
+    """megatron with ``trainer.compile=true``: each decoder layer under torch.compile (dynamic shapes)."""
+    return work_megatron(args, model_dir, bins, compile_layers=True)
 
 
 def work_torch(args, model_dir: str, bins, compile_layers: bool = False, fsdp: bool = False) -> list[float]:
@@ -202,7 +208,7 @@ def worker(args) -> None:
     timed_bins = bins[args.warmup * args.micro:]
     flops = model_flops(cfg, timed_bins)
     tokens = sum(len(s) for b in timed_bins for s in b)
-    ngpu = args.gpus if args.worker == "megatron" else 1
+    ngpu = args.gpus if args.worker.startswith("megatron") else 1
     total = sum(times)
     result = dict(backend=args.worker, shape=args.shape, layers=cfg.num_hidden_layers, tp=args.tp if ngpu > 1 else 1,
                   gpus=ngpu, bin=args.bin, recompute=args.recompute, optimizer=not args.no_optimizer,
@@ -242,7 +248,7 @@ def oom_fallbacks(backend: str) -> list[str]:
 
 
 def run_backend(args, backend: str, model_dir: Path, result: Path) -> dict | None:
-    nproc = args.gpus if backend == "megatron" else 1
+    nproc = args.gpus if backend.startswith("megatron") else 1
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__,
            "--worker", backend, "--model-dir", str(model_dir), "--result", str(result)]
     for key in ("shape", "layers", "bin", "max_len", "micro", "warmup", "steps", "tp", "gpus", "seed", "memory_budget",
@@ -296,7 +302,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
-        write_model_dir(args, model_dir, weights=any(b != "megatron" for b in backends))
+        write_model_dir(args, model_dir, weights=any(not b.startswith("megatron") for b in backends))
         for b in backends:
             r = run_backend(args, b, model_dir, Path(tmp) / f"{b}.json")
             if r:

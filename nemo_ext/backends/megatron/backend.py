@@ -143,6 +143,9 @@ class MegatronBackend(Backend):
                                           self.config.params_dtype)
         for chunk in self.chunks:
             chunk.to(self.device)
+            if trainer_cfg.compile:  # as the torch backend: each decoder layer, dynamic shapes
+                for layer in chunk.decoder.layers:
+                    layer.compile(dynamic=True)
         if load_weights:
             checkpoint.load_hf_weights(self.chunks, self.shape, self.layout, model_path)
         wrapped = [Float16Module(self.config, c) if bf16 else c for c in self.chunks]

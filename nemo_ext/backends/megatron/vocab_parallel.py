@@ -79,7 +79,7 @@ class _VocabParallelLogprob(torch.autograd.Function):
             dz[rows, local[rows]] += g[rows]
             dz = dz.to(h.dtype)
             grad_h[s:s + chunk] = dz @ weight_VH
-            grad_w.addmm_(dz.t().float(), h.float())
+            grad_w += dz.t() @ h  # a bf16 GEMM (fp32 accumulation inside), summed over chunks in fp32
         return grad_h, grad_w.to(weight_VH.dtype), None, None, None, None, None, None
 
 
