@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
-from tqdm.contrib.logging import logging_redirect_tqdm
-
+from nemo_ext.data.cli import run_job
 from nemo_ext.data.pack_job import OVERLONG_POLICIES, PackConfig, pack_dataset
-from nemo_ext.data.sources import ChatFields, MalformedRowError
+from nemo_ext.data.sources import ChatFields
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[PackConfig, bool]:
@@ -46,14 +44,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[PackConfig, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        cfg, progress = parse_args(argv)
-        with logging_redirect_tqdm():
-            meta = pack_dataset(cfg, progress=progress)
-    except (MalformedRowError, ValueError, OSError, KeyError) as e:
-        print(f"pack: error: {e}", file=sys.stderr)
+    result = run_job("pack", argv, parse_args, pack_dataset)
+    if result is None:
         return 1
+    _, meta = result
     print(json.dumps({"counts": meta["counts"], "packing_efficiency": round(meta["packing_efficiency"], 5)}))
     return 0
 

@@ -23,6 +23,7 @@ from nemo_ext.data.pack_job import STATE, PackConfig, pack_dataset
 from nemo_ext.data.shards import HISTOGRAM_PNG, METADATA, PackedDataset, iter_bins, shard_name
 from nemo_ext.data.sources import ChatFields, MalformedRowError, open_rows
 from nemo_ext.data.tokenize import tokenize_chat
+from tests.helpers import write_jsonl
 from tests.test_packing import build_char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,15 +48,6 @@ def make_rows(n: int, seed: int = 0, max_output: int = 600) -> list[dict]:
         }
         for i in range(n)
     ]
-
-
-def write_jsonl(path: Path, rows: list, raw_lines: dict[int, str] | None = None) -> Path:
-    """Rows as JSON Lines; ``raw_lines`` puts given text at given 1-based line numbers instead."""
-    lines = [json.dumps(r) for r in rows]
-    for line_no, raw in sorted((raw_lines or {}).items()):
-        lines.insert(line_no - 1, raw)
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def sequences(directory) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:

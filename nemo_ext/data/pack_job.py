@@ -39,7 +39,15 @@ from nemo_ext.data.shards import (
     write_histogram_png,
     write_shard,
 )
-from nemo_ext.data.sources import ChatFields, MalformedRowError, Row, chat_sample, open_rows
+from nemo_ext.data.sources import (
+    MAX_MALFORMED_EXAMPLES,
+    ChatFields,
+    MalformedRowError,
+    Row,
+    chat_sample,
+    open_rows,
+    skip_malformed,
+)
 from nemo_ext.data.tokenize import TokenizedSample, tokenize_chats
 from nemo_ext.io import atomic_write_json
 
@@ -49,7 +57,6 @@ STATE = "pack_state.json"
 OVERLONG_POLICIES = ("truncate", "drop")
 HISTOGRAM_BUCKETS = 32  # equal-width length buckets up to bin_size, plus one for longer samples
 TOKENIZE_BATCH = 256  # samples per tokenizer call
-MAX_MALFORMED_EXAMPLES = 100  # malformed-row messages kept in metadata.json
 FORMAT = "nemo_ext packed SFT v1 (docs/data.md)"
 
 
@@ -162,12 +169,7 @@ def _parse(row: Row, cfg: PackConfig, stats: PackStats) -> tuple[str, str, str] 
     try:
         return chat_sample(row, cfg.fields)
     except MalformedRowError as e:
-        if cfg.strict:
-            raise
-        log.warning("skipping malformed row: %s", e)
-        stats.malformed += 1
-        if len(stats.malformed_examples) < MAX_MALFORMED_EXAMPLES:
-            stats.malformed_examples.append(str(e))
+        skip_malformed(e, cfg.strict, stats)
         return None
 
 

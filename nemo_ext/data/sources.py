@@ -13,6 +13,7 @@ name order); otherwise a Hugging Face hub dataset name.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -20,12 +21,27 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+log = logging.getLogger(__name__)
+
 BATCH_ROWS = 1024  # rows per Parquet / datasets batch
 SUFFIXES = (".jsonl", ".json", ".parquet")
+MAX_MALFORMED_EXAMPLES = 100  # malformed-row messages a job keeps for its metadata.json
 
 
 class MalformedRowError(ValueError):
     """A row that cannot become a chat sample; the message starts with its location."""
+
+
+def skip_malformed(error: MalformedRowError, strict: bool, stats) -> None:
+    """A job's policy for a malformed row: re-raise under ``strict``; else log it (its location comes
+    first), count it in ``stats.malformed`` and keep the first ``MAX_MALFORMED_EXAMPLES`` messages in
+    ``stats.malformed_examples``."""
+    if strict:
+        raise error
+    log.warning("skipping malformed row: %s", error)
+    stats.malformed += 1
+    if len(stats.malformed_examples) < MAX_MALFORMED_EXAMPLES:
+        stats.malformed_examples.append(str(error))
 
 
 @dataclass(frozen=True)
