@@ -24,9 +24,11 @@ $(STAMP): pyproject.toml
 	-$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
-# bubblewrap isolates the code sandbox (nemo_ext/rewards/sandbox.py). Installed when missing and root.
+# bubblewrap isolates the code sandbox (nemo_ext/rewards/sandbox.py); slurm-wlm runs tests/test_launch.py
+# (a one-node SLURM it starts itself). Installed when missing and root.
 sysdeps:
 	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || echo "warning: bubblewrap missing; the code sandbox falls back to resource limits only"; }
+	@{ PATH="$$PATH:/usr/sbin"; command -v slurmctld && command -v slurmd && command -v sbatch; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm >/dev/null) || echo "warning: slurm-wlm missing; tests/test_launch.py needs slurmctld, slurmd and sbatch (it starts a one-node SLURM)"; }
 
 demo: venv
 	bash scripts/demo.sh
