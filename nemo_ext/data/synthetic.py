@@ -14,7 +14,11 @@ belongs to a split by a hash of its question.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+from pathlib import Path
+
+from nemo_ext.io import atomic_write_text
 
 OPERATIONS = ("add", "sub", "mul")
 TEST_FRACTION = 0.1  # share of the question space reserved for held-out problems
@@ -104,3 +108,18 @@ def make_problems(n: int, seed: int, split: str) -> list[dict]:
             seen.add(p["question"])
             problems.append(p)
     return problems
+
+
+def rl_prompt_id(index: int) -> str:
+    """The id of the ``index``-th train problem as an RL prompt (nemo_ext/rl/prompts.py)."""
+    return f"synthetic-{index}"
+
+
+def write_split(path: str | Path, n: int, seed: int, split: str, rl_format: bool = False) -> Path:
+    """``make_problems(n, seed, split)`` as JSONL, written atomically: SFT rows ``{question, output,
+    answer, task}``, or with ``rl_format`` RL prompts ``{id, question, answer}``."""
+    rows = make_problems(n, seed, split)
+    if rl_format:
+        rows = [{"id": rl_prompt_id(i), "question": p["question"], "answer": p["answer"]} for i, p in enumerate(rows)]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return Path(path)

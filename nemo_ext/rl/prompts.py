@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from nemo_ext.config.rl import RLEvalConfig, StageConfig, Task
 from nemo_ext.data.prompts import render_prompt
-from nemo_ext.data.synthetic import make_problems
+from nemo_ext.data.synthetic import make_problems, rl_prompt_id
 from nemo_ext.sft.data import read_eval_problems
 
 DEFAULT_SYNTHETIC_PROMPTS = 512
@@ -39,8 +39,8 @@ def load_stage_prompts(stage: StageConfig, seed: int) -> dict[str, RLPrompt]:
         if stage.task is not Task.math:
             raise ValueError(f"stage {stage.name!r}: the synthetic task is math; set `data` for task code")
         problems = make_problems(stage.num_prompts or DEFAULT_SYNTHETIC_PROMPTS, seed=seed, split="train")
-        return {f"synthetic-{i}": RLPrompt(f"synthetic-{i}", Task.math, render_prompt(p["question"], "math"),
-                                           p["answer"]) for i, p in enumerate(problems)}
+        return {rl_prompt_id(i): RLPrompt(rl_prompt_id(i), Task.math, render_prompt(p["question"], "math"),
+                                          p["answer"]) for i, p in enumerate(problems)}
     prompts: dict[str, RLPrompt] = {}
     with open(stage.data, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):

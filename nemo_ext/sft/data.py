@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from nemo_ext.data.batch import PackedBatch, pack_sequences
-from nemo_ext.data.synthetic import make_problems
 
 
 class BatchSchedule:
@@ -48,17 +47,6 @@ def micro_batch(bins: list[dict]) -> PackedBatch:
             ids.append(b["input_ids"][lo:hi].tolist())
             masks.append(b["loss_mask"][lo:hi].tolist())
     return pack_sequences(ids, masks)
-
-
-def write_synthetic_split(path: Path, n: int, seed: int, split: str) -> Path:
-    """The embedded task's problems as JSONL rows ``{question, output, answer, task}``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for p in make_problems(n, seed, split):
-            f.write(json.dumps(p) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def read_eval_problems(path: str | Path, limit: int) -> list[dict]:

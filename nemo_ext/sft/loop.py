@@ -17,12 +17,13 @@ from nemo_ext.config.schema import Accelerator, BackendName, ResumeMode, SFTConf
 from nemo_ext.data.pack_job import PackConfig, pack_dataset
 from nemo_ext.data.shards import PackedDataset
 from nemo_ext.data.sources import ChatFields
+from nemo_ext.data.synthetic import write_split
 from nemo_ext.io import atomic_write_json
 from nemo_ext.models.hf_config import num_parameters
 from nemo_ext.models.tiny import build_tiny_checkpoint
 from nemo_ext.observe import MetricsLogger, model_flops, peak_flops, plot_curves, progress
 from nemo_ext.sft.accuracy import heldout_accuracy
-from nemo_ext.sft.data import BatchSchedule, micro_batch, read_eval_problems, write_synthetic_split
+from nemo_ext.sft.data import BatchSchedule, micro_batch, read_eval_problems
 from nemo_ext.sft.loss import sft_loss
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,12 @@ def prepare_data(cfg: SFTConfig, paths: RunPaths, tokenizer: str, world: dist.Wo
     if world.is_main:
         syn = cfg.data.synthetic
         if not cfg.data.train_dir:
-            raw = write_synthetic_split(paths.data / "train.jsonl", syn.num_train, syn.seed, "train")
+            raw = write_split(paths.data / "train.jsonl", syn.num_train, syn.seed, "train")
             fields = ChatFields(prompt="question", response="output", task="task")
             pack_dataset(PackConfig(input=str(raw), output=str(train_dir), tokenizer=tokenizer,
                                     bin_size=cfg.data.bin_size, fields=fields), progress=False)
         if not cfg.data.eval_file and not eval_file.exists():
-            write_synthetic_split(eval_file, syn.num_eval, syn.seed, "test")
+            write_split(eval_file, syn.num_eval, syn.seed, "test")
     dist.barrier()
     if not (train_dir / "metadata.json").exists():
         raise FileNotFoundError(f"data.train_dir={train_dir} holds no finished pack (metadata.json); "
