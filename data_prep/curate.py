@@ -12,22 +12,19 @@ Hugging Face hub name (as data_prep/pack.py). Output: ``<output>/data/part-*.jso
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from nemo_ext.data.cli import run_job
+from nemo_ext.data.cli import add_benchmark_args, benchmark_sources, print_summary, run_job
 from nemo_ext.data.curate import (
     BALANCE_UNITS,
     DATA_DIR,
     DECONTAMINATE,
     OUTPUT_FORMATS,
-    BenchmarkSources,
     CurateConfig,
     curate,
 )
 from nemo_ext.data.curate_balance import DEFAULT_EDGES, DEFAULT_FACTORS
 from nemo_ext.data.sources import ChatFields
-from nemo_ext.evaluation.config import DEFAULT_REGISTRY
 
 
 def _numbers(kind):
@@ -48,12 +45,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CurateConfig, bool]:
     p.add_argument("--max-responses-per-prompt", type=int, default=None, help="default: keep every one")
     p.add_argument("--ngram", type=int, default=9, help="words per n-gram (paper: 9 SFT, 14 RL code)")
     p.add_argument("--decontaminate", choices=DECONTAMINATE, default="prompt", help="text checked for n-grams")
-    p.add_argument("--benchmark", action="append", default=[], help="registry entry (repeat)")
-    p.add_argument("--benchmarks-yaml", default=str(DEFAULT_REGISTRY), help="the benchmark registry")
-    p.add_argument("--benchmark-override", action="append", default=[],
-                   help="registry dotlist, e.g. benchmarks.aime24.source.path=/data/aime24.jsonl (repeat)")
-    p.add_argument("--benchmark-file", action="append", default=[], help="JSONL/Parquet of problems (repeat)")
-    p.add_argument("--benchmark-field", default="problem", help="the problem text's field in --benchmark-file")
+    add_benchmark_args(p)
     p.add_argument("--tokenizer", default=None, help="tokenizer path for lengths (default: characters / 4)")
     p.add_argument("--length-edges", type=_numbers(int), default=DEFAULT_EDGES, help="e.g. 2048,8192,16384")
     p.add_argument("--level-factors", type=_numbers(float), default=DEFAULT_FACTORS, help="e.g. 0.5,1,1,1")
@@ -62,16 +54,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[CurateConfig, bool]:
     p.add_argument("--strict", action="store_true", help="stop at the first malformed row")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    benchmarks = BenchmarkSources(
-        names=tuple(a.benchmark), registry=a.benchmarks_yaml, overrides=tuple(a.benchmark_override),
-        files=tuple(a.benchmark_file), field=a.benchmark_field,
-    )  # fmt: skip
     cfg = CurateConfig(
         input=a.input, output=a.output,
         fields=ChatFields(a.prompt_field, a.response_field, a.task_field, a.default_task or None),
         split=a.split, output_format=a.format, rows_per_shard=a.rows_per_shard,
         max_responses_per_prompt=a.max_responses_per_prompt, ngram=a.ngram, decontaminate=a.decontaminate,
-        benchmarks=benchmarks, tokenizer=a.tokenizer, length_edges=a.length_edges,
+        benchmarks=benchmark_sources(a), tokenizer=a.tokenizer, length_edges=a.length_edges,
         level_factors=a.level_factors, balance_unit=a.balance, seed=a.seed, strict=a.strict,
     )  # fmt: skip
     return cfg, not a.no_progress
@@ -82,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if result is None:
         return 1
     cfg, meta = result
-    contaminated = {name: b["contaminated"] for name, b in meta["benchmarks"].items()}
-    print(json.dumps({"counts": meta["counts"], "contaminated_by_benchmark": contaminated,
-                      "pack_input": f"{cfg.output}/{DATA_DIR}"}))
+    print_summary(meta, pack_input=f"{cfg.output}/{DATA_DIR}")
     return 0
 
 

@@ -160,6 +160,31 @@ def load_benchmarks(src: BenchmarkSources) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
+def benchmark_index(src: BenchmarkSources, n: int, enabled: bool = True) -> NgramIndex:
+    """The n-gram index of the benchmarks of ``src`` (empty when not ``enabled``); warns about problems
+    shorter than ``n`` words, which cannot be matched."""
+    index = build_index(load_benchmarks(src) if enabled else {}, n)
+    for name, short in zip(index.names, index.too_short, strict=True):
+        if short:
+            log.warning("benchmark %s: %d problems have fewer than %d words and cannot be matched", name, short, n)
+    return index
+
+
+def benchmark_report(index: NgramIndex, stats) -> dict:
+    """metadata.json's ``benchmarks``: per benchmark its problems, too_short, ngrams, the rows it
+    contaminated and their examples (from ``stats`` filled by ``mark_contaminated``)."""
+    return {
+        name: {
+            "problems": len(index.problem_ids[b]),
+            "too_short": index.too_short[b],
+            "ngrams": int((index.benchmark == b).sum()),
+            "contaminated": stats.contaminated_by_benchmark[name],
+            "examples": stats.overlap_examples[name],
+        }
+        for b, name in enumerate(index.names)
+    }
+
+
 def _texts(row: Row, fields: ChatFields) -> tuple[str, str]:
     """(prompt, response) of a row, checked by ``chat_sample``; response "" for prompt-only data."""
     if fields.response:
@@ -176,8 +201,9 @@ def _parse(row: Row, cfg: CurateConfig, stats: CurateStats) -> tuple[str, str] |
         return None
 
 
-def _contaminated(index: NgramIndex, rows: list[tuple], mode: str, stats: CurateStats) -> list[bool]:
-    """Per row (ordinal, location, prompt, response, key): shares an n-gram with a benchmark; counted."""
+def mark_contaminated(index: NgramIndex, rows: list[tuple], mode: str, stats) -> list[bool]:
+    """Per row (ordinal, location, prompt, response, key): shares an n-gram with a benchmark. Counted in
+    ``stats.contaminated_by_benchmark`` and ``stats.overlap_examples`` (dicts keyed by benchmark name)."""
     if mode == "none" or not rows:
         return [False] * len(rows)
     parts = {"prompt": (2,), "response": (3,), "both": (2, 3)}[mode]
@@ -211,7 +237,7 @@ def scan(rows, cfg: CurateConfig, index: NgramIndex, tokenizer, stats: CurateSta
                 setattr(stats, reason, getattr(stats, reason) + 1)
             else:
                 kept.append((ordinal, row.location, *texts, key))
-        flags = _contaminated(index, kept, cfg.decontaminate, stats)
+        flags = mark_contaminated(index, kept, cfg.decontaminate, stats)
         clean = [r for r, bad in zip(kept, flags, strict=True) if not bad]
         stats.contaminated += len(kept) - len(clean)
         responses = [r[3] for r in clean]
@@ -322,12 +348,7 @@ def _format_of(path: Path) -> str | None:
 def curate(cfg: CurateConfig, progress: bool = True) -> dict:
     """Run the curation job of ``cfg``; returns its metadata (also in ``<output>/metadata.json``)."""
     out = _check_output(cfg)
-    benchmarks = load_benchmarks(cfg.benchmarks) if cfg.decontaminate != "none" else {}
-    index = build_index(benchmarks, cfg.ngram)
-    for name, short in zip(index.names, index.too_short, strict=True):
-        if short:
-            log.warning("benchmark %s: %d problems have fewer than %d words and cannot be matched",
-                        name, short, cfg.ngram)
+    index = benchmark_index(cfg.benchmarks, cfg.ngram, enabled=cfg.decontaminate != "none")
     stats = CurateStats(contaminated_by_benchmark=dict.fromkeys(index.names, 0),
                         overlap_examples={name: [] for name in index.names})
     tokenizer = None
@@ -382,16 +403,7 @@ def metadata(cfg: CurateConfig, stats: CurateStats, index: NgramIndex, levels: l
         "settings": settings,
         "normalization": NORMALIZATION,
         "counts": {k: v for k, v in asdict(stats).items() if isinstance(v, int)},
-        "benchmarks": {
-            name: {
-                "problems": len(index.problem_ids[b]),
-                "too_short": index.too_short[b],
-                "ngrams": int((index.benchmark == b).sum()),
-                "contaminated": stats.contaminated_by_benchmark[name],
-                "examples": stats.overlap_examples[name],
-            }
-            for b, name in enumerate(index.names)
-        },
+        "benchmarks": benchmark_report(index, stats),
         "levels": levels,
         "length_histogram": histograms,
         "parts": parts,

@@ -79,26 +79,38 @@ def in_window(day: date, start: str | None, end: str | None, where: str = "conte
     return end is None or day < parse_date(end, f"{where}.end")
 
 
+def _column(row: dict, name: str | None, key: str, where: str) -> object:
+    if name is None:
+        raise ValueError(f"{where}: the livecodebench loader needs `fields.{key}`")
+    if name not in row:
+        raise KeyError(f"{where}: missing column {name!r} (columns: {sorted(row)})")
+    return row[name]
+
+
 def problem_from_row(row: dict, spec: BenchmarkSpec, where: str) -> dict | None:
     """The problem of one row, or None when its contest date falls outside the entry's window."""
     f = spec.fields
-
-    def col(name: str | None, key: str) -> object:
-        if name is None:
-            raise ValueError(f"{where}: the livecodebench loader needs `fields.{key}`")
-        if name not in row:
-            raise KeyError(f"{where}: missing column {name!r} (columns: {sorted(row)})")
-        return row[name]
-
-    day = parse_date(col(f.date, "date"), f"{where} column {f.date!r}")
+    day = parse_date(_column(row, f.date, "date", where), f"{where} column {f.date!r}")
     if not in_window(day, spec.contest_dates.start, spec.contest_dates.end):
         return None
+    problem = problem_fields(row, spec, where)
+    if not problem["tests"]:
+        raise ValueError(f"{where}: no tests to grade with (tests: {spec.tests.value})")
+    return {**problem, "date": day.isoformat()}
+
+
+def problem_fields(row: dict, spec: BenchmarkSpec, where: str) -> dict:
+    """``{id, task, question, starter_code, tests, func_name}`` of one row, dates not read; ``tests``
+    (``spec.tests``: private, or public then private) may be empty. Errors name the row and column."""
+    f = spec.fields
+
+    def col(name: str | None, key: str) -> object:
+        return _column(row, name, key, where)
+
     tests = decode_tests(col(f.private_tests, "private_tests"), f"{where} column {f.private_tests!r}")
     if spec.tests is TestSelection.public_private:
         public = decode_tests(col(f.public_tests, "public_tests"), f"{where} column {f.public_tests!r}")
         tests = public + tests
-    if not tests:
-        raise ValueError(f"{where}: no tests to grade with (tests: {spec.tests.value})")
     raw_meta = col(f.metadata, "metadata") if f.metadata else "{}"
     try:
         metadata = json.loads(raw_meta or "{}") if isinstance(raw_meta, str) else dict(raw_meta)
@@ -115,5 +127,4 @@ def problem_from_row(row: dict, spec: BenchmarkSpec, where: str) -> dict | None:
         "starter_code": str(col(f.starter_code, "starter_code") or "") if f.starter_code else "",
         "tests": tests,
         "func_name": func_name,
-        "date": day.isoformat(),
     }
