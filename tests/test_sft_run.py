@@ -96,6 +96,14 @@ def test_bad_overrides_fail_before_any_work_naming_the_key(tmp_path, override, e
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
+def test_out_of_range_values_fail_before_any_training(tmp_path):
+    run = tmp_path / "run"
+    proc = run_recipe(["trainer.activation_memory_budget=1.5", f"output_dir={run}"])
+    assert proc.returncode != 0
+    assert "trainer.activation_memory_budget must be in (0, 1], got 1.5" in proc.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["hydra"]  # only Hydra's record of the command line
+
+
 def test_every_sft_yaml_loads_into_the_schema():
     names = sorted(p.stem for p in (CONF / "sft").glob("*.yaml"))
     assert "tiny" in names and "acereason_7b" in names

@@ -54,6 +54,10 @@ class TrainerConfig:
     activation_memory_budget: float = 1.0
     eval_every: int = 0  # 0 = only at the end
 
+    def __post_init__(self):
+        if not 0 < self.activation_memory_budget <= 1:
+            raise ValueError(f"trainer.activation_memory_budget must be in (0, 1], got {self.activation_memory_budget}")
+
 
 @dataclass
 class ModelConfig:
