@@ -69,6 +69,23 @@ def test_chunked_entropy_equals_naive():
     torch.testing.assert_close(entropy, -(p * p.log()).sum(-1), rtol=1e-5, atol=1e-5)
 
 
+def test_compiled_chunks_equal_eager_ones():
+    torch.manual_seed(2)
+    hidden, weight = torch.randn(45, 16, requires_grad=True), torch.randn(60, 16, requires_grad=True)
+    targets = torch.randint(0, 60, (45,))
+    eager = token_logprobs(hidden, weight, targets, 0.8, chunk_tokens=16)[0]
+    compiled = token_logprobs(hidden, weight, targets, 0.8, chunk_tokens=16, compiled=True)[0]
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    grads = [torch.autograd.grad(x.sum(), (hidden, weight)) for x in (eager, compiled)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        e_logp, e_ent = token_logprobs(hidden, weight, targets, 0.8, 16, with_entropy=True)
+        c_logp, c_ent = token_logprobs(hidden, weight, targets, 0.8, 16, with_entropy=True, compiled=True)
+    torch.testing.assert_close(c_logp, e_logp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c_ent, e_ent, rtol=1e-5, atol=1e-5)
+
+
 def test_sft_loss_over_micro_batches_adds_up_to_the_full_batch():
     torch.manual_seed(2)
     seqs = [[1, 2, 3, 4], [5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]

@@ -18,12 +18,6 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 
-@functools.cache
-def _compiled_chunk_logprobs():
-    # dynamic: the last chunk of a row is shorter, and rows differ in length; one graph for all
-    return torch.compile(_chunk_logprobs, dynamic=True)
-
-
 def _chunk_logprobs(hidden_CH: torch.Tensor, weight_VH: torch.Tensor, targets_C: torch.Tensor,
                     temperature: float) -> torch.Tensor:
     logits_CV = (hidden_CH @ weight_VH.t()).float() / temperature
@@ -36,6 +30,12 @@ def _chunk_logprobs_and_entropy(hidden_CH, weight_VH, targets_C, temperature):
     logp_CV = torch.log_softmax(logits_CV, dim=-1)
     entropy_C = -(logp_CV.exp() * logp_CV).sum(-1)
     return logp_CV.gather(1, targets_C[:, None]).squeeze(1), entropy_C
+
+
+@functools.cache
+def _compiled(chunk_fn):
+    # dynamic: the last chunk of a row is shorter, and rows differ in length; one graph for all
+    return torch.compile(chunk_fn, dynamic=True)
 
 
 def token_logprobs(
@@ -52,18 +52,20 @@ def token_logprobs(
     hidden_TH: [T, H] final hidden states (after the last norm); weight_VH: [V, H] output embedding.
     Returns ``logp_T`` [T] float32 (differentiable unless ``with_entropy``) and, with
     ``with_entropy``, ``entropy_T`` [T] float32 in nats (computed without gradient), else None.
-    ``compiled``: run each chunk's log-softmax under torch.compile, which fuses the upcast, the
-    temperature and the reduction into one pass over the chunk's logits (forward and backward).
+    ``compiled``: run each chunk's log-softmax (and entropy) under torch.compile, which fuses the
+    upcast, the temperature and the reductions into one pass over the chunk's logits (forward and
+    backward).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     starts = range(0, hidden_TH.shape[0], chunk_tokens)
     if with_entropy:
-        pieces = [_chunk_logprobs_and_entropy(hidden_TH[s:s + chunk_tokens], weight_VH,
-                                              targets_T[s:s + chunk_tokens], temperature) for s in starts]
+        chunk_fn = _compiled(_chunk_logprobs_and_entropy) if compiled else _chunk_logprobs_and_entropy
+        pieces = [chunk_fn(hidden_TH[s:s + chunk_tokens], weight_VH, targets_T[s:s + chunk_tokens], temperature)
+                  for s in starts]
         return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
     needs_grad = torch.is_grad_enabled() and (hidden_TH.requires_grad or weight_VH.requires_grad)
-    chunk_fn = _compiled_chunk_logprobs() if compiled else _chunk_logprobs
+    chunk_fn = _compiled(_chunk_logprobs) if compiled else _chunk_logprobs
     pieces = []
     for s in starts:
         args = (hidden_TH[s:s + chunk_tokens], weight_VH, targets_T[s:s + chunk_tokens], temperature)
