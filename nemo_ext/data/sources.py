@@ -44,6 +44,24 @@ def skip_malformed(error: MalformedRowError, strict: bool, stats) -> None:
         stats.malformed_examples.append(str(error))
 
 
+def jsonl_objects(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """``(location, object)`` for each non-blank line of a JSON Lines file, ``location`` being
+    ``path:line``. Strict: a line that is not a JSON object raises ValueError naming its location
+    (the lenient, skip-and-count reading of data jobs is ``open_rows``)."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            yield where, obj
+
+
 @dataclass(frozen=True)
 class Row:
     """One input row: its location and either its record or why it could not be parsed."""

@@ -9,29 +9,13 @@ whose tests do not decode, is an error naming the source, the row and the column
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from nemo_ext.data.sources import jsonl_objects
 from nemo_ext.evaluation import livecodebench
 from nemo_ext.evaluation.registry import BenchmarkSpec, LoaderKind, Task
 
 LOCAL_SUFFIXES = (".jsonl", ".parquet")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not a JSON object: {err}") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
 
 
 def read_local(path: str | Path) -> list[dict]:
@@ -45,7 +29,7 @@ def read_local(path: str | Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".jsonl":
-        return _read_jsonl(path)
+        return [row for _, row in jsonl_objects(path)]
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

@@ -14,11 +14,11 @@ file, the line and the key. Prompts are rendered once here with the paper's form
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from nemo_ext.config.rl import RLEvalConfig, StageConfig, Task
 from nemo_ext.data.prompts import render_prompt
+from nemo_ext.data.sources import jsonl_objects
 from nemo_ext.data.synthetic import make_problems, rl_prompt_id
 from nemo_ext.sft.data import read_eval_problems
 
@@ -42,16 +42,13 @@ def load_stage_prompts(stage: StageConfig, seed: int) -> dict[str, RLPrompt]:
         return {rl_prompt_id(i): RLPrompt(rl_prompt_id(i), Task.math, render_prompt(p["question"], "math"),
                                           p["answer"]) for i, p in enumerate(problems)}
     prompts: dict[str, RLPrompt] = {}
-    with open(stage.data, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            prompt = _parse_line(line, stage.task, f"{stage.data}:{lineno}", default_id=str(lineno))
-            if prompt.id in prompts:
-                raise ValueError(f"{stage.data}:{lineno}: duplicate id {prompt.id!r}")
-            prompts[prompt.id] = prompt
-            if stage.num_prompts is not None and len(prompts) == stage.num_prompts:
-                break
+    for where, row in jsonl_objects(stage.data):
+        prompt = _prompt(row, stage.task, where, default_id=where.rsplit(":", 1)[1])
+        if prompt.id in prompts:
+            raise ValueError(f"{where}: duplicate id {prompt.id!r}")
+        prompts[prompt.id] = prompt
+        if stage.num_prompts is not None and len(prompts) == stage.num_prompts:
+            break
     if not prompts:
         raise ValueError(f"{stage.data}: no prompts")
     return prompts
@@ -66,13 +63,7 @@ def load_eval_problems(cfg: RLEvalConfig) -> list[dict]:
     return make_problems(cfg.num_problems, seed=cfg.seed, split="test")
 
 
-def _parse_line(line: str, task: Task, where: str, default_id: str) -> RLPrompt:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+def _prompt(row: dict, task: Task, where: str, default_id: str) -> RLPrompt:
     question = _field(row, "question", str, where)
     if task is Task.math:
         reference = str(_field(row, "answer", (str, int), where))

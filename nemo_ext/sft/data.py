@@ -7,12 +7,12 @@ exactly the batches the uninterrupted run would have seen, with no sampler state
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from nemo_ext.data.batch import PackedBatch, pack_sequences
+from nemo_ext.data.sources import jsonl_objects
 
 
 class BatchSchedule:
@@ -52,15 +52,10 @@ def micro_batch(bins: list[dict]) -> PackedBatch:
 def read_eval_problems(path: str | Path, limit: int) -> list[dict]:
     """Held-out ``{question, answer}`` rows from a JSONL file, the first ``limit`` of them."""
     rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                rows.append({"question": str(row["question"]), "answer": str(row["answer"])})
-            except (json.JSONDecodeError, KeyError) as e:
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with 'question' and 'answer' ({e})") from e
-            if len(rows) == limit:
-                break
+    for where, row in jsonl_objects(path):
+        if "question" not in row or "answer" not in row:
+            raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer' (keys: {sorted(row)})")
+        rows.append({"question": str(row["question"]), "answer": str(row["answer"])})
+        if len(rows) == limit:
+            break
     return rows
