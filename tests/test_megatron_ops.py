@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nemo_ext.backends.megatron.convert import Shape
+from nemo_ext.backends.megatron.fallback_kernels import foreach_l2_norm, foreach_scale, use_fused_torch_adam
 from nemo_ext.backends.megatron.layout import plan_layout
 from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
 from nemo_ext.backends.varlen import packed_causal_attention
@@ -71,12 +73,13 @@ def _reference(h, w, t, temperature, vocab_size):
     return logp.gather(1, t[:, None]).squeeze(1), -(logp.exp() * logp).sum(-1)
 
 
-def test_logprobs_match_log_softmax_with_padded_vocab_and_chunks():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_logprobs_match_log_softmax_with_padded_vocab_and_chunks(compiled):
     torch.manual_seed(0)
     h = torch.randn(7, 16, dtype=torch.float64, requires_grad=True)
     w = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)  # 10 real ids + 2 padded rows
     t = torch.tensor([0, 9, 3, 3, 5, 1, 8])
-    logp, _ = vocab_parallel_logprobs(h, w, t, vocab_size=10, temperature=0.7, chunk_tokens=3)
+    logp, _ = vocab_parallel_logprobs(h, w, t, vocab_size=10, temperature=0.7, chunk_tokens=3, compiled=compiled)
     ref, ref_entropy = _reference(h, w, t, 0.7, 10)
     torch.testing.assert_close(logp.double(), ref, rtol=1e-6, atol=1e-6)
     # Hand value for token 0: z_y - logsumexp(z) over the 10 real ids only.
@@ -90,7 +93,7 @@ def test_logprobs_match_log_softmax_with_padded_vocab_and_chunks():
     assert not gw[10:].any()  # padded rows get no gradient
     with torch.no_grad():
         lp, ent = vocab_parallel_logprobs(h, w, t, vocab_size=10, temperature=0.7, chunk_tokens=3,
-                                          with_entropy=True)
+                                          with_entropy=True, compiled=compiled)
     torch.testing.assert_close(lp.double(), ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(ent.double(), ref_entropy, rtol=1e-5, atol=1e-5)
 
@@ -152,3 +155,61 @@ def test_packed_rope_equals_hf_rotary_per_sequence():
         torch.testing.assert_close(rq[a:b], eq[0].transpose(0, 1), rtol=0, atol=1e-6)
         torch.testing.assert_close(rk[a:b], ek[0].transpose(0, 1), rtol=0, atol=1e-6)
     torch.testing.assert_close(rq[3], q[3])  # position 0 is not rotated
+
+
+def test_fused_adam_steps_like_the_foreach_one_and_resumes_from_loaded_state():
+    """megatron's fallback AdamW switched to the fused kernel takes the same steps, also after its
+    state came back through ``load_state_dict`` (``step`` counters as CPU tensors)."""
+    torch.manual_seed(3)
+    init = torch.randn(5, 4)
+    grads = [torch.randn(5, 4) for _ in range(4)]
+
+    def run(fused: bool):
+        param = torch.nn.Parameter(init.clone())
+        opt = torch.optim.AdamW([param], lr=0.1, weight_decay=0.01, foreach=True)
+        holder = SimpleNamespace(chained_optimizers=[SimpleNamespace(optimizer=opt)])
+        for i, g in enumerate(grads):
+            if i == 2:  # "resume": a fresh optimizer loads the saved state
+                saved = opt.state_dict()
+                opt = torch.optim.AdamW([param], lr=0.1, weight_decay=0.01, foreach=True)
+                opt.load_state_dict(saved)
+                holder.chained_optimizers[0].optimizer = opt
+            if fused:
+                use_fused_torch_adam(holder)
+            param.grad = g.clone()
+            opt.step()
+        return param.detach(), opt
+
+    reference, _ = run(fused=False)
+    fused, opt = run(fused=True)
+    assert opt.param_groups[0]["fused"] and not opt.param_groups[0]["foreach"]
+    assert float(opt.state[opt.param_groups[0]["params"][0]]["step"]) == 4.0
+    torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(fused, init)
+
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)  # TE / apex stand in: untouched
+    use_fused_torch_adam(SimpleNamespace(optimizer=sgd))
+    assert "fused" not in sgd.param_groups[0] or not sgd.param_groups[0]["fused"]
+
+
+def test_foreach_kernels_keep_apex_multi_tensor_contracts():
+    """The stand-ins for apex's multi_tensor_l2norm / multi_tensor_scale that megatron's clipping
+    calls when neither TE nor apex is present: values, shapes, in place vs copy, tensor scales."""
+    torch.manual_seed(4)
+    grads = [torch.randn(3, 4), torch.randn(7), torch.randn(2, 2, 2)]
+    flag = torch.zeros(1, dtype=torch.int)
+    total, per_tensor = foreach_l2_norm(2048, flag, [grads], True)
+    assert total.shape == (1,) and total.dtype == torch.float32
+    torch.testing.assert_close(total[0], torch.cat([g.flatten() for g in grads]).norm())
+    torch.testing.assert_close(per_tensor, torch.stack([g.norm() for g in grads]))
+    assert foreach_l2_norm(2048, flag, [grads], False)[1] is None
+    assert float(foreach_l2_norm(2048, flag, [[]], False)[0]) == 0.0
+
+    copies = [torch.empty_like(g) for g in grads]
+    foreach_scale(2048, flag, [grads, copies], 0.5)  # dst = src * scale, src untouched
+    for g, c in zip(grads, copies, strict=True):
+        torch.testing.assert_close(c, g * 0.5)
+    before = [g.clone() for g in grads]
+    foreach_scale(2048, flag, [grads, grads], torch.tensor([0.25]))  # clipping: in place, tensor coeff
+    for g, b in zip(grads, before, strict=True):
+        torch.testing.assert_close(g, b * 0.25)

@@ -33,8 +33,9 @@ def _chunk_logprobs_and_entropy(hidden_CH, weight_VH, targets_C, temperature):
 
 
 @functools.cache
-def _compiled(chunk_fn):
-    # dynamic: the last chunk of a row is shorter, and rows differ in length; one graph for all
+def compiled_chunk_fn(chunk_fn):
+    """``chunk_fn`` under torch.compile with dynamic shapes: the last chunk of a row is shorter and
+    rows differ in length, so one graph serves them all."""
     return torch.compile(chunk_fn, dynamic=True)
 
 
@@ -60,12 +61,12 @@ def token_logprobs(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     starts = range(0, hidden_TH.shape[0], chunk_tokens)
     if with_entropy:
-        chunk_fn = _compiled(_chunk_logprobs_and_entropy) if compiled else _chunk_logprobs_and_entropy
+        chunk_fn = compiled_chunk_fn(_chunk_logprobs_and_entropy) if compiled else _chunk_logprobs_and_entropy
         pieces = [chunk_fn(hidden_TH[s:s + chunk_tokens], weight_VH, targets_T[s:s + chunk_tokens], temperature)
                   for s in starts]
         return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
     needs_grad = torch.is_grad_enabled() and (hidden_TH.requires_grad or weight_VH.requires_grad)
-    chunk_fn = _compiled(_chunk_logprobs) if compiled else _chunk_logprobs
+    chunk_fn = compiled_chunk_fn(_chunk_logprobs) if compiled else _chunk_logprobs
     pieces = []
     for s in starts:
         args = (hidden_TH[s:s + chunk_tokens], weight_VH, targets_T[s:s + chunk_tokens], temperature)

@@ -1,6 +1,6 @@
 """The megatron-core training backend (docs/megatron.md).
 
-``convert``, ``layout``, ``varlen`` and ``vocab_parallel`` are pure torch and import without
+``convert``, ``fallback_kernels``, ``layout`` and ``vocab_parallel`` are pure torch and import without
 megatron-core; ``build_megatron_backend`` imports it on first use.
 """
 

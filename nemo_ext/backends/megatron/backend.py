@@ -38,6 +38,7 @@ from transformers import AutoConfig, AutoTokenizer
 from nemo_ext.backends.base import Backend, LossFn
 from nemo_ext.backends.megatron import checkpoint
 from nemo_ext.backends.megatron.convert import Shape
+from nemo_ext.backends.megatron.fallback_kernels import install_foreach_kernels, use_fused_torch_adam
 from nemo_ext.backends.megatron.layout import Layout, plan_layout
 from nemo_ext.backends.megatron.model import (
     PackedRotary,
@@ -154,7 +155,7 @@ class MegatronBackend(Backend):
                       for i, m in enumerate(wrapped)]
         self.pad_multiple = math.lcm(self.layout.pad_multiple(), 16 if model_cfg.fp8 else 1)  # FP8 GEMMs: 16 rows
         self.chunk_tokens = model_cfg.logits_chunk_tokens
-        self.grad_clip, self.bf16 = trainer_cfg.grad_clip, bf16
+        self.grad_clip, self.bf16, self.compiled = trainer_cfg.grad_clip, bf16, trainer_cfg.compile
         self.reset_optimizer(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_world_size = parallel_state.get_data_parallel_world_size()
@@ -186,7 +187,9 @@ class MegatronBackend(Backend):
                                  adam_beta1=o.beta1, adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=self.grad_clip,
                                  bf16=self.bf16, params_dtype=self.config.params_dtype,
                                  use_distributed_optimizer=True)
+        install_foreach_kernels()
         self.optimizer = get_megatron_optimizer(config, self.model)
+        use_fused_torch_adam(self.optimizer)
         self.base_lr, self.warmup_steps, self.total_steps, self.step = lr, warmup_steps, total_steps, 0
 
     def _current_lr(self) -> float:
@@ -208,7 +211,7 @@ class MegatronBackend(Backend):
             hidden_states.squeeze(1), weight, micro.targets,
             vocab_start=parallel_state.get_tensor_model_parallel_rank() * weight.shape[0],
             vocab_size=self.shape.vocab, temperature=temperature, chunk_tokens=self.chunk_tokens,
-            group=tp_group if self.layout.tp > 1 else None, with_entropy=with_entropy)
+            group=tp_group if self.layout.tp > 1 else None, with_entropy=with_entropy, compiled=self.compiled)
         return torch.stack([logp, entropy]) if with_entropy else logp
 
     def _micros(self, micro_batches: list[PackedBatch]) -> list[_Micro]:
@@ -244,6 +247,22 @@ class MegatronBackend(Backend):
                          ) -> dict[str, float]:
         """Gradients of the summed loss shares in the parameters' ``main_grad`` (reduced over DP), no
         optimizer step. Returns the summed ``loss`` and metrics, as ``train_step`` does."""
+        return self._sum_over_replicas(self._backward(micro_batches, loss_fn, temperature))
+
+    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:
+        totals = self._backward(micro_batches, loss_fn, temperature)
+        lr = self._current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        _, grad_norm, _ = self.optimizer.step()
+        self.step += 1
+        # Only now read results back: a host sync before the step would leave the GPU idle while
+        # Python queues the optimizer's work.
+        return {**self._sum_over_replicas(totals), "grad_norm": float(grad_norm), "lr": lr}
+
+    def _backward(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float
+                  ) -> dict[str, torch.Tensor]:
+        """Zero the gradient buffers, run the schedule; the last stage's summed metrics, on device."""
         for m in self.model:
             m.train()
             m.zero_grad_buffer()
@@ -253,17 +272,7 @@ class MegatronBackend(Backend):
         for out in outputs:
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + v.float()
-        return self._sum_over_replicas(totals)
-
-    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:
-        result = self.forward_backward(micro_batches, loss_fn, temperature)
-        lr = self._current_lr()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        _, grad_norm, _ = self.optimizer.step()
-        self.step += 1
-        result.update(grad_norm=float(grad_norm), lr=lr)
-        return result
+        return totals
 
     def _sum_over_replicas(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
         """Sum the last stage's values over data-parallel (and CP) ranks; every rank gets the result."""
@@ -318,6 +327,7 @@ class MegatronBackend(Backend):
 
     def load(self, path: Path) -> dict:
         state = checkpoint.load(self, Path(path))
+        use_fused_torch_adam(self.optimizer)
         self.step, self.base_lr = state["step"], state["base_lr"]
         self.warmup_steps, self.total_steps = state["warmup_steps"], state["total_steps"]
         return state["extra"]

@@ -6,7 +6,8 @@ all-reduces per chunk (the max, then the sum of exponentials), the target's logi
 (only its owner contributes), as in megatron's ``vocab_parallel_cross_entropy`` (Shoeybi et al. 2019,
 Megatron-LM). Unlike that function, the logits of only ``chunk_tokens`` tokens exist at once: the
 forward keeps the log-normalizer per token, the backward recomputes each chunk's logits. Padded
-vocabulary rows (ids >= ``vocab_size``) are masked out, so the result equals the unpadded model's.
+vocabulary rows (ids >= ``vocab_size``) are left out of the GEMMs, so the result equals the unpadded
+model's and they get no gradient.
 
 Gradient: d logp_t / d z_tj = [j == y_t] - p_tj, divided by the temperature. The hidden-state
 gradient returned is this rank's partial sum over its vocabulary slice; the caller's
@@ -19,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from nemo_ext.backends.logprobs import compiled_chunk_fn
+
 
 def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
     if group is not None and dist.get_world_size(group) > 1:
@@ -26,72 +29,103 @@ def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
     return t
 
 
-def _chunk_logits(h_CH, w_VH, lo: int, vocab_size: int, temperature: float) -> torch.Tensor:
-    """[C, V_local] float32 logits / temperature, padded columns at -inf."""
-    z = (h_CH @ w_VH.t()).float()
-    if temperature != 1.0:
-        z.div_(temperature)
-    n_valid = max(0, min(w_VH.shape[0], vocab_size - lo))
-    if n_valid < w_VH.shape[0]:
-        z[:, n_valid:] = float("-inf")
-    return z
+# The chunk kernels: pure elementwise + row reductions over one chunk's logits z_CV (the GEMM's output
+# dtype, upcast inside), so that under torch.compile each is one pass over the chunk. Logits exist only
+# for this rank's real vocabulary rows; padding rows never enter the softmax and get no gradient.
+
+def _row_max(z_CV: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[C] float32 max of z / temperature (-inf for a rank whose rows are all padding)."""
+    if z_CV.shape[1] == 0:
+        return torch.full(z_CV.shape[:1], float("-inf"), dtype=torch.float32, device=z_CV.device)
+    return z_CV.amax(dim=1).float() / temperature
 
 
-def _target_logit(z_CV, t_C, lo: int, group) -> torch.Tensor:
-    local = t_C - lo
-    mine = (local >= 0) & (local < z_CV.shape[1])
-    picked = z_CV.gather(1, local.clamp(0, z_CV.shape[1] - 1)[:, None]).squeeze(1)
-    return _all_reduce(torch.where(mine, picked, torch.zeros_like(picked)), dist.ReduceOp.SUM, group)
+def _row_sum_exp(z_CV: torch.Tensor, m_C: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[C] float32 sum_j exp(z_j / temperature - m)."""
+    return torch.exp(z_CV.float() / temperature - m_C[:, None]).sum(dim=1)
 
 
-def _log_normalizer(z_CV, group) -> torch.Tensor:
-    m = _all_reduce(z_CV.max(dim=1).values, dist.ReduceOp.MAX, group)
-    s = _all_reduce(torch.exp(z_CV - m[:, None]).sum(dim=1), dist.ReduceOp.SUM, group)
+def _target_logit(z_CV: torch.Tensor, local_C: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[C] float32 z_target / temperature where this rank owns the target id, else 0."""
+    mine = (local_C >= 0) & (local_C < z_CV.shape[1])
+    picked = z_CV.gather(1, local_C.clamp(0, max(z_CV.shape[1] - 1, 0))[:, None]).squeeze(1)
+    return torch.where(mine, picked.float() / temperature, 0.0)
+
+
+def _row_entropy_part(z_CV: torch.Tensor, lse_C: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[C] float32 -sum_j p_j log p_j over this rank's ids."""
+    logp_CV = z_CV.float() / temperature - lse_C[:, None]
+    return -(logp_CV.exp() * logp_CV).sum(dim=1)
+
+
+def _logit_grad(z_CV: torch.Tensor, lse_C: torch.Tensor, g_C: torch.Tensor, local_C: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    """d(sum_t g_t logp_t) / dz_CV = g_t ([j == y_t] - p_tj) / temperature, in z's dtype. The target
+    is found by comparison (no index lists), so nothing waits on the host."""
+    p_CV = torch.exp(z_CV.float() / temperature - lse_C[:, None])
+    ids_V = torch.arange(z_CV.shape[1], device=z_CV.device)
+    onehot_CV = (ids_V[None, :] == local_C[:, None]).float()
+    return ((onehot_CV - p_CV) * (g_C / temperature)[:, None]).to(z_CV.dtype)
+
+
+def _kernels(compiled: bool) -> dict:
+    fns = {"row_max": _row_max, "row_sum_exp": _row_sum_exp, "target_logit": _target_logit,
+           "row_entropy_part": _row_entropy_part, "logit_grad": _logit_grad}
+    return {name: compiled_chunk_fn(fn) for name, fn in fns.items()} if compiled else fns
+
+
+def _log_normalizer(z_CV, temperature, group, k) -> torch.Tensor:
+    """[C] float32 log sum_j exp(z_j / temperature) over the whole (TP-split) vocabulary."""
+    m = _all_reduce(k["row_max"](z_CV, temperature), dist.ReduceOp.MAX, group)
+    s = _all_reduce(k["row_sum_exp"](z_CV, m, temperature), dist.ReduceOp.SUM, group)
     return m + torch.log(s)
 
 
 class _VocabParallelLogprob(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden_TH, weight_VH, targets_T, lo, vocab_size, temperature, chunk, group):
+    def forward(ctx, hidden_TH, weight_VH, targets_T, lo, n_valid, temperature, chunk, group, compiled):
+        k = _kernels(compiled)
+        w = weight_VH[:n_valid]
         lse = torch.empty(hidden_TH.shape[0], dtype=torch.float32, device=hidden_TH.device)
         logp = torch.empty_like(lse)
         for s in range(0, hidden_TH.shape[0], chunk):
-            z = _chunk_logits(hidden_TH[s:s + chunk], weight_VH, lo, vocab_size, temperature)
-            lse[s:s + chunk] = _log_normalizer(z, group)
-            logp[s:s + chunk] = _target_logit(z, targets_T[s:s + chunk], lo, group) - lse[s:s + chunk]
+            z = hidden_TH[s:s + chunk] @ w.t()
+            lse[s:s + chunk] = _log_normalizer(z, temperature, group, k)
+            target = _all_reduce(k["target_logit"](z, targets_T[s:s + chunk] - lo, temperature),
+                                 dist.ReduceOp.SUM, group)
+            logp[s:s + chunk] = target - lse[s:s + chunk]
         ctx.save_for_backward(hidden_TH, weight_VH, targets_T, lse)
-        ctx.args = (lo, vocab_size, temperature, chunk)
+        ctx.args = (lo, n_valid, temperature, chunk, compiled)
         return logp
 
     @staticmethod
     def backward(ctx, grad_T):
         hidden_TH, weight_VH, targets_T, lse = ctx.saved_tensors
-        lo, vocab_size, temperature, chunk = ctx.args
+        lo, n_valid, temperature, chunk, compiled = ctx.args
+        k = _kernels(compiled)
+        w = weight_VH[:n_valid]
         grad_h = torch.empty_like(hidden_TH)
         grad_w = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device)
         for s in range(0, hidden_TH.shape[0], chunk):
             h = hidden_TH[s:s + chunk]
-            z = _chunk_logits(h, weight_VH, lo, vocab_size, temperature)
-            g = grad_T[s:s + chunk].float() / temperature
-            dz = z.sub_(lse[s:s + chunk, None]).exp_().mul_(-g[:, None])  # in place: chunks are large
-            local = targets_T[s:s + chunk] - lo
-            rows = torch.nonzero((local >= 0) & (local < z.shape[1])).squeeze(1)
-            dz[rows, local[rows]] += g[rows]
-            dz = dz.to(h.dtype)
-            grad_h[s:s + chunk] = dz @ weight_VH
-            grad_w += dz.t() @ h  # a bf16 GEMM (fp32 accumulation inside), summed over chunks in fp32
-        return grad_h, grad_w.to(weight_VH.dtype), None, None, None, None, None, None
+            dz = k["logit_grad"](h @ w.t(), lse[s:s + chunk], grad_T[s:s + chunk].float(),
+                                 targets_T[s:s + chunk] - lo, temperature)
+            grad_h[s:s + chunk] = dz @ w
+            grad_w[:n_valid] += dz.t() @ h  # a GEMM in h's dtype (fp32 accumulation inside), summed in fp32
+        return grad_h, grad_w.to(weight_VH.dtype), None, None, None, None, None, None, None
 
 
 @torch.no_grad()
-def _logprobs_and_entropy(hidden_TH, weight_VH, targets_T, lo, vocab_size, temperature, chunk, group):
+def _logprobs_and_entropy(hidden_TH, weight_VH, targets_T, lo, n_valid, temperature, chunk, group, compiled):
+    k = _kernels(compiled)
+    w = weight_VH[:n_valid]
     logp, entropy = [], []
     for s in range(0, hidden_TH.shape[0], chunk):
-        z = _chunk_logits(hidden_TH[s:s + chunk], weight_VH, lo, vocab_size, temperature)
-        lse = _log_normalizer(z, group)
-        logp.append(_target_logit(z, targets_T[s:s + chunk], lo, group) - lse)
-        logp_CV = (z - lse[:, None]).nan_to_num(neginf=0.0)  # padded ids: p = 0, log p = 0
-        entropy.append(_all_reduce(-(logp_CV.exp() * logp_CV).sum(dim=1), dist.ReduceOp.SUM, group))
+        z = hidden_TH[s:s + chunk] @ w.t()
+        lse = _log_normalizer(z, temperature, group, k)
+        target = _all_reduce(k["target_logit"](z, targets_T[s:s + chunk] - lo, temperature), dist.ReduceOp.SUM, group)
+        logp.append(target - lse)
+        entropy.append(_all_reduce(k["row_entropy_part"](z, lse, temperature), dist.ReduceOp.SUM, group))
     return torch.cat(logp), torch.cat(entropy)
 
 
@@ -106,6 +140,7 @@ def vocab_parallel_logprobs(
     chunk_tokens: int = 2048,
     group: dist.ProcessGroup | None = None,
     with_entropy: bool = False,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(targets) under softmax(hidden @ W.T / temperature) with W's rows split over ``group``.
 
@@ -115,11 +150,14 @@ def vocab_parallel_logprobs(
     targets_T: [T] int64 global token ids.
     Returns ``logp_T`` [T] float32 (differentiable) and, with ``with_entropy`` (no gradient),
     ``entropy_T`` [T] float32 in nats; else None.
+    ``compiled``: run each chunk's softmax pieces under torch.compile (one fused pass each over the
+    chunk's logits, forward and backward), as ``token_logprobs(compiled=True)`` does.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     vocab_size = vocab_start + weight_VH.shape[0] if vocab_size is None else vocab_size
-    args = (hidden_TH, weight_VH, targets_T, vocab_start, vocab_size, temperature, chunk_tokens, group)
+    n_valid = max(0, min(weight_VH.shape[0], vocab_size - vocab_start))  # rows past vocab_size: padding
+    args = (hidden_TH, weight_VH, targets_T, vocab_start, n_valid, temperature, chunk_tokens, group, compiled)
     if with_entropy:
         return _logprobs_and_entropy(*args)
     return _VocabParallelLogprob.apply(*args), None
