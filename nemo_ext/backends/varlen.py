@@ -11,8 +11,8 @@ CPU, and fp32, which flash attention does not take) an exact fallback runs SDPA 
 RoPE (Su et al. 2021) for packed rows is here too, computed from per-token positions that restart at
 every sequence (``rope_cos_sin`` once per micro-batch, ``apply_rope`` per layer): megatron's own THD
 RoPE path without TE splits the row per sequence and reads ``cu_seqlens`` on the host twice per layer.
-Pure torch. Left out: dropout, sliding windows, context parallelism (TE's attention does CP), RoPE
-scaling.
+Pure torch. Left out: dropout, sliding windows, RoPE scaling. Context parallelism builds on the
+separate key boundaries (``megatron/context_parallel.py``).
 """
 
 from __future__ import annotations
@@ -49,33 +49,45 @@ def apply_rope(x_THD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tor
 
 
 def packed_causal_attention(q_THD: torch.Tensor, k_TGD: torch.Tensor, v_TGD: torch.Tensor,
-                            cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None) -> torch.Tensor:
+                            cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None,
+                            cu_seqlens_k: torch.Tensor | None = None, max_seqlen_k: int | None = None
+                            ) -> torch.Tensor:
     """Causal attention within each packed sequence.
 
-    q_THD: [T, H, D] queries; k_TGD, v_TGD: [T, G, D] keys and values with G KV heads (H % G == 0).
+    q_THD: [T, H, D] queries; k_TGD, v_TGD: [Tk, G, D] keys and values with G KV heads (H % G == 0).
     cu_seqlens: [S+1] int32 boundaries, cu_seqlens[-1] == T. Returns [T, H, D] in q's dtype.
+    cu_seqlens_k / max_seqlen_k: the keys' own boundaries when they differ from the queries' (context
+    parallelism: query chunk i holds the last tokens of the prefix that key segment i holds). Causality
+    is then aligned at the end: query j of an Lq-token segment sees keys 0 .. j + Lk - Lq.
     """
     if q_THD.shape[1] % k_TGD.shape[1]:
         raise ValueError(f"{q_THD.shape[1]} query heads are not a multiple of {k_TGD.shape[1]} KV heads")
+    cu_k = cu_seqlens if cu_seqlens_k is None else cu_seqlens_k
+    max_k = max_seqlen if max_seqlen_k is None else max_seqlen_k
     if q_THD.is_cuda and torch.is_autocast_enabled("cuda"):
         # as SDPA does under autocast; HF's RoPE returns fp32 queries and keys when the residual is fp32
         q_THD, k_TGD, v_TGD = (x.to(torch.get_autocast_dtype("cuda")) for x in (q_THD, k_TGD, v_TGD))
     if q_THD.is_cuda and q_THD.dtype in (torch.float16, torch.bfloat16):
         if varlen_attn is None:
             raise RuntimeError(f"packed attention on CUDA needs torch >= 2.10 (varlen_attn), not {torch.__version__}")
-        cu = cu_seqlens.to(torch.int32)
-        return varlen_attn(q_THD, k_TGD, v_TGD, cu, cu, max_seqlen, max_seqlen, scale=scale,
-                           window_size=(-1, 0), **_VARLEN_KWARGS)
-    return _reference(q_THD, k_TGD, v_TGD, cu_seqlens, scale)
+        # flash attention aligns the causal window at the end when Lq != Lk, as wanted above
+        return varlen_attn(q_THD, k_TGD, v_TGD, cu_seqlens.to(torch.int32), cu_k.to(torch.int32), max_seqlen, max_k,
+                           scale=scale, window_size=(-1, 0), **_VARLEN_KWARGS)
+    return _reference(q_THD, k_TGD, v_TGD, cu_seqlens, cu_k, scale)
 
 
-def _reference(q_THD, k_TGD, v_TGD, cu_seqlens, scale):
+def _reference(q_THD, k_TGD, v_TGD, cu_q, cu_k, scale):
     """SDPA one sequence at a time: exact, for CPU and as the test oracle."""
     out = torch.empty_like(q_THD)
-    bounds = cu_seqlens.tolist()
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        q, k, v = (x[a:b].transpose(0, 1)[None] for x in (q_THD, k_TGD, v_TGD))  # [1, heads, L, D]
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+    bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
+    for a, b, ka, kb in zip(bounds_q[:-1], bounds_q[1:], bounds_k[:-1], bounds_k[1:], strict=True):
+        q = q_THD[a:b].transpose(0, 1)[None]  # [1, heads, Lq, D]
+        k, v = (x[ka:kb].transpose(0, 1)[None] for x in (k_TGD, v_TGD))
+        lq, lk = b - a, kb - ka
+        # SDPA's is_causal aligns at the start; at the end (lk - lq) is what packed chunks need
+        mask = None if lq == lk else \
+            torch.arange(lk, device=q.device)[None, :] <= torch.arange(lq, device=q.device)[:, None] + (lk - lq)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
                                            enable_gqa=q.shape[1] != k.shape[1])
         out[a:b] = o[0].transpose(0, 1)
     return out

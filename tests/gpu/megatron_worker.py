@@ -38,7 +38,7 @@ def random_batches(n: int, lengths=(37, 120, 5, 64), vocab: int = 400, seed: int
 
 def backend(args, precision: str, steps: int = 100, lr: float = 1e-3) -> MegatronBackend:
     model = ModelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp,
-                        sequence_parallel=args.sp)
+                        context_parallel_size=args.cp, sequence_parallel=args.sp)
     trainer = TrainerConfig(precision=Precision(precision), global_batch_size=args.micro, micro_batch_size=1,
                             grad_clip=1.0, seed=1234)
     return MegatronBackend(args.model, model, trainer, OptimConfig(lr=lr, min_lr=lr / 10, warmup_steps=5), steps)
@@ -91,6 +91,17 @@ def grads(args) -> dict:
     out = be.forward_backward(batches, sft_loss(total))
     named = {name: g.float().cpu() for name, g in be.hf_grads()}
     return {"loss": out["loss"], "grads": named}
+
+
+def logprobs(args) -> dict:
+    """Log-probs and entropies of two packed batches, and one training step's loss, at ``--precision``."""
+    be = backend(args, args.precision)
+    batches = random_batches(2)
+    pairs = be.logprobs(batches)
+    out = be.train_step(batches, sft_loss(sum(b.num_loss_tokens for b in batches)))
+    return {"logp": torch.cat([lp for lp, _ in pairs]), "entropy": torch.cat([e for _, e in pairs]),
+            "mask": torch.cat([b.loss_mask for b in batches]).bool(), "loss": out["loss"],
+            "grad_norm": out["grad_norm"]}
 
 
 def ckpt_save(args) -> dict:
@@ -163,7 +174,8 @@ def sft(args) -> dict:
     return result
 
 
-SCENARIOS = {"hf_logits": hf_logits, "grads": grads, "ckpt_save": ckpt_save, "ckpt_load": ckpt_load, "sft": sft}
+SCENARIOS = {"hf_logits": hf_logits, "grads": grads, "logprobs": logprobs, "ckpt_save": ckpt_save,
+             "ckpt_load": ckpt_load, "sft": sft}
 
 
 def main() -> None:
@@ -174,6 +186,7 @@ def main() -> None:
     p.add_argument("--ckpt", default=None)
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--cp", type=int, default=1)
     p.add_argument("--sp", action="store_true")
     p.add_argument("--micro", type=int, default=2, help="micro-batches (packed bins) per step")
     p.add_argument("--precision", default="fp32")

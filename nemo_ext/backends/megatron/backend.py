@@ -1,12 +1,15 @@
 """``MegatronBackend``: the ``Backend`` interface on megatron-core, with TP / PP (1F1B, optional virtual
-stages) / SP / DP, Megatron DDP and the distributed optimizer (CP is refused: model.choose_impl).
+stages) / SP / CP / DP, Megatron DDP and the distributed optimizer.
 
 One process per GPU (torchrun or the recipe's self-launch). The loop hands each data-parallel rank its
 packed micro-batches; every TP / PP rank of one replica receives the same ones. A micro-batch runs
 through megatron's forward-backward schedule (1F1B when PP > 1); on the last pipeline stage the
 model's ``output_processor`` hook turns final hidden states into per-token log-probs with the
 vocabulary-parallel, chunked ``vocab_parallel_logprobs`` (no full logits), and the loop's ``loss_fn``
-takes them. Loss shares arrive already divided by the global normalizer, so gradients are plain sums:
+takes them. With context parallelism each CP rank runs its share of every sequence
+(``context_parallel.py``) and the log-probs are gathered back into the batch's order before
+``loss_fn``, which so sees whole batches on every CP rank, as without CP.
+Loss shares arrive already divided by the global normalizer, so gradients are plain sums:
 ``calculate_per_token_loss`` keeps the schedule from dividing by the number of micro-batches and DDP
 from averaging over ranks, and ``_finalize_grads`` drops megatron's per-token rescaling.
 
@@ -18,6 +21,7 @@ the torch backend's (``lr_lambda``), so both backends train on the same schedule
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import socket
@@ -29,6 +33,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.distributed.param_and_grad_buffer import shard_buffer
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -37,6 +42,14 @@ from transformers import AutoConfig, AutoTokenizer
 
 from nemo_ext.backends.base import Backend, LossFn
 from nemo_ext.backends.megatron import checkpoint
+from nemo_ext.backends.megatron.context_parallel import (
+    CPShard,
+    cp_row_length,
+    gather_logprobs,
+    local_positions,
+    plan_shard,
+    scatter_row,
+)
 from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.fallback_kernels import install_foreach_kernels, use_fused_torch_adam
 from nemo_ext.backends.megatron.layout import Layout, plan_layout
@@ -86,6 +99,7 @@ class _Micro:
     position_ids: torch.Tensor  # [1, T_pad]
     targets: torch.Tensor  # [T_pad]
     packed: PackedSeqParams
+    shard: CPShard | None = None  # with context parallelism: this rank's share (T_pad = row / CP)
 
 
 def _to_micro(batch: PackedBatch, length: int, device: torch.device,
@@ -108,6 +122,28 @@ def _to_micro(batch: PackedBatch, length: int, device: torch.device,
         cos, sin = rope_cos_sin(pos, *rope)
         packed = PackedRotary(**kw, rope_cos=cos, rope_sin=sin)
     return _Micro(batch, ids[None], pos[None], tgt, packed)
+
+
+def _to_cp_micro(batch: PackedBatch, row_length: int, cp: int, device: torch.device,
+                 rope: tuple[int, float, torch.dtype] | None) -> _Micro:
+    """This CP rank's share of ``batch`` laid out in a row of ``row_length`` tokens (context_parallel.py).
+    ``rope`` None (TE): megatron's THD path with TE's attention, which take the same load-balanced shards
+    with the padded row's boundaries."""
+    lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
+    shard = plan_shard(lengths, row_length, cp, parallel_state.get_context_parallel_rank()).to(device)
+    batch = batch.to(device)
+    ids, tgt, pos = scatter_row(batch.input_ids, shard), scatter_row(batch.targets, shard), local_positions(shard)
+    if rope is None:
+        cu = torch.tensor([0, *itertools.accumulate(shard.row_lengths)], dtype=torch.int32, device=device)
+        longest = max(shard.row_lengths)
+        packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu,
+                                 cu_seqlens_kv_padded=cu, max_seqlen_q=longest, max_seqlen_kv=longest)
+    else:
+        cos, sin = rope_cos_sin(pos, *rope)
+        packed = PackedRotary(qkv_format="thd", cu_seqlens_q=shard.cu_seqlens_q, cu_seqlens_kv=shard.cu_seqlens_k,
+                              max_seqlen_q=shard.max_seqlen_q, max_seqlen_kv=shard.max_seqlen_k,
+                              rope_cos=cos, rope_sin=sin, cp_shard=shard)
+    return _Micro(batch, ids[None], pos[None], tgt, packed, shard)
 
 
 def padded_lengths(num_tokens: list[int], multiple: int, same: bool) -> list[int]:
@@ -212,11 +248,21 @@ class MegatronBackend(Backend):
             vocab_start=parallel_state.get_tensor_model_parallel_rank() * weight.shape[0],
             vocab_size=self.shape.vocab, temperature=temperature, chunk_tokens=self.chunk_tokens,
             group=tp_group if self.layout.tp > 1 else None, with_entropy=with_entropy, compiled=self.compiled)
+        if micro.shard is not None:  # this CP rank's tokens -> the whole batch, in its order
+            cp_group = parallel_state.get_context_parallel_group()
+            logp = gather_logprobs(logp, micro.shard, cp_group)
+            entropy = gather_logprobs(entropy, micro.shard, cp_group) if with_entropy else None
         return torch.stack([logp, entropy]) if with_entropy else logp
 
     def _micros(self, micro_batches: list[PackedBatch]) -> list[_Micro]:
-        lengths = padded_lengths([b.num_tokens for b in micro_batches], self.pad_multiple, self.layout.pp > 1)
-        return [_to_micro(b, n, self.device, self.rope) for b, n in zip(micro_batches, lengths, strict=True)]
+        cp = self.layout.cp
+        if cp == 1:
+            lengths = padded_lengths([b.num_tokens for b in micro_batches], self.pad_multiple, self.layout.pp > 1)
+            return [_to_micro(b, n, self.device, self.rope) for b, n in zip(micro_batches, lengths, strict=True)]
+        rows = [cp_row_length((b.cu_seqlens[1:] - b.cu_seqlens[:-1]).tolist(), cp, self.pad_multiple)
+                for b in micro_batches]
+        rows = [max(rows)] * len(rows) if self.layout.pp > 1 else rows
+        return [_to_cp_micro(b, n, cp, self.device, self.rope) for b, n in zip(micro_batches, rows, strict=True)]
 
     def _schedule(self, micros: list[_Micro], loss_fn: LossFn | None, temperature: float, forward_only: bool):
         """Run megatron's forward-backward schedule; returns the last stage's per-micro-batch dicts."""
@@ -227,7 +273,7 @@ class MegatronBackend(Backend):
                 return output.sum() * 0, torch.zeros((), dtype=torch.int, device=self.device), \
                     {"logp": output[0, :n].detach(), "entropy": output[1, :n].detach()}
             loss, metrics = loss_fn(output[:n], micro.batch)
-            num = torch.tensor(micro.batch.num_loss_tokens, dtype=torch.int, device=self.device)
+            num = micro.batch.loss_mask.sum().to(torch.int)  # on the device: no host sync mid-step
             return loss, num, {"loss": loss.detach(), **{k: v.detach() for k, v in metrics.items()}}
 
         def forward_step(data_iterator, model):
@@ -241,7 +287,8 @@ class MegatronBackend(Backend):
         return get_forward_backward_func()(
             forward_step_func=forward_step, data_iterator=iters if len(iters) > 1 else iters[0],
             model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=len(micros),
-            seq_length=max(m.input_ids.shape[1] for m in micros), micro_batch_size=1, forward_only=forward_only)
+            seq_length=max(m.input_ids.shape[1] for m in micros) * self.layout.cp,  # megatron divides by CP
+            micro_batch_size=1, forward_only=forward_only)
 
     def forward_backward(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0
                          ) -> dict[str, float]:
@@ -275,7 +322,8 @@ class MegatronBackend(Backend):
         return totals
 
     def _sum_over_replicas(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Sum the last stage's values over data-parallel (and CP) ranks; every rank gets the result."""
+        """Sum the last stage's values over data-parallel ranks (CP ranks hold the same values: each
+        computed the loss of the whole batch); every rank gets the result."""
         names = [sorted(totals)]
         last = parallel_state.get_pipeline_model_parallel_world_size() - 1
         pp_group = parallel_state.get_pipeline_model_parallel_group()
@@ -284,7 +332,7 @@ class MegatronBackend(Backend):
             dist.broadcast_object_list(names, src=src, group=pp_group)
         stacked = torch.stack([totals[k] for k in names[0]]) if totals else \
             torch.zeros(len(names[0]), device=self.device)
-        dist.all_reduce(stacked, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+        dist.all_reduce(stacked, group=parallel_state.get_data_parallel_group(with_context_parallel=False))
         if self.layout.pp > 1:
             dist.broadcast(stacked, src=src, group=pp_group)
         return dict(zip(names[0], stacked.tolist(), strict=True))
@@ -313,9 +361,25 @@ class MegatronBackend(Backend):
         return checkpoint.hf_weights(self.chunks, self.shape, self.layout, te=self.te)
 
     def hf_grads(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Like ``hf_weights``, for the fp32 gradients ``forward_backward`` left (tests, DP = 1)."""
+        """Like ``hf_weights``, for the fp32 gradients ``forward_backward`` left (tests). Collective."""
+        self._gather_reduced_grads()
         return checkpoint.hf_weights(self.chunks, self.shape, self.layout, te=self.te,
                                      tensor_of=lambda p: p.main_grad)
+
+    def _gather_reduced_grads(self) -> None:
+        """The distributed optimizer reduce-scatters gradients over DP x CP: each rank's buffers then
+        hold the summed gradient only in its own shard. All-gather the shards so every ``main_grad``
+        is whole (before any optimizer step, which would overwrite the buffers)."""
+        for ddp in self.model:
+            for group in ddp.bucket_groups:
+                size = group.intra_distributed_optimizer_instance_size
+                if size == 1:
+                    continue
+                shard = group.intra_distributed_optimizer_instance_rank
+                for bucket in group.buckets:
+                    mine = shard_buffer(bucket.grad_data, size)[shard].clone()
+                    dist.all_gather_into_tensor(bucket.grad_data, mine,
+                                                group=group.intra_distributed_optimizer_instance_group)
 
     def export_hf(self, path: Path) -> None:
         checkpoint.export_hf(self.hf_weights(), self.hf_config, self.tokenizer, Path(path),

@@ -2,13 +2,13 @@
 megatron-core model chunks (one per virtual pipeline stage of this rank).
 
 Layer spec: Transformer Engine's when ``transformer_engine`` imports (fused norm+linear, TE's
-attention on packed THD batches through ``PackedSeqParams``, FP8 ``hybrid`` / ``e4m3`` with the
-delayed, tensorwise or blockwise recipe; context parallelism is refused until packed batches are
-split over CP ranks). Without TE: megatron's local spec with
-two swaps: ``VarlenCoreAttention`` as core attention (RoPE from per-token positions, then torch's
-flash-attention varlen kernel on the packed batch's ``cu_seqlens``; see varlen.py) and an HF-exact
-``RMSNorm`` that, unlike megatron's torch fallback, allows sequence parallelism.
-FP8 and context parallelism without TE are refused here, by name, before anything is built.
+attention on packed THD batches through ``PackedSeqParams``, with its own context parallelism; FP8
+``hybrid`` / ``e4m3`` with the delayed, tensorwise or blockwise recipe). Without TE: megatron's local
+spec with two swaps: ``VarlenCoreAttention`` as core attention (RoPE from per-token positions, then
+torch's flash-attention varlen kernel on the packed batch's ``cu_seqlens``, see varlen.py; under
+context parallelism the all-gather attention of context_parallel.py) and an HF-exact ``RMSNorm``
+that, unlike megatron's torch fallback, allows sequence parallelism. FP8 without TE is refused here,
+by name, before anything is built.
 
 GPTModel vs HybridModel: megatron-core 0.19 marks GPTModel deprecated in favour of HybridModel. This
 file is the one place that chooses; it builds GPTModel because HybridModel's stack spec in 0.19 is
@@ -39,6 +39,7 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from nemo_ext.backends.megatron.context_parallel import CPShard, cp_attention
 from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.layout import Layout
 from nemo_ext.backends.varlen import apply_rope, packed_causal_attention
@@ -59,7 +60,7 @@ def te_available() -> bool:
 
 
 def choose_impl(model_cfg: ModelConfig, layout: Layout, have_te: bool | None = None) -> str:
-    """``transformer_engine`` or ``local``; FP8 / CP / a forced TE without TE raise, naming the key."""
+    """``transformer_engine`` or ``local``; FP8 or a forced TE without TE raise, naming the key."""
     have_te = te_available() if have_te is None else have_te
     impl, fp8 = model_cfg.transformer_impl, model_cfg.fp8
     if impl not in IMPLS:
@@ -76,11 +77,6 @@ def choose_impl(model_cfg: ModelConfig, layout: Layout, have_te: bool | None = N
     if fp8 is not None and impl != "transformer_engine":
         raise RuntimeError(f"model.fp8={fp8} needs {missing} and model.transformer_impl auto or "
                            f"transformer_engine (got {model_cfg.transformer_impl})")
-    if layout.cp > 1 and impl != "transformer_engine":
-        raise RuntimeError(f"model.context_parallel_size={layout.cp} needs Transformer Engine's attention: {missing}")
-    if layout.cp > 1:
-        raise NotImplementedError(f"model.context_parallel_size={layout.cp}: splitting packed batches over context-"
-                                  "parallel ranks (TE's thd_get_partitioned_indices) is not implemented yet; use 1")
     return impl
 
 
@@ -130,6 +126,7 @@ class PackedRotary(PackedSeqParams):
 
     rope_cos: torch.Tensor | None = None
     rope_sin: torch.Tensor | None = None
+    cp_shard: CPShard | None = None  # context parallelism: this rank's share; keys come from the CP group
 
 
 class VarlenCoreAttention(MegatronModule):
@@ -152,8 +149,12 @@ class VarlenCoreAttention(MegatronModule):
             raise ValueError("VarlenCoreAttention runs packed THD batches with RoPE tables (PackedRotary) only")
         cos, sin = packed_seq_params.rope_cos, packed_seq_params.rope_sin
         query, key = apply_rope(query, cos, sin), apply_rope(key, cos, sin)
-        out = packed_causal_attention(query, key, value, packed_seq_params.cu_seqlens_q,
-                                      packed_seq_params.max_seqlen_q, self.softmax_scale)
+        if packed_seq_params.cp_shard is not None:
+            out = cp_attention(query, key, value, packed_seq_params.cp_shard, self.softmax_scale,
+                               parallel_state.get_context_parallel_group())
+        else:
+            out = packed_causal_attention(query, key, value, packed_seq_params.cu_seqlens_q,
+                                          packed_seq_params.max_seqlen_q, self.softmax_scale)
         return out.reshape(out.shape[0], -1)
 
 
