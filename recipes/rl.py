@@ -4,7 +4,8 @@ With no arguments it runs the embedded default's tiny schedule (recipes/conf/rl/
 machine's CPU, starting from the SFT recipe's export (``runs/sft_tiny/hf``, written by
 ``python recipes/sft.py``); any other start: ``policy.init=<Hugging Face dir>``. It prints held-out
 accuracy before RL and after every stage. The AceReason-Nemotron 1.1 schedule:
-``python recipes/rl.py --config-name rl/acereason_7b policy.init=<SFT export>``.
+``python recipes/rl.py --config-name rl/acereason_7b policy.init=<SFT export>``; ``trainer.devices=N``
+runs N data-parallel ranks on this node (torchrun or SLURM tasks work too).
 Configs: recipes/conf/rl/*.yaml; schema: nemo_ext/config/rl.py; the loop: nemo_ext/rl/grpo.py.
 """
 
@@ -12,16 +13,16 @@ import hydra
 
 from nemo_ext.config.load import as_schema, register_schemas
 from nemo_ext.config.rl import RLConfig
-from nemo_ext.rl.grpo import train
+from nemo_ext.dist import launch
+from nemo_ext.rl.grpo import run_rl
 
 register_schemas({"rl_schema": RLConfig})
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="rl/tiny")
 def main(cfg) -> None:
-    results = train(as_schema(cfg, RLConfig))
-    for name, result in results.items():
-        print(f"held-out accuracy {name}: {result['accuracy']:.1%}", flush=True)
+    rl_cfg = as_schema(cfg, RLConfig)
+    launch(run_rl, rl_cfg.trainer.devices, rl_cfg)
 
 
 if __name__ == "__main__":

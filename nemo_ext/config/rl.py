@@ -237,9 +237,6 @@ def validate_rl_config(cfg: RLConfig) -> RLConfig:
     _check(loss.tis_cap is None or loss.tis_cap > 0, "loss.tis_cap", "null or a value > 0", loss.tis_cap)
     _check(loss.kl_coef == 0, "loss.kl_coef", "0: a reference policy is not loaded by this loop (the paper "
            "uses no KL); the loss supports it for callers that provide ref_logprobs", loss.kl_coef)
-    workers = (cfg.trainer.devices, cfg.trainer.num_nodes)
-    _check(workers == (1, 1), "trainer.devices/num_nodes", "1 and 1: the GRPO loop runs one trainer process",
-           workers)
     _check(cfg.policy.micro_batch_tokens >= 1, "policy.micro_batch_tokens", "an integer >= 1",
            cfg.policy.micro_batch_tokens)
     _check(0 < cfg.rollout.top_p <= 1, "rollout.top_p", "a value in (0, 1]", cfg.rollout.top_p)

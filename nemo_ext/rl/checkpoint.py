@@ -27,32 +27,35 @@ if TYPE_CHECKING:
 SCHEDULE_FILE = "schedule.json"
 
 
-def manager(cfg: RLConfig) -> CheckpointManager:
+def manager(cfg: RLConfig, is_main: bool = True) -> CheckpointManager:
     root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.output_dir) / "checkpoints"
-    return CheckpointManager(root, cfg.checkpoint.keep_last, is_main=True)
+    return CheckpointManager(root, cfg.checkpoint.keep_last, is_main=is_main)
 
 
 class _WithSchedule:
     """The backend's ``save`` plus ``schedule.json`` in the same not-yet-renamed directory, readable
     before the backend loads (the optimizer's schedule must be rebuilt for the stage first)."""
 
-    def __init__(self, backend: Backend):
-        self.backend = backend
+    def __init__(self, backend: Backend, is_main: bool):
+        self.backend, self.is_main = backend, is_main
 
     def save(self, path: Path, extra_state: dict) -> None:
         self.backend.save(path, extra_state)
-        atomic_write_json(path / SCHEDULE_FILE, extra_state["schedule"])
+        if self.is_main:
+            atomic_write_json(path / SCHEDULE_FILE, extra_state["schedule"])
 
 
 def save(run: RLRun) -> Path:
-    """Checkpoint at the current global step (replacing one of the same step)."""
-    state = run.schedule.state
-    return manager(run.cfg).save(_WithSchedule(run.backend), state.global_step, {"schedule": state.to_dict()})
+    """Checkpoint at the current global step (replacing one of the same step). Collective."""
+    state, main = run.schedule.state, run.share.is_main
+    return manager(run.cfg, main).save(_WithSchedule(run.backend, main), state.global_step,
+                                       {"schedule": state.to_dict()})
 
 
-def resume(cfg: RLConfig, backend: Backend, schedule: StageSchedule) -> Path | None:
-    """Load the newest checkpoint into ``backend`` and ``schedule`` (resume=auto); None if none."""
-    path = manager(cfg).latest() if cfg.checkpoint.resume is ResumeMode.auto else None
+def resume(cfg: RLConfig, backend: Backend, schedule: StageSchedule, is_main: bool = True) -> Path | None:
+    """Load the newest checkpoint into ``backend`` and ``schedule`` (resume=auto); None if none.
+    Every rank loads; the main one trims the metrics logs."""
+    path = manager(cfg, is_main).latest() if cfg.checkpoint.resume is ResumeMode.auto else None
     if path is None:
         return None
     state = ScheduleState.from_dict(json.loads((path / SCHEDULE_FILE).read_text()))
@@ -61,7 +64,8 @@ def resume(cfg: RLConfig, backend: Backend, schedule: StageSchedule) -> Path | N
         backend.reset_optimizer(stage.lr, stage.warmup_steps, stage.steps or 1)
     backend.load(path)
     schedule.state = state
-    drop_metrics_after(Path(cfg.output_dir) / "logs", state.global_step)
+    if is_main:
+        drop_metrics_after(Path(cfg.output_dir) / "logs", state.global_step)
     return path
 
 

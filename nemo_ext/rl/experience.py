@@ -99,25 +99,41 @@ def contributes(batch: PackedBatch) -> bool:
     return bool((batch.loss_mask * f[WEIGHTS] * f[ADVANTAGES]).ne(0).any())
 
 
+@dataclass
+class LogprobStats:
+    """Sums over the response tokens of a log-prob pass (filtered or not); ``merge`` adds the sums of
+    several passes (data-parallel ranks), ``metrics`` turns them into the logged means."""
+
+    tokens: float = 0.0
+    entropy: float = 0.0  # summed nats of the temperature-adjusted entropy
+    kl: float = 0.0  # summed k3 estimates of KL(vLLM || trainer)
+    max_abs: float = 0.0  # largest |log p_vLLM - log p_trainer|
+
+    @staticmethod
+    def merge(parts: Sequence[LogprobStats]) -> LogprobStats:
+        return LogprobStats(sum(p.tokens for p in parts), sum(p.entropy for p in parts), sum(p.kl for p in parts),
+                            max((p.max_abs for p in parts), default=0.0))
+
+    def metrics(self) -> dict[str, float]:
+        """``entropy`` (mean nats per token), ``mismatch/kl`` (mean k3 per token), ``mismatch/max_abs``."""
+        tokens = max(self.tokens, 1.0)
+        return {"entropy": self.entropy / tokens, "mismatch/kl": self.kl / tokens, "mismatch/max_abs": self.max_abs}
+
+
 def attach_old_logprobs(
     micro_batches: Sequence[PackedBatch], logprobs: Sequence[tuple[torch.Tensor, torch.Tensor]]
-) -> dict[str, float]:
-    """Store the trainer's log-probs as ``old_logprobs`` and measure the rollout's statistics.
+) -> LogprobStats:
+    """Store the trainer's log-probs as ``old_logprobs`` and sum the rollout's statistics.
 
-    logprobs: ``Backend.logprobs`` output, (logp_T, entropy_T) per micro-batch. Returns, over every
-    response token (filtered or not): ``entropy`` (mean nats, the temperature-adjusted entropy),
-    ``mismatch/kl`` (k3 estimate of KL(vLLM || trainer) per token) and ``mismatch/max_abs``
-    (largest |log p_vLLM - log p_trainer|).
+    logprobs: ``Backend.logprobs`` output, (logp_T, entropy_T) per micro-batch.
     """
-    tokens = entropy = kl = 0.0
-    max_abs = 0.0
+    stats = LogprobStats()
     for mb, (logp, ent) in zip(micro_batches, logprobs, strict=True):
         mb.token_fields[OLD_LOGPROBS] = logp
         mask = mb.loss_mask
         diff = (logp - mb.token_fields[ROLLOUT_LOGPROBS]) * mask  # log p_trainer - log p_vLLM
-        tokens += float(mask.sum())
-        entropy += float((ent * mask).sum())
-        kl += float(((torch.expm1(diff) - diff) * mask).sum())
-        max_abs = max(max_abs, float(diff.abs().max()))
-    tokens = max(tokens, 1.0)
-    return {"entropy": entropy / tokens, "mismatch/kl": kl / tokens, "mismatch/max_abs": max_abs}
+        stats.tokens += float(mask.sum())
+        stats.entropy += float((ent * mask).sum())
+        stats.kl += float(((torch.expm1(diff) - diff) * mask).sum())
+        stats.max_abs = max(stats.max_abs, float(diff.abs().max()))
+    return stats

@@ -12,9 +12,12 @@ from the previous stage's weights with a fresh optimizer at its own learning rat
 Face export under ``stages/<name>/hf`` and its curves under ``logs/<name>``; checkpoints hold the
 schedule state, so a killed run resumes mid-stage where it stopped.
 
-Left out: data parallelism in this loop (one trainer process; the backend's data-parallel ranks
-would each need their own share of rollouts), overlapping scoring with generation, a reference
-policy for the optional KL term, and the Megatron backend (it plugs in through the same interface).
+Data parallelism (``trainer.devices`` > 1): each rank rolls out and scores its share of the prompts
+and trains its share of the micro-batches; every rank holds every scored group, so all take the same
+decisions (data_parallel.py). Rank 0 writes logs, evaluations and exports.
+
+Left out: overlapping scoring with generation, a reference policy for the optional KL term, and the
+Megatron backend (it plugs in through the same interface).
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from nemo_ext.data.prompts import render_prompt
 from nemo_ext.observe import MetricsLogger, plot_curves
 from nemo_ext.rl import checkpoint
 from nemo_ext.rl.advantages import group_advantages, uniform_groups
+from nemo_ext.rl.data_parallel import RankShare
 from nemo_ext.rl.experience import (
     Group,
+    LogprobStats,
     StepTensors,
     attach_old_logprobs,
     build_micro_batches,
@@ -67,28 +72,43 @@ class PhaseTimer:
             self.seconds[name] += time.perf_counter() - start
 
 
+def sample_share(run: RLRun, texts: list[str], **sampling) -> tuple[list[int], list[list]]:
+    """This rank's positions among ``texts`` and its rollouts of them (``RolloutEngine.sample``
+    arguments; the seeds follow the positions, so they do not depend on the number of ranks)."""
+    mine = run.share.indices(len(texts))
+    return mine, run.engine.sample([texts[i] for i in mine], positions=mine, **sampling)
+
+
 def rollout_groups(run: RLRun, stage: StageConfig, prompts: list[RLPrompt], temperature: float, seed: int,
                    timer: PhaseTimer) -> list[Group]:
     """Generate ``group_size`` responses per prompt and score them (rewards include DAPO's length
-    penalty when the stage asks for it)."""
+    penalty when the stage asks for it). Each rank rolls out its share; all get every group, in order."""
     with timer("generate"):
-        completions = run.engine.sample([p.text for p in prompts], n=stage.group_size,
-                                        temperature=temperature, max_tokens=stage.max_response_len, seed=seed)
+        mine, completions = sample_share(run, [p.text for p in prompts], n=stage.group_size, temperature=temperature,
+                                         max_tokens=stage.max_response_len, seed=seed)
     with timer("score"):
-        flat = [(p, c) for p, cs in zip(prompts, completions, strict=True) for c in cs]
+        flat = [(prompts[i], c) for i, cs in zip(mine, completions, strict=True) for c in cs]
         verdicts = run.reward_pool.score(stage.task.value, [c.text for _, c in flat],
                                          [p.reference for p, _ in flat])
     groups, G = [], stage.group_size
-    for i, prompt in enumerate(prompts):
-        vs, cs = verdicts[i * G:(i + 1) * G], completions[i]
+    for k, (i, cs) in enumerate(zip(mine, completions, strict=True)):
+        vs = verdicts[k * G:(k + 1) * G]
         rewards = torch.tensor([v.reward for v in vs], dtype=torch.float32)
         if stage.overlong.soft_punishment_len > 0:
             lengths = torch.tensor([len(c.token_ids) for c in cs])
             rewards = rewards + soft_overlong_penalty(lengths, stage.max_response_len,
                                                       stage.overlong.soft_punishment_len)
-        groups.append(Group(prompt, run.tokens(prompt), cs, rewards.tolist(),
+        groups.append(Group(prompts[i], run.tokens(prompts[i]), cs, rewards.tolist(),
                             [v.verdict == "accepted" for v in vs]))
-    return groups
+    with timer("gather"):
+        return run.share.gather(groups, len(prompts))
+
+
+def measure_logprobs(run: RLRun, mine: list, temperature: float) -> LogprobStats:
+    """The trainer's log-probs of this rank's micro-batches, stored as their ``old_logprobs``; the
+    statistics summed over all ranks."""
+    stats = attach_old_logprobs(mine, run.backend.logprobs(mine, temperature))
+    return LogprobStats.merge(run.share.all_gather(stats))
 
 
 def step_seed(base: int, global_step: int, draw: int) -> int:
@@ -157,22 +177,26 @@ def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperatu
     log-prob pass (entropy, mismatch) and the normalizer but not the update, whose gradient they
     would not change; with a KL term every micro-batch is trained.
     """
-    cfg = run.cfg
+    cfg, share = run.cfg, run.share
     with timer("advantages"):
         t = step_tensors(groups)
         advantages = group_advantages(t.rewards, cfg.advantage.estimator, cfg.advantage.eps)
         weights = overlong_weights(t.truncated, stage.overlong.filter)
         micro_batches = build_micro_batches(groups, advantages, weights, cfg.policy.micro_batch_tokens)
-        trained = [mb for mb in micro_batches if cfg.loss.kl_coef > 0 or contributes(mb)]
+        live = [cfg.loss.kl_coef > 0 or contributes(mb) for mb in micro_batches]
+        trained = [mb for mb, keep in zip(micro_batches, live, strict=True) if keep]
         norm = replace(loss_normalizer(micro_batches, stage.max_response_len),
                        metric_tokens=float(sum(token_mask(mb).sum() for mb in trained)))
+        # this rank's share: a trained micro-batch gets its old log-probs on the rank that trains it
+        my_trained = share.split_micro_batches(trained)
+        my_rest = share.split_micro_batches([mb for mb, keep in zip(micro_batches, live, strict=True) if not keep])
     run.engine.sleep()  # GPU: the trainer's passes get the memory of vLLM's weights and KV cache
     with timer("logprobs"):
-        metrics = attach_old_logprobs(micro_batches, run.backend.logprobs(micro_batches, temperature))
+        metrics = measure_logprobs(run, my_trained + my_rest, temperature).metrics()
     metrics.update({"loss_tokens": norm.tokens, "update/trained_tokens": norm.metric_tokens})
     if trained:
         with timer("train"):
-            out = run.backend.train_step(trained, PolicyLoss(cfg.loss, norm), temperature)
+            out = run.backend.train_step(my_trained, PolicyLoss(cfg.loss, norm), temperature)
         metrics.update({f"update/{k}": v for k, v in out.items()})
     else:  # nothing to learn from: equal rewards everywhere, or every response filtered
         metrics["update/skipped"] = 1.0
@@ -189,13 +213,14 @@ def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPromp
     ids = epoch_order(sched.state.active, sched.seed, sched.state.stage, 0)[:tc.probe_prompts]
     batch, measured = [prompts[i] for i in ids], {}
     for temperature in tc.probe_values:
-        completions = run.engine.sample([p.text for p in batch], n=stage.group_size, temperature=temperature,
-                                        max_tokens=stage.max_response_len, seed=step_seed(sched.seed, -1, 0))
-        groups = [Group(p, run.tokens(p), cs, [0.0] * len(cs), [False] * len(cs))
-                  for p, cs in zip(batch, completions, strict=True)]
+        mine, completions = sample_share(run, [p.text for p in batch], n=stage.group_size, temperature=temperature,
+                                         max_tokens=stage.max_response_len, seed=step_seed(sched.seed, -1, 0))
+        groups = run.share.gather([Group(batch[i], run.tokens(batch[i]), cs, [0.0] * len(cs), [False] * len(cs))
+                                   for i, cs in zip(mine, completions, strict=True)], len(batch))
         zeros = torch.zeros(len(groups), stage.group_size)
         mbs = build_micro_batches(groups, zeros, zeros + 1, run.cfg.policy.micro_batch_tokens)
-        measured[temperature] = attach_old_logprobs(mbs, run.backend.logprobs(mbs, temperature))["entropy"]
+        stats = measure_logprobs(run, run.share.split_micro_batches(mbs), temperature)
+        measured[temperature] = stats.metrics()["entropy"]
     controller.set_probe(measured)
     return {f"probe/entropy@{t:g}": e for t, e in measured.items()}
 
@@ -203,13 +228,13 @@ def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPromp
 def heldout_accuracy(run: RLRun, problems: list[dict]) -> dict[str, float]:
     """Greedy (or ``eval.temperature``) accuracy on held-out math problems, scored by the reward."""
     ev = run.cfg.eval
-    completions = run.engine.sample([render_prompt(p["question"], "math") for p in problems], n=1,
-                                    temperature=ev.temperature, max_tokens=ev.max_new_tokens, seed=0,
-                                    logprobs=False)
-    texts = [cs[0].text for cs in completions]
-    verdicts = run.reward_pool.score("math", texts, [p["answer"] for p in problems])
-    return {"accuracy": sum(v.verdict == "accepted" for v in verdicts) / len(problems),
-            "response_length/mean": sum(len(cs[0].token_ids) for cs in completions) / len(problems)}
+    mine, completions = sample_share(run, [render_prompt(p["question"], "math") for p in problems], n=1,
+                                     temperature=ev.temperature, max_tokens=ev.max_new_tokens, seed=0, logprobs=False)
+    verdicts = run.reward_pool.score("math", [cs[0].text for cs in completions], [problems[i]["answer"] for i in mine])
+    results = run.share.gather([(v.verdict == "accepted", len(cs[0].token_ids))
+                                for v, cs in zip(verdicts, completions, strict=True)], len(problems))
+    return {"accuracy": sum(ok for ok, _ in results) / len(problems),
+            "response_length/mean": sum(n for _, n in results) / len(problems)}
 
 
 def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
@@ -224,7 +249,8 @@ def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
     controller = TemperatureController.start(stage.temperature)
     if sched.state.temperature is not None:
         controller.load_state_dict(sched.state.temperature)
-    logger = MetricsLogger(run.out / "logs" / stage.name, tensorboard=run.cfg.logging.tensorboard)
+    logger = MetricsLogger(run.out / "logs" / stage.name, tensorboard=run.cfg.logging.tensorboard,
+                           enabled=run.share.is_main)
     if controller.needs_probe:
         logger.log(sched.state.global_step, probe_temperature(run, stage, prompts, controller))
         sched.state.temperature = controller.state_dict()
@@ -242,7 +268,8 @@ def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
                         "prompts/dropped": sched.state.dropped, "prompts/active": len(sched.state.active)})
         sched.end_step(metrics)
         logger.log(sched.state.global_step, metrics)
-        print(format_step(sched, metrics), flush=True)
+        if run.share.is_main:
+            print(format_step(sched, metrics), flush=True)
         save_every = run.cfg.checkpoint.save_every
         if save_every and sched.state.global_step % save_every == 0:
             checkpoint.save(run)
@@ -260,25 +287,32 @@ def format_step(sched: StageSchedule, m: dict) -> str:
 
 def evaluate(run: RLRun, name: str) -> None:
     """Record held-out accuracy under ``name`` in eval.json (once: skipped if already there)."""
-    results = checkpoint.read_eval(run.out)
+    results = read_eval(run)
     if name in results or run.cfg.eval.num_problems <= 0:
         return
     results[name] = heldout_accuracy(run, load_eval_problems(run.cfg.eval))
-    print(f"[rl] held-out accuracy after {name}: {results[name]['accuracy']:.3f}", flush=True)
-    checkpoint.write_eval(run.out, results)
+    if run.share.is_main:
+        print(f"[rl] held-out accuracy after {name}: {results[name]['accuracy']:.3f}", flush=True)
+        checkpoint.write_eval(run.out, results)
+
+
+def read_eval(run: RLRun) -> dict:
+    """eval.json as rank 0 reads it (it is rank 0 that writes it), on every rank."""
+    return run.share.all_gather(checkpoint.read_eval(run.out) if run.share.is_main else None)[0]
 
 
 def finish_stage(run: RLRun, summary: dict) -> None:
     """Evaluate, export the stage's weights and curves, move to the next stage, checkpoint."""
-    name = summary["stage"]
-    print(f"[rl] stage {name} ended ({summary['end']}) after {summary['steps']} steps", flush=True)
+    name, main = summary["stage"], run.share.is_main
+    if main:
+        print(f"[rl] stage {name} ended ({summary['end']}) after {summary['steps']} steps", flush=True)
     evaluate(run, name)
     run.backend.export_hf(run.out / "stages" / name / "hf")
     log_dir = run.out / "logs" / name
-    if run.cfg.logging.plot and (log_dir / "metrics.jsonl").exists():
+    if main and run.cfg.logging.plot and (log_dir / "metrics.jsonl").exists():
         plot_curves(log_dir / "metrics.jsonl", PLOT_KEYS, log_dir / "curves.png", title=f"RL stage {name}")
     run.schedule.next_stage()
-    if run.schedule.finished:
+    if main and run.schedule.finished:
         link_final_export(run.out, name)
     checkpoint.save(run)
 
@@ -308,6 +342,14 @@ def train(cfg: RLConfig, stop_at: int | None = None) -> dict:
                 checkpoint.save(run)
                 break
             finish_stage(run, summary)
-        return checkpoint.read_eval(run.out)
+        return read_eval(run)
     finally:
         close_run(run)
+
+
+def run_rl(cfg: RLConfig) -> None:
+    """``train`` as one rank of ``dist.launch`` (the recipe's entry); rank 0 prints the accuracies."""
+    results = train(cfg)
+    if RankShare.current().is_main:
+        for name, result in results.items():
+            print(f"held-out accuracy {name}: {result['accuracy']:.1%}", flush=True)

@@ -48,10 +48,13 @@ class RolloutEngine:
         self.asleep = False
 
     def sample(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
-               logprobs: bool = True) -> list[list[Completion]]:
-        """``n`` responses per prompt (seeds ``seed + i * n + j``), with the sampled tokens' processed
-        log-probs."""
-        seeds = [seed + i * n for i in range(len(prompts))]
+               logprobs: bool = True, positions: Sequence[int] | None = None) -> list[list[Completion]]:
+        """``n`` responses per prompt, with the sampled tokens' processed log-probs. Response j of the
+        prompt at position i of the step's list gets seed ``seed + i * n + j``; ``positions`` gives
+        those of ``prompts`` when they are a share of the list (data parallelism), so a response does
+        not depend on how many ranks drew the step."""
+        positions = range(len(prompts)) if positions is None else positions
+        seeds = [seed + i * n for i in positions]
         return generate(self.llm, prompts, n=n, temperature=temperature, top_p=self.cfg.top_p,
                         max_tokens=max_tokens, seed=seeds, logprobs=logprobs)
 

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from nemo_ext import dist
 from nemo_ext.backends.base import Backend
 from nemo_ext.config.rl import RLConfig
 from nemo_ext.config.schema import Accelerator
 from nemo_ext.data.prompts import render_prompt
 from nemo_ext.rl import checkpoint
+from nemo_ext.rl.data_parallel import RankShare
 from nemo_ext.rl.prompts import RLPrompt, load_eval_problems, load_stage_prompts
 from nemo_ext.rl.rollout import RolloutEngine
 from nemo_ext.rl.stages import StageSchedule
@@ -29,6 +31,7 @@ class RLRun:
     tokenizer: object
     schedule: StageSchedule
     out: Path
+    share: RankShare = field(default_factory=RankShare)  # this process among the data-parallel ranks
     prompt_ids: dict[str, list[int]] = field(default_factory=dict)  # token ids, cached per prompt id
 
     def tokens(self, prompt: RLPrompt) -> list[int]:
@@ -37,12 +40,12 @@ class RLRun:
         return self.prompt_ids[prompt.id]
 
 
-def resolve_device(accelerator: Accelerator) -> torch.device:
+def use_cuda(accelerator: Accelerator) -> bool:
     if accelerator is Accelerator.cpu or (accelerator is Accelerator.auto and not torch.cuda.is_available()):
-        return torch.device("cpu")
+        return False
     if not torch.cuda.is_available():
         raise RuntimeError("trainer.accelerator=gpu but CUDA is not available")
-    return torch.device("cuda", torch.cuda.current_device())
+    return True
 
 
 def resolve_init(init: str, out: Path) -> Path:
@@ -78,27 +81,33 @@ def max_model_len(run_cfg: RLConfig, tokenizer) -> int:
 
 
 def build_run(cfg: RLConfig) -> RLRun:
-    """Policy from ``policy.init`` (or the newest checkpoint), vLLM on the same weights, reward pool."""
+    """Policy from ``policy.init`` (or the newest checkpoint), vLLM on the same weights, reward pool;
+    one of each per data-parallel rank (torchrun, SLURM or ``dist.launch``), joined here."""
     from nemo_ext.backends.torch_backend import TorchBackend
     from nemo_ext.rewards import RewardPool
 
+    world = dist.world_from_env() or dist.World(0, 0, 1)
+    dist.check_nodes(cfg.trainer.num_nodes)
+    device = dist.init_distributed(world, use_cuda(cfg.trainer.accelerator))
+    share = RankShare.current()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    init = resolve_init(cfg.policy.init, out)
+    if share.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        init = resolve_init(cfg.policy.init, out)
+    init = share.all_gather(init if share.is_main else None)[0]  # after rank 0 built a tiny model
     # Each stage's lr is constant after its warmup: min_lr = lr makes the backend's cosine flat.
     first = cfg.stages[0].lr
     backend = TorchBackend(str(init), cfg.model, cfg.trainer, replace(cfg.optim, lr=first, min_lr=first),
-                           total_steps=1, device=resolve_device(cfg.trainer.accelerator))
-    if backend.dp_world_size > 1:
-        raise NotImplementedError("the GRPO loop runs one trainer process; set trainer.devices=1")
+                           total_steps=1, device=device)
     schedule = StageSchedule(cfg.stages, cfg.trainer.seed)
-    resumed = checkpoint.resume(cfg, backend, schedule)
+    resumed = checkpoint.resume(cfg, backend, schedule, is_main=share.is_main)
     engine = RolloutEngine(str(init), cfg.rollout, max_model_len(cfg, backend.tokenizer), cfg.trainer.seed)
     if resumed is not None:
         engine.load_weights(backend.hf_weights())
-        print(f"[rl] resumed from {resumed}", flush=True)
+        if share.is_main:
+            print(f"[rl] resumed from {resumed}", flush=True)
     pool = RewardPool(cfg.rollout.reward_workers)
-    return RLRun(cfg, backend, engine, pool, backend.tokenizer, schedule, out)
+    return RLRun(cfg, backend, engine, pool, backend.tokenizer, schedule, out, share)
 
 
 def close_run(run: RLRun) -> None:

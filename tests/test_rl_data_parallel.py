@@ -1,0 +1,79 @@
+"""The GRPO loop's data-parallel helpers (pure parts): shares of prompts and micro-batches, the
+in-order gather, zero-weight padding, and merged log-prob statistics."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from nemo_ext.data.batch import pack_sequences
+from nemo_ext.rl.data_parallel import RankShare, zero_weight_copy
+from nemo_ext.rl.experience import LogprobStats, attach_old_logprobs
+from nemo_ext.rl.losses import ADVANTAGES, ROLLOUT_LOGPROBS, WEIGHTS
+
+
+def _mb(n_tokens: int, value: float = 1.0):
+    fields = {ADVANTAGES: [[value] * n_tokens], WEIGHTS: [[1.0] * n_tokens], ROLLOUT_LOGPROBS: [[-0.5] * n_tokens]}
+    return pack_sequences([list(range(1, n_tokens + 1))], [[1] * n_tokens], fields)
+
+
+def test_one_rank_is_the_identity():
+    share, mbs = RankShare(), [_mb(3), _mb(5)]
+    assert share.indices(4) == [0, 1, 2, 3] and share.gather(["a", "b"], 2) == ["a", "b"]
+    assert share.split_micro_batches(mbs) == mbs and share.all_gather(7) == [7]
+
+
+def test_micro_batches_split_evenly_balanced_and_padded_with_zero_weight_copies():
+    mbs = [_mb(n) for n in (9, 2, 7, 4, 3)]  # 25 tokens, 5 micro-batches over 2 ranks: 3 each
+    shares = [RankShare(r, 2).split_micro_batches(mbs) for r in (0, 1)]
+    assert [len(s) for s in shares] == [3, 3]
+    # largest first to the least loaded: 9 -> r0, 7 -> r1, 4 -> r1, 3 -> r0, 2 -> r1 (r0 9+3=12, r1 7+4+2=13)
+    assert [mb.num_tokens for mb in shares[0][:2]] == [9, 3] and [mb.num_tokens for mb in shares[1]] == [2, 7, 4]
+    pad = shares[0][2]
+    assert pad.num_tokens == 2 and pad.num_loss_tokens == 0 and not pad.token_fields[ADVANTAGES].any()
+    real = [mb for s in shares for mb in s if mb.num_loss_tokens]
+    assert sorted(id(mb) for mb in real) == sorted(id(mb) for mb in mbs)  # each exactly once, untouched
+    assert mbs[1].num_loss_tokens == 1  # the padding is a copy: the original keeps its loss mask (2 tokens, 1 target)
+
+
+def test_zero_weight_copy_adds_nothing_to_log_prob_statistics():
+    mb = _mb(4)
+    logp, entropy = torch.full((4,), -0.7), torch.full((4,), 1.5)
+    alone = attach_old_logprobs([mb], [(logp, entropy)])
+    padded = LogprobStats.merge([alone, attach_old_logprobs([zero_weight_copy(mb)], [(logp * 3, entropy * 2)])])
+    assert padded.metrics() == alone.metrics() and padded.tokens == 3  # 3 trained targets in a 4-token row
+
+
+def test_merged_statistics_equal_one_pass_over_all_micro_batches():
+    mbs = [_mb(3), _mb(6), _mb(5)]
+    outs = [(torch.linspace(-1, -0.1, mb.num_tokens), torch.linspace(0.2, 2.0, mb.num_tokens)) for mb in mbs]
+    whole = attach_old_logprobs(mbs, outs).metrics()
+    parts = LogprobStats.merge([attach_old_logprobs(mbs[:1], outs[:1]), attach_old_logprobs(mbs[1:], outs[1:])])
+    for key, value in whole.items():
+        assert abs(parts.metrics()[key] - value) < 1e-12, key
+    assert whole["mismatch/max_abs"] > 0
+
+
+def _gather_worker(rank: int, port: int, out_dir: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    share = RankShare.current()
+    items = [f"p{i}" for i in range(5)]
+    mine = share.indices(len(items))
+    gathered = share.gather([items[i].upper() for i in mine], len(items))
+    torch.save((mine, gathered), f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_gather_their_shares_back_in_order(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_gather_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    (mine0, all0), (mine1, all1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert (mine0, mine1) == ([0, 2, 4], [1, 3])
+    assert all0 == all1 == ["P0", "P1", "P2", "P3", "P4"]
