@@ -1,9 +1,15 @@
-"""Small file writers the CPU tests share."""
+"""Small helpers the CPU tests share: file writers, gloo process groups."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 
 def write_jsonl(path: Path, rows: list, raw_lines: dict[int, str] | None = None) -> Path:
@@ -13,3 +19,21 @@ def write_jsonl(path: Path, rows: list, raw_lines: dict[int, str] | None = None)
         lines.insert(line_no - 1, raw)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def run_gloo_ranks(worker: Callable[[int, str], None], out_dir: Path, nprocs: int = 2) -> None:
+    """``worker(rank, out_dir)`` in ``nprocs`` spawned processes that share a gloo process group
+    (the default group). ``worker`` must be a module-level function; it reports through files."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_gloo_rank, args=(worker, port, nprocs, str(out_dir)), nprocs=nprocs, start_method="spawn")
+
+
+def _gloo_rank(rank: int, worker, port: int, nprocs: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=nprocs)
+    try:
+        worker(rank, out_dir)
+    finally:
+        dist.destroy_process_group()

@@ -3,13 +3,9 @@ over shards equal to unsplit attention, and the collectives' autograd over two g
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from nemo_ext.backends.megatron.context_parallel import (
     attend_local,
@@ -21,6 +17,7 @@ from nemo_ext.backends.megatron.context_parallel import (
     scatter_row,
 )
 from nemo_ext.backends.varlen import packed_causal_attention
+from tests.helpers import run_gloo_ranks
 
 LENGTHS = [5, 3, 8]  # padded to multiples of 2 x CP = 4: 8, 4, 8
 
@@ -77,9 +74,7 @@ def test_attention_over_shards_equals_unsplit_attention_values_and_gradients(cp)
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-def _worker(rank: int, port: int, out_dir: str):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _worker(rank: int, out_dir: str):
     q, k, v, g = _cp_inputs()
     total = q.shape[0]
     shard = plan_shard(LENGTHS, total, 2, rank)
@@ -88,7 +83,6 @@ def _worker(rank: int, port: int, out_dir: str):
     per_token = gather_logprobs(out.sum(dim=(1, 2)), shard, dist.group.WORLD)  # [n], batch order
     (per_token * g).sum().backward()
     torch.save((per_token.detach(), *(x.grad for x in mine)), f"{out_dir}/rank{rank}.pt")
-    dist.destroy_process_group()
 
 
 def _cp_inputs():
@@ -100,10 +94,7 @@ def _cp_inputs():
 
 def test_two_cp_ranks_give_unsplit_values_and_gradients(tmp_path):
     """Real collectives (gloo): the all-gather's reduce-scatter backward and the batch-order gather."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    run_gloo_ranks(_worker, tmp_path)
     q, k, v, g = (x.requires_grad_(True) if x.dim() > 1 else x for x in _cp_inputs())
     shards = [plan_shard(LENGTHS, q.shape[0], 2, r) for r in (0, 1)]
     ref = packed_causal_attention(q, k, v, _row_cu(shards[0]), 8, 0.3).sum(dim=(1, 2))[shards[0].original_rows]

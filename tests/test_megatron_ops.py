@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.fallback_kernels import foreach_l2_norm, foreach_scale, use_fused_torch_adam
 from nemo_ext.backends.megatron.layout import plan_layout
 from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
 from nemo_ext.backends.varlen import packed_causal_attention
+from tests.helpers import run_gloo_ranks
 
 SHAPE_7B = Shape(num_layers=28, hidden=3584, num_heads=28, num_kv_heads=4, head_dim=128, ffn=18944,
                  vocab=152064, tie_embeddings=False, qkv_bias=True)
@@ -104,9 +102,7 @@ def _inputs():
     return h, w, torch.tensor([0, 9, 6, 2, 7, 5]), torch.randn(6, dtype=torch.float64)
 
 
-def _tp_worker(rank: int, port: int, out_dir: str):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _tp_worker(rank: int, out_dir: str):
     h, w, t, g = _inputs()
     shard = w.chunk(2)[rank].clone().requires_grad_(True)
     hh = h.clone().requires_grad_(True)
@@ -115,14 +111,10 @@ def _tp_worker(rank: int, port: int, out_dir: str):
     (logp * g).sum().backward()
     _, ent = vocab_parallel_logprobs(h, shard.detach(), t, with_entropy=True, **kw)
     torch.save((logp.detach(), ent, hh.grad, shard.grad), f"{out_dir}/rank{rank}.pt")
-    dist.destroy_process_group()
 
 
 def test_two_tensor_parallel_ranks_equal_one_full_vocabulary(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_tp_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    run_gloo_ranks(_tp_worker, tmp_path)
     h, w, t, g = _inputs()
     hr, wr = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
     ref, ref_entropy = _reference(hr, wr, t, 1.0, 10)

@@ -3,17 +3,13 @@ in-order gather, zero-weight padding, and merged log-prob statistics."""
 
 from __future__ import annotations
 
-import os
-import socket
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from nemo_ext.data.batch import pack_sequences
 from nemo_ext.rl.data_parallel import RankShare, zero_weight_copy
 from nemo_ext.rl.experience import LogprobStats, attach_old_logprobs
 from nemo_ext.rl.losses import ADVANTAGES, ROLLOUT_LOGPROBS, WEIGHTS
+from tests.helpers import run_gloo_ranks
 
 
 def _mb(n_tokens: int, value: float = 1.0):
@@ -58,22 +54,16 @@ def test_merged_statistics_equal_one_pass_over_all_micro_batches():
     assert whole["mismatch/max_abs"] > 0
 
 
-def _gather_worker(rank: int, port: int, out_dir: str):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _gather_worker(rank: int, out_dir: str):
     share = RankShare.current()
     items = [f"p{i}" for i in range(5)]
     mine = share.indices(len(items))
     gathered = share.gather([items[i].upper() for i in mine], len(items))
     torch.save((mine, gathered), f"{out_dir}/rank{rank}.pt")
-    dist.destroy_process_group()
 
 
 def test_two_ranks_gather_their_shares_back_in_order(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_gather_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    run_gloo_ranks(_gather_worker, tmp_path)
     (mine0, all0), (mine1, all1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert (mine0, mine1) == ([0, 2, 4], [1, 3])
     assert all0 == all1 == ["P0", "P1", "P2", "P3", "P4"]
