@@ -282,7 +282,8 @@ def test_real_launcher_yaml_renders_the_7b_pipeline():
     assert "data.train_dir=runs/acereason_7b/data/packed_32k" in srun
     assert "--dependency=afterok:<data_prep>" in argv
     _, rl = scripts["rl"]
-    assert {"--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1", "--cpus-per-task=64"} <= _sbatch_lines(rl)
+    assert {"--nodes=1", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=8"} <= _sbatch_lines(rl)
+    assert next(line for line in rl.splitlines() if line.startswith("srun ")).endswith("trainer.devices=8")
     assert "policy.init=runs/acereason_7b/sft/hf" in rl
     assert "--dependency=afterok:<sft>" in scripts["eval_sft"][0]  # evaluates the SFT model beside RL
     assert "--dependency=afterok:<eval_sft>:<eval_rl>" in scripts["report"][0]

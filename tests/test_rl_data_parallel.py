@@ -3,6 +3,7 @@ in-order gather, zero-weight padding, and merged log-prob statistics."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nemo_ext.data.batch import pack_sequences
@@ -67,3 +68,13 @@ def test_two_ranks_gather_their_shares_back_in_order(tmp_path):
     (mine0, all0), (mine1, all1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert (mine0, mine1) == ([0, 2, 4], [1, 3])
     assert all0 == all1 == ["P0", "P1", "P2", "P3", "P4"]
+
+
+def test_each_rank_sees_only_its_own_gpu():
+    from nemo_ext.rl.setup import rank_visible_devices
+
+    assert rank_visible_devices(3, None) == "3"  # all GPUs visible: the rank's index
+    assert rank_visible_devices(1, "4,5,6,7") == "5"  # a node-level selection: the rank's entry
+    assert rank_visible_devices(2, "6") == "6"  # SLURM's one GPU per task: kept
+    with pytest.raises(RuntimeError, match="local rank 2 has no GPU: CUDA_VISIBLE_DEVICES='0,1' lists 2"):
+        rank_visible_devices(2, "0,1")

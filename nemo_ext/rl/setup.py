@@ -3,6 +3,7 @@ resumes it from the newest checkpoint. The one place where the RL config turns i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -48,6 +49,24 @@ def use_cuda(accelerator: Accelerator) -> bool:
     return True
 
 
+def rank_visible_devices(local_rank: int, visible: str | None) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for one data-parallel rank of several on a node: its own GPU only.
+
+    vLLM's in-process engine runs on the first visible GPU, whatever the rank, so every rank's trainer
+    and engine are pinned to one GPU before CUDA starts. ``visible``: the node's setting (None: all
+    GPUs); a single entry (SLURM's one GPU per task) is kept as it is.
+    """
+    if visible is None or not visible.strip():
+        return str(local_rank)
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if len(entries) == 1:
+        return entries[0]
+    if local_rank >= len(entries):
+        raise RuntimeError(f"local rank {local_rank} has no GPU: CUDA_VISIBLE_DEVICES={visible!r} lists "
+                           f"{len(entries)}; start at most that many ranks per node (trainer.devices)")
+    return entries[local_rank]
+
+
 def resolve_init(init: str, out: Path) -> Path:
     """The starting HF directory: ``policy.init``, or a fresh tiny Qwen2 for ``tiny``."""
     if init == "tiny":
@@ -88,6 +107,10 @@ def build_run(cfg: RLConfig) -> RLRun:
 
     world = dist.world_from_env() or dist.World(0, 0, 1)
     dist.check_nodes(cfg.trainer.num_nodes)
+    if world.world_size > 1 and cfg.trainer.accelerator is not Accelerator.cpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = rank_visible_devices(world.local_rank,
+                                                                  os.environ.get("CUDA_VISIBLE_DEVICES"))
+        world = replace(world, local_rank=0)  # this rank's one GPU
     device = dist.init_distributed(world, use_cuda(cfg.trainer.accelerator))
     share = RankShare.current()
     out = Path(cfg.output_dir)
