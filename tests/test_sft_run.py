@@ -38,10 +38,10 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run_bit_for_bit(tmp_path,
     crashed = tmp_path / "crashed"
     real_step = loop.train_step
 
-    def crash_at_step_3(backend, dataset, schedule, step, device):
+    def crash_at_step_3(backend, dataset, schedule, step):
         if step == 3:
             raise RuntimeError("simulated crash")
-        return real_step(backend, dataset, schedule, step, device)
+        return real_step(backend, dataset, schedule, step)
 
     monkeypatch.setattr(loop, "train_step", crash_at_step_3)
     with pytest.raises(RuntimeError, match="simulated crash"):

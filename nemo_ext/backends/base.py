@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from nemo_ext.data.batch import PackedBatch
 
@@ -30,12 +31,23 @@ class Backend(ABC):
     """A policy that trains on packed micro-batches and exports Hugging Face weights.
 
     One instance per process. ``dp_rank`` / ``dp_world_size`` tell the loop which share of the data
-    this process trains on; ``hf_config`` is the model's Hugging Face config.
+    this process trains on (the tensor / pipeline / context-parallel ranks of one model replica share
+    it); ``hf_config`` is the model's Hugging Face config.
     """
 
     dp_rank: int = 0
     dp_world_size: int = 1
+    dp_group = None  # the data-parallel process group (None: the default group, every rank a replica)
+    device = torch.device("cpu")
     hf_config = None  # the Hugging Face config of the policy (shape for FLOPs, export)
+
+    def dp_sum(self, value: float) -> float:
+        """``value`` summed over the data-parallel ranks: each model replica counted once."""
+        if self.dp_world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, group=self.dp_group)
+        return float(t.item())
 
     @abstractmethod
     def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:

@@ -15,19 +15,26 @@ from nemo_ext.data.batch import PackedBatch, pack_sequences
 from nemo_ext.data.sources import jsonl_objects
 
 
+def steps_per_epoch(num_bins: int, global_batch_size: int) -> int:
+    if num_bins < global_batch_size:
+        raise ValueError(f"the data has {num_bins} packed bins, fewer than trainer.global_batch_size="
+                         f"{global_batch_size}")
+    return num_bins // global_batch_size
+
+
 class BatchSchedule:
+    """Which packed bins each data-parallel rank trains at each step: a fresh permutation per epoch,
+    cut into global batches, each dealt round-robin to the ``world_size`` data-parallel ranks."""
+
     def __init__(self, num_bins: int, global_batch_size: int, micro_batch_size: int, seed: int,
                  rank: int, world_size: int):
         if global_batch_size % (world_size * micro_batch_size):
             raise ValueError(
                 f"trainer.global_batch_size={global_batch_size} must be a multiple of data-parallel size "
                 f"({world_size}) x trainer.micro_batch_size ({micro_batch_size})")
-        if num_bins < global_batch_size:
-            raise ValueError(f"the data has {num_bins} packed bins, fewer than trainer.global_batch_size="
-                             f"{global_batch_size}")
         self.num_bins, self.global_batch_size, self.micro_batch_size = num_bins, global_batch_size, micro_batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.steps_per_epoch = num_bins // global_batch_size
+        self.steps_per_epoch = steps_per_epoch(num_bins, global_batch_size)
 
     def bins(self, step: int) -> list[list[int]]:
         """Bin indices of this rank's micro-batches at optimizer step ``step``."""

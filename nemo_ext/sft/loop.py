@@ -23,7 +23,7 @@ from nemo_ext.models.hf_config import num_parameters
 from nemo_ext.models.tiny import build_tiny_checkpoint
 from nemo_ext.observe import MetricsLogger, model_flops, peak_flops, plot_curves, progress
 from nemo_ext.sft.accuracy import heldout_accuracy
-from nemo_ext.sft.data import BatchSchedule, micro_batch, read_eval_problems
+from nemo_ext.sft.data import BatchSchedule, micro_batch, read_eval_problems, steps_per_epoch
 from nemo_ext.sft.loss import sft_loss
 
 log = logging.getLogger(__name__)
@@ -90,15 +90,17 @@ def build_backend(cfg: SFTConfig, model_path: str, total_steps: int, device: tor
     return TorchBackend(model_path, cfg.model, cfg.trainer, cfg.optim, total_steps, device)
 
 
-def total_steps_of(cfg: SFTConfig, schedule: BatchSchedule) -> int:
-    return cfg.trainer.max_steps if cfg.trainer.max_steps > 0 else cfg.trainer.epochs * schedule.steps_per_epoch
+def total_steps_of(cfg: SFTConfig, num_bins: int) -> int:
+    if cfg.trainer.max_steps > 0:
+        return cfg.trainer.max_steps
+    return cfg.trainer.epochs * steps_per_epoch(num_bins, cfg.trainer.global_batch_size)
 
 
-def train_step(backend: Backend, dataset: PackedDataset, schedule: BatchSchedule, step: int,
-               device: torch.device) -> tuple[dict, list[int]]:
+def train_step(backend: Backend, dataset: PackedDataset, schedule: BatchSchedule, step: int
+               ) -> tuple[dict, list[int]]:
     """One optimizer step on this rank's share of the global batch; returns metrics and sequence lengths."""
     micro_batches = [micro_batch([dataset[i] for i in bins]) for bins in schedule.bins(step)]
-    global_tokens = dist.all_reduce_sum(sum(mb.num_loss_tokens for mb in micro_batches), device)
+    global_tokens = backend.dp_sum(sum(mb.num_loss_tokens for mb in micro_batches))
     metrics = backend.train_step(micro_batches, sft_loss(global_tokens))
     lens = [int(n) for mb in micro_batches for n in mb.cu_seqlens.diff()]
     return metrics, lens
@@ -118,10 +120,11 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     dataset = PackedDataset(train_dir)
     t = cfg.trainer
-    schedule = BatchSchedule(len(dataset), t.global_batch_size, t.micro_batch_size, t.seed, world.rank,
-                             world.world_size)
-    total_steps = total_steps_of(cfg, schedule)
+    total_steps = total_steps_of(cfg, len(dataset))
     backend = build_backend(cfg, model_path, total_steps, device)
+    # by data-parallel rank: the tensor / pipeline / context-parallel ranks of a replica take the same bins
+    schedule = BatchSchedule(len(dataset), t.global_batch_size, t.micro_batch_size, t.seed, backend.dp_rank,
+                             backend.dp_world_size)
     ckpts = CheckpointManager(Path(cfg.checkpoint.dir or paths.checkpoints), cfg.checkpoint.keep_last, world.is_main)
     start = resume(cfg, backend, ckpts)
 
@@ -131,12 +134,12 @@ def run_sft(cfg: SFTConfig) -> dict:
     num_params = num_parameters(hf_cfg) if peak else 0
     for step in range(start, total_steps):
         tic = time.perf_counter()
-        metrics, lens = train_step(backend, dataset, schedule, step, device)
+        metrics, lens = train_step(backend, dataset, schedule, step)
         elapsed = time.perf_counter() - tic
-        tokens = dist.all_reduce_sum(sum(lens), device)
+        tokens = backend.dp_sum(sum(lens))
         metrics.update(tokens_per_s=tokens / elapsed, step_time_s=elapsed)
         if peak:
-            flops = model_flops(num_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, lens) * world.world_size
+            flops = model_flops(num_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, lens) * backend.dp_world_size
             metrics["mfu"] = flops / elapsed / (peak * world.world_size)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")

@@ -195,6 +195,7 @@ class MegatronBackend(Backend):
         self.reset_optimizer(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_world_size = parallel_state.get_data_parallel_world_size()
+        self.dp_group = parallel_state.get_data_parallel_group()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer or model_path)
         except (OSError, ValueError):
