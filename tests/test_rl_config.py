@@ -67,3 +67,5 @@ def test_bad_keys_and_values_name_the_key():
     assert "token_mean, seq_mean, constant" in str(error.value.__cause__)
     with pytest.raises(ValueError, match=r"stages\[1\].group_size"):
         rl_config("rl/tiny", ["stages.1.group_size=1"])
+    with pytest.raises(ValueError, match="RL config key backend: expected torch.*got 'megatron'"):
+        rl_config("rl/tiny", ["backend=megatron"])

@@ -237,6 +237,9 @@ def validate_rl_config(cfg: RLConfig) -> RLConfig:
     _check(loss.tis_cap is None or loss.tis_cap > 0, "loss.tis_cap", "null or a value > 0", loss.tis_cap)
     _check(loss.kl_coef == 0, "loss.kl_coef", "0: a reference policy is not loaded by this loop (the paper "
            "uses no KL); the loss supports it for callers that provide ref_logprobs", loss.kl_coef)
+    _check(cfg.backend is BackendName.torch, "backend", "torch: the GRPO loop builds the torch backend (the "
+           "megatron backend has the same interface, but the loop does not yet deal micro-batches by its "
+           "data-parallel rank, which tensor-parallel ranks share)", cfg.backend.value)
     _check(cfg.policy.micro_batch_tokens >= 1, "policy.micro_batch_tokens", "an integer >= 1",
            cfg.policy.micro_batch_tokens)
     _check(0 < cfg.rollout.top_p <= 1, "rollout.top_p", "a value in (0, 1]", cfg.rollout.top_p)
