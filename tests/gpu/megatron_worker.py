@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from nemo_ext.backends.megatron.backend import MegatronBackend, _to_micro
+from nemo_ext.backends.megatron.backend import MegatronBackend
+from nemo_ext.backends.megatron.micro import to_micro
 from nemo_ext.checkpoint import CheckpointManager
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch, pack_sequences
@@ -51,7 +52,7 @@ def hf_logits(args) -> dict:
         be = backend(args, precision)
         hf = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation="sdpa").cuda()
         batch = random_batches(1)[0]
-        micro = _to_micro(batch, batch.num_tokens, be.device, be.rope)
+        micro = to_micro(batch, batch.num_tokens, be.device, be.rope)
         with torch.no_grad():
             logits = be.chunks[0](micro.input_ids, micro.position_ids, None, packed_seq_params=micro.packed)
             logits = logits[0, :, : be.shape.vocab].float()

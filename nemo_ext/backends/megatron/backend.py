@@ -21,12 +21,10 @@ the torch backend's (``lr_lambda``), so both backends train on the same schedule
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import os
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +33,6 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.distributed.param_and_grad_buffer import shard_buffer
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 from transformers import AutoConfig, AutoTokenizer
@@ -43,25 +40,19 @@ from transformers import AutoConfig, AutoTokenizer
 from nemo_ext.backends.base import Backend, LossFn
 from nemo_ext.backends.megatron import checkpoint
 from nemo_ext.backends.megatron.context_parallel import (
-    CPShard,
-    cp_row_length,
     gather_logprobs,
-    local_positions,
-    plan_shard,
-    scatter_row,
 )
 from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.fallback_kernels import install_foreach_kernels, use_fused_torch_adam
 from nemo_ext.backends.megatron.layout import Layout, plan_layout
+from nemo_ext.backends.megatron.micro import Micro, build_micros
 from nemo_ext.backends.megatron.model import (
-    PackedRotary,
     build_model_chunks,
     choose_impl,
     transformer_config,
 )
 from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
 from nemo_ext.backends.torch_backend import lr_lambda
-from nemo_ext.backends.varlen import rope_cos_sin
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch
 from nemo_ext.models.hf_config import apply_overrides, rope_theta_of
@@ -88,69 +79,6 @@ def init_distributed(device: torch.device | None = None) -> torch.device:
 def _finalize_grads(model, num_tokens=None, **kwargs):
     """megatron's grad all-reduce, without its 1/num_tokens scaling (our shares are pre-normalized)."""
     finalize_model_grads(model, None, **kwargs)
-
-
-@dataclass
-class _Micro:
-    """A packed batch as the model takes it: padded to the layout's multiple, on the GPU."""
-
-    batch: PackedBatch  # the original (unpadded), on the GPU, for loss_fn
-    input_ids: torch.Tensor  # [1, T_pad]
-    position_ids: torch.Tensor  # [1, T_pad]
-    targets: torch.Tensor  # [T_pad]
-    packed: PackedSeqParams
-    shard: CPShard | None = None  # with context parallelism: this rank's share (T_pad = row / CP)
-
-
-def _to_micro(batch: PackedBatch, length: int, device: torch.device,
-              rope: tuple[int, float, torch.dtype] | None = None) -> _Micro:
-    """Pad to ``length`` tokens with one extra (untrained) sequence, so every token belongs to a
-    sequence of ``cu_seqlens``. ``rope``: (head_dim, theta, dtype) of the local spec's RoPE tables."""
-    batch = batch.to(device)
-    pad = length - batch.num_tokens
-    ids, pos, tgt, cu = batch.input_ids, batch.position_ids, batch.targets, batch.cu_seqlens.to(torch.int32)
-    if pad:
-        zeros = ids.new_zeros(pad)
-        ids, tgt = torch.cat([ids, zeros]), torch.cat([tgt, zeros])
-        pos = torch.cat([pos, torch.arange(pad, device=device)])
-        cu = torch.cat([cu, cu.new_tensor([length])])
-    max_len = max(batch.max_seqlen, pad)
-    kw = dict(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len, max_seqlen_kv=max_len)
-    if rope is None:
-        packed = PackedSeqParams(**kw)
-    else:  # local spec: RoPE tables for VarlenCoreAttention
-        cos, sin = rope_cos_sin(pos, *rope)
-        packed = PackedRotary(**kw, rope_cos=cos, rope_sin=sin)
-    return _Micro(batch, ids[None], pos[None], tgt, packed)
-
-
-def _to_cp_micro(batch: PackedBatch, row_length: int, cp: int, device: torch.device,
-                 rope: tuple[int, float, torch.dtype] | None) -> _Micro:
-    """This CP rank's share of ``batch`` laid out in a row of ``row_length`` tokens (context_parallel.py).
-    ``rope`` None (TE): megatron's THD path with TE's attention, which take the same load-balanced shards
-    with the padded row's boundaries."""
-    lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
-    shard = plan_shard(lengths, row_length, cp, parallel_state.get_context_parallel_rank()).to(device)
-    batch = batch.to(device)
-    ids, tgt, pos = scatter_row(batch.input_ids, shard), scatter_row(batch.targets, shard), local_positions(shard)
-    if rope is None:
-        cu = torch.tensor([0, *itertools.accumulate(shard.row_lengths)], dtype=torch.int32, device=device)
-        longest = max(shard.row_lengths)
-        packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu,
-                                 cu_seqlens_kv_padded=cu, max_seqlen_q=longest, max_seqlen_kv=longest)
-    else:
-        cos, sin = rope_cos_sin(pos, *rope)
-        packed = PackedRotary(qkv_format="thd", cu_seqlens_q=shard.cu_seqlens_q, cu_seqlens_kv=shard.cu_seqlens_k,
-                              max_seqlen_q=shard.max_seqlen_q, max_seqlen_kv=shard.max_seqlen_k,
-                              rope_cos=cos, rope_sin=sin, cp_shard=shard)
-    return _Micro(batch, ids[None], pos[None], tgt, packed, shard)
-
-
-def padded_lengths(num_tokens: list[int], multiple: int, same: bool) -> list[int]:
-    """Each micro-batch's length rounded up to ``multiple``; with ``same`` (pipeline parallelism: the
-    stages exchange fixed-shape activations) all of them padded to the longest."""
-    lengths = [-(-n // multiple) * multiple for n in num_tokens]
-    return [max(lengths)] * len(lengths) if same else lengths
 
 
 class MegatronBackend(Backend):
@@ -255,20 +183,14 @@ class MegatronBackend(Backend):
             entropy = gather_logprobs(entropy, micro.shard, cp_group) if with_entropy else None
         return torch.stack([logp, entropy]) if with_entropy else logp
 
-    def _micros(self, micro_batches: list[PackedBatch]) -> list[_Micro]:
-        cp = self.layout.cp
-        if cp == 1:
-            lengths = padded_lengths([b.num_tokens for b in micro_batches], self.pad_multiple, self.layout.pp > 1)
-            return [_to_micro(b, n, self.device, self.rope) for b, n in zip(micro_batches, lengths, strict=True)]
-        rows = [cp_row_length((b.cu_seqlens[1:] - b.cu_seqlens[:-1]).tolist(), cp, self.pad_multiple)
-                for b in micro_batches]
-        rows = [max(rows)] * len(rows) if self.layout.pp > 1 else rows
-        return [_to_cp_micro(b, n, cp, self.device, self.rope) for b, n in zip(micro_batches, rows, strict=True)]
+    def _micros(self, micro_batches: list[PackedBatch]) -> list[Micro]:
+        cp_rank = parallel_state.get_context_parallel_rank() if self.layout.cp > 1 else 0
+        return build_micros(micro_batches, self.layout, self.pad_multiple, self.device, self.rope, cp_rank)
 
-    def _schedule(self, micros: list[_Micro], loss_fn: LossFn | None, temperature: float, forward_only: bool):
+    def _schedule(self, micros: list[Micro], loss_fn: LossFn | None, temperature: float, forward_only: bool):
         """Run megatron's forward-backward schedule; returns the last stage's per-micro-batch dicts."""
 
-        def loss_func(micro: _Micro, output):
+        def loss_func(micro: Micro, output):
             n = micro.batch.num_tokens
             if loss_fn is None:  # log-probs only
                 return output.sum() * 0, torch.zeros((), dtype=torch.int, device=self.device), \
