@@ -48,6 +48,41 @@ def test_code_results_in_input_order(pool):
                                              "accepted", "memory_limit"]
 
 
+def test_a_session_scores_samples_as_they_arrive(pool):
+    """Samples added one at a time with polls between them (as generation finishes them) get the
+    verdicts of one batch call, in the order added; the workers start on them before the last one
+    arrives."""
+    cases = [("\\frac12", "0.5"), ("3", "4"), (None, "1"), ("033", "33"), ("(2,1)", "(1,2)"), ("x = 4", "4")] * 2
+    responses = [boxed(b) if b is not None else "<think>x</think> 1" for b, _ in cases]
+    golds = [gold for _, gold in cases]
+    pool.score("math", [boxed("1")], ["1"])  # the workers have started
+    session = pool.session("math")
+    for i, (response, gold) in enumerate(zip(responses, golds, strict=True)):
+        assert session.add(response, gold) == i
+        time.sleep(0.05)  # the next sample is still being generated
+        session.poll()
+    # verdicts a worker gave before results() was asked for (the unboxed ones need no worker)
+    early = sum(v is not None for v, (box, _) in zip(session.state.results, cases, strict=True) if box is not None)
+    verdicts = session.results()
+    assert [v.verdict for v in verdicts] == [v.verdict for v in pool.score("math", responses, golds)]
+    assert [v.verdict for v in verdicts][:3] == ["accepted", "wrong_answer", "no_answer"]
+    assert early >= 1
+    with RewardPool(workers=2, math_timeout_s=2.0, grace_s=1.0) as own:  # not the shared pool: it is disturbed
+        with pytest.raises(RuntimeError, match="generation failed"), own.session("math") as broken:
+            broken.add(boxed("9^{9^{9^{9}}}"), "1")  # a slow one, still running when the error comes
+            while not any(slot.pending for slot in own._slots):
+                broken.poll()  # until the worker (once started) has it
+                time.sleep(0.01)
+            raise RuntimeError("generation failed")
+        # its worker was replaced: the next scoring gets only its own answers (else the slow sample's
+        # late "time_limit" would land on position 0, which the other worker has scored meanwhile)
+        assert [v.verdict for v in own.score("math", responses[:2], golds[:2])] == ["accepted", "wrong_answer"]
+    with pytest.raises(ValueError, match="task must be one of"):
+        pool.session("poetry")
+    with pytest.raises(ValueError, match=r"references\[0\]"):
+        pool.session("code").add(program("print(1)"), [{"input": "1"}])  # a test without an output
+
+
 def test_hung_worker_is_killed_and_replaced(pool):
     before = pool.pids
     os.kill(before[0], signal.SIGSTOP)  # a worker that never answers again

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import signal
 import time
 import traceback
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from nemo_ext.rewards.code import score_code, validate_tests
@@ -88,6 +89,57 @@ class _Slot:
         self.conn.close()
 
 
+@dataclass
+class _State:
+    """The samples of one scoring session: position i's payload, reference, hard limit and verdict."""
+
+    payloads: list = field(default_factory=list)
+    references: list = field(default_factory=list)
+    limits: list[float] = field(default_factory=list)
+    results: list[Verdict | None] = field(default_factory=list)
+    queue: collections.deque[int] = field(default_factory=collections.deque)
+
+
+class ScoringSession:
+    """Samples scored as they are added (``RewardPool.session``); ``results`` waits for the rest. Use
+    as a context manager: leaving it by an exception stops the scoring still running."""
+
+    def __init__(self, pool: RewardPool, task: str):
+        self.pool, self.task, self.state = pool, task, _State()
+
+    def __enter__(self) -> ScoringSession:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is not None:
+            self.pool._abandon()
+
+    def add(self, response: str, reference, limit: float | None = None) -> int:
+        """Queue one sample; returns its position in ``results``. A malformed reference raises
+        ValueError naming the position. ``limit``: its hard limit, if already computed."""
+        st, i = self.state, len(self.state.results)
+        limit = self.pool._hard_limit(self.task, i, reference) if limit is None else limit
+        payload = extract_answer(response) if self.task == "math" else response
+        st.payloads.append(payload)
+        st.references.append(reference)
+        st.limits.append(limit)
+        # math without a boxed answer: decided here, without a worker
+        st.results.append(score_math(response, reference) if payload is None else None)
+        if payload is not None:
+            st.queue.append(i)
+        return i
+
+    def poll(self) -> None:
+        """Keep the workers busy without waiting: hand out queued samples, take in finished verdicts."""
+        self.pool._run(self.task, self.state, block=False)
+
+    def results(self) -> list[Verdict]:
+        """Every added sample's verdict, in the order added (waits for those still running)."""
+        self.pool._run(self.task, self.state, block=True)
+        self.pool.errors += tally_errors(self.state.results)
+        return list(self.state.results)
+
+
 class RewardPool:
     """Score responses with ``workers`` processes. Use as a context manager (or call ``close``).
 
@@ -132,34 +184,48 @@ class RewardPool:
         task "math": references are answer strings (or ints); task "code": references are lists of test
         dicts (see ``nemo_ext.rewards.code``). Malformed references raise ValueError before any scoring.
         """
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if len(responses) != len(references):
             raise ValueError(f"{len(responses)} responses but {len(references)} references")
-        limits = [self._hard_limit(task, i, ref) for i, ref in enumerate(references)]
-        results: list[Verdict | None] = [None] * len(responses)
-        payloads = [extract_answer(r) for r in responses] if task == "math" else responses
-        for i, payload in enumerate(payloads):
-            if payload is None:  # math without a boxed answer: decided here, without a worker
-                results[i] = score_math(responses[i], references[i])
-        queue = collections.deque(i for i, verdict in enumerate(results) if verdict is None)
-        run = max(1, min(MAX_RUN, len(queue) // (4 * len(self._slots))))
+        session = self.session(task)
+        limits = [self._hard_limit(task, i, ref) for i, ref in enumerate(references)]  # all checked first
+        for response, reference, limit in zip(responses, references, limits, strict=True):
+            session.add(response, reference, limit)
+        return session.results()
+
+    def session(self, task: str) -> ScoringSession:
+        """An incremental scoring of ``task`` samples: ``add`` them as they arrive (say, as generation
+        finishes them), ``poll`` between arrivals to keep the workers busy, ``results`` at the end."""
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        return ScoringSession(self, task)
+
+    def _run(self, task: str, state: _State, block: bool) -> None:
+        """Hand queued samples to idle workers and take in answers; with ``block``, until every sample
+        is scored, else once without waiting."""
         try:
-            while queue or any(slot.pending for slot in self._slots):
+            while state.queue or any(slot.pending for slot in self._slots):
                 for position, slot in enumerate(self._slots):
-                    if slot.ready and not slot.pending and queue:
-                        indices = [queue.popleft() for _ in range(min(run, len(queue)))]
-                        jobs = [(i, task, payloads[i], references[i], self.timeouts[task]) for i in indices]
-                        self._dispatch(position, jobs, limits, queue)
-                self._collect(results, queue, limits, payloads if task == "math" else [None] * len(payloads))
-        except BaseException:  # e.g. Ctrl-C: busy workers would answer into the next call, so replace them
-            for position, slot in enumerate(self._slots):
-                if slot.pending:
-                    slot.kill()
-                    self._slots[position] = _Slot(self._ctx, self.sandbox)
+                    if slot.ready and not slot.pending and state.queue:
+                        run = max(1, min(MAX_RUN, len(state.queue) // (4 * len(self._slots))))
+                        indices = [state.queue.popleft() for _ in range(min(run, len(state.queue)))]
+                        jobs = [(i, task, state.payloads[i], state.references[i], self.timeouts[task])
+                                for i in indices]
+                        self._dispatch(position, jobs, state.limits, state.queue)
+                extracted = state.payloads if task == "math" else [None] * len(state.payloads)
+                self._collect(state.results, state.queue, state.limits, extracted, block)
+                if not block:
+                    return
+        except BaseException:
+            self._abandon()
             raise
-        self.errors += tally_errors(results)
-        return results
+
+    def _abandon(self) -> None:
+        """Replace every busy worker: after an interruption (Ctrl-C, an error between polls) their
+        answers would otherwise arrive in the next session."""
+        for position, slot in enumerate(self._slots):
+            if slot.pending:
+                slot.kill()
+                self._slots[position] = _Slot(self._ctx, self.sandbox)
 
     def _hard_limit(self, task: str, index: int, reference) -> float:
         if task == "math":
@@ -185,13 +251,17 @@ class RewardPool:
         slot.started = time.monotonic()
         slot.deadline = slot.started + limits[slot.pending[0]]
 
-    def _collect(self, results: list, queue: collections.deque, limits: list[float], extracted: list) -> None:
-        """Wait for answers or the nearest deadline; replace workers that died or overran.
+    def _collect(self, results: list, queue: collections.deque, limits: list[float], extracted: list,
+                 block: bool = True) -> None:
+        """Wait for answers or the nearest deadline (``block``; else only take what is there); replace
+        workers that died or overran.
 
         extracted: what the verdict on sample i reports as extracted if its worker fails (math: the box).
         """
         busy = [slot for slot in self._slots if slot.pending or not slot.ready]
-        timeout = max(0.0, min(slot.deadline for slot in busy) - time.monotonic())
+        if not busy:
+            return
+        timeout = max(0.0, min(slot.deadline for slot in busy) - time.monotonic()) if block else 0.0
         ready = wait([slot.conn for slot in busy], timeout=timeout)
         for position, slot in enumerate(self._slots):
             problem = self._drain(slot, results, limits) if slot.conn in ready else None
