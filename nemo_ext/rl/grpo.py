@@ -3,7 +3,8 @@
 Each step is a sequence of named, timed phases (arXiv 2505.16400 sec. 3; ../shared/PAPER.md RL rows):
 
     sample prompts -> generate (vLLM: n = group size, the stage's temperature and length limit)
-    -> score (reward pool) -> filter (dynamic sampling, overlong) -> advantages
+    -> score (reward pool; each response as soon as it is generated) -> filter (dynamic sampling,
+    overlong) -> advantages
     -> logprobs (the trainer's, in chunks: entropy, vLLM mismatch, old log-probs)
     -> train (one on-policy update, packed micro-batches) -> sync (new weights into vLLM) -> log
 
@@ -16,7 +17,7 @@ Data parallelism (``trainer.devices`` > 1): each rank rolls out and scores its s
 and trains its share of the micro-batches; every rank holds every scored group, so all take the same
 decisions (data_parallel.py). Rank 0 writes logs, evaluations and exports.
 
-Left out: overlapping scoring with generation, a reference policy for the optional KL term, and the
+Left out: asynchronous (off-policy) rollouts, a reference policy for the optional KL term, and the
 Megatron backend (it plugs in through the same interface).
 """
 
@@ -82,17 +83,24 @@ def sample_share(run: RLRun, texts: list[str], **sampling) -> tuple[list[int], l
 def rollout_groups(run: RLRun, stage: StageConfig, prompts: list[RLPrompt], temperature: float, seed: int,
                    timer: PhaseTimer) -> list[Group]:
     """Generate ``group_size`` responses per prompt and score them (rewards include DAPO's length
-    penalty when the stage asks for it). Each rank rolls out its share; all get every group, in order."""
-    with timer("generate"):
-        mine, completions = sample_share(run, [p.text for p in prompts], n=stage.group_size, temperature=temperature,
-                                         max_tokens=stage.max_response_len, seed=seed)
-    with timer("score"):
-        flat = [(prompts[i], c) for i, cs in zip(mine, completions, strict=True) for c in cs]
-        verdicts = run.reward_pool.score(stage.task.value, [c.text for _, c in flat],
-                                         [p.reference for p, _ in flat])
-    groups, G = [], stage.group_size
+    penalty when the stage asks for it). Each rank rolls out its share, and its reward pool scores
+    every response as soon as it is generated: ``time/generate`` covers both, ``time/score`` the
+    scoring left after the last response. All ranks get every group, in order."""
+    mine, G = run.share.indices(len(prompts)), stage.group_size
+    completions = [[None] * G for _ in mine]
+    scored_at: dict[tuple[int, int], int] = {}  # (prompt k of mine, response j) -> position in the session
+    with run.reward_pool.session(stage.task.value) as session:
+        with timer("generate"):
+            for k, j, completion in run.engine.stream([prompts[i].text for i in mine], n=G, temperature=temperature,
+                                                      max_tokens=stage.max_response_len, seed=seed, positions=mine):
+                completions[k][j] = completion
+                scored_at[k, j] = session.add(completion.text, prompts[mine[k]].reference)
+                session.poll()
+        with timer("score"):
+            verdicts = session.results()
+    groups = []
     for k, (i, cs) in enumerate(zip(mine, completions, strict=True)):
-        vs = verdicts[k * G:(k + 1) * G]
+        vs = [verdicts[scored_at[k, j]] for j in range(G)]
         rewards = torch.tensor([v.reward for v in vs], dtype=torch.float32)
         if stage.overlong.soft_punishment_len > 0:
             lengths = torch.tensor([len(c.token_ids) for c in cs])

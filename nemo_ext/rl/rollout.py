@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
 from nemo_ext.config.rl import RolloutConfig
-from nemo_ext.generation import Completion, build_engine, generate
+from nemo_ext.generation import Completion, build_engine, generate, iter_generate
+
+
+def _seeds(seed: int, n: int, count: int, positions: Sequence[int] | None) -> list[int]:
+    return [seed + i * n for i in (range(count) if positions is None else positions)]
 
 
 class RolloutEngine:
@@ -53,10 +57,16 @@ class RolloutEngine:
         prompt at position i of the step's list gets seed ``seed + i * n + j``; ``positions`` gives
         those of ``prompts`` when they are a share of the list (data parallelism), so a response does
         not depend on how many ranks drew the step."""
-        positions = range(len(prompts)) if positions is None else positions
-        seeds = [seed + i * n for i in positions]
         return generate(self.llm, prompts, n=n, temperature=temperature, top_p=self.cfg.top_p,
-                        max_tokens=max_tokens, seed=seeds, logprobs=logprobs)
+                        max_tokens=max_tokens, seed=_seeds(seed, n, len(prompts), positions), logprobs=logprobs)
+
+    def stream(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
+               logprobs: bool = True, positions: Sequence[int] | None = None
+               ) -> Iterator[tuple[int, int, Completion]]:
+        """``sample``'s responses as they finish: ``(prompt index, response index, completion)``."""
+        return iter_generate(self.llm, prompts, n=n, temperature=temperature, top_p=self.cfg.top_p,
+                             max_tokens=max_tokens, seed=_seeds(seed, n, len(prompts), positions),
+                             logprobs=logprobs)
 
     def sleep(self) -> None:
         """Free the GPU for the update (no-op on CPU or without sleep_mode)."""
