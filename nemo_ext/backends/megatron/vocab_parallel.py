@@ -74,11 +74,13 @@ def _kernels(compiled: bool) -> dict:
     return {name: compiled_chunk_fn(fn) for name, fn in fns.items()} if compiled else fns
 
 
-def _log_normalizer(z_CV, temperature, group, k) -> torch.Tensor:
-    """[C] float32 log sum_j exp(z_j / temperature) over the whole (TP-split) vocabulary."""
+def _chunk_logp(z_CV, local_C, temperature, group, k) -> tuple[torch.Tensor, torch.Tensor]:
+    """[C] float32 log p(target) and log sum_j exp(z_j / temperature), over the whole (TP-split)
+    vocabulary; ``local_C``: the targets' ids relative to this rank's first row."""
     m = _all_reduce(k["row_max"](z_CV, temperature), dist.ReduceOp.MAX, group)
-    s = _all_reduce(k["row_sum_exp"](z_CV, m, temperature), dist.ReduceOp.SUM, group)
-    return m + torch.log(s)
+    lse = m + torch.log(_all_reduce(k["row_sum_exp"](z_CV, m, temperature), dist.ReduceOp.SUM, group))
+    target = _all_reduce(k["target_logit"](z_CV, local_C, temperature), dist.ReduceOp.SUM, group)
+    return target - lse, lse
 
 
 class _VocabParallelLogprob(torch.autograd.Function):
@@ -89,11 +91,8 @@ class _VocabParallelLogprob(torch.autograd.Function):
         lse = torch.empty(hidden_TH.shape[0], dtype=torch.float32, device=hidden_TH.device)
         logp = torch.empty_like(lse)
         for s in range(0, hidden_TH.shape[0], chunk):
-            z = hidden_TH[s:s + chunk] @ w.t()
-            lse[s:s + chunk] = _log_normalizer(z, temperature, group, k)
-            target = _all_reduce(k["target_logit"](z, targets_T[s:s + chunk] - lo, temperature),
-                                 dist.ReduceOp.SUM, group)
-            logp[s:s + chunk] = target - lse[s:s + chunk]
+            logp[s:s + chunk], lse[s:s + chunk] = _chunk_logp(hidden_TH[s:s + chunk] @ w.t(),
+                                                              targets_T[s:s + chunk] - lo, temperature, group, k)
         ctx.save_for_backward(hidden_TH, weight_VH, targets_T, lse)
         ctx.args = (lo, n_valid, temperature, chunk, compiled)
         return logp
@@ -122,9 +121,8 @@ def _logprobs_and_entropy(hidden_TH, weight_VH, targets_T, lo, n_valid, temperat
     logp, entropy = [], []
     for s in range(0, hidden_TH.shape[0], chunk):
         z = hidden_TH[s:s + chunk] @ w.t()
-        lse = _log_normalizer(z, temperature, group, k)
-        target = _all_reduce(k["target_logit"](z, targets_T[s:s + chunk] - lo, temperature), dist.ReduceOp.SUM, group)
-        logp.append(target - lse)
+        chunk_logp, lse = _chunk_logp(z, targets_T[s:s + chunk] - lo, temperature, group, k)
+        logp.append(chunk_logp)
         entropy.append(_all_reduce(k["row_entropy_part"](z, lse, temperature), dist.ReduceOp.SUM, group))
     return torch.cat(logp), torch.cat(entropy)
 
