@@ -17,15 +17,14 @@ from nemo_ext.backends.megatron.context_parallel import (
     scatter_row,
 )
 from nemo_ext.backends.varlen import packed_causal_attention
+from nemo_ext.data.batch import cu_seqlens_of
 from tests.helpers import run_gloo_ranks
 
 LENGTHS = [5, 3, 8]  # padded to multiples of 2 x CP = 4: 8, 4, 8
 
 
 def _row_cu(shard) -> torch.Tensor:
-    cu = torch.zeros(len(shard.row_lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(shard.row_lengths), 0)
-    return cu
+    return cu_seqlens_of(shard.row_lengths)
 
 
 def test_plan_gives_each_rank_chunks_r_and_2cp_minus_1_minus_r():

@@ -47,6 +47,11 @@ class PackedBatch:
         return int((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).max())
 
     @property
+    def seq_lengths(self) -> list[int]:
+        """The S sequence lengths, in order."""
+        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
+
+    @property
     def num_loss_tokens(self) -> int:
         return int(self.loss_mask.sum())
 
@@ -61,6 +66,13 @@ class PackedBatch:
             loss_mask=move(self.loss_mask),
             token_fields={k: move(v) for k, v in self.token_fields.items()},
         )
+
+
+def cu_seqlens_of(lengths: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """[S+1] int32 boundaries (0, l1, l1+l2, ...) of sequences of ``lengths`` laid end to end."""
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=device)
+    cu[1:] = torch.cumsum(torch.tensor(lengths, device=device), 0)
+    return cu
 
 
 def pack_sequences(
@@ -86,8 +98,7 @@ def pack_sequences(
     trained_flat = torch.tensor([float(m) for mask in trained for m in mask], dtype=torch.float32)
     if trained_flat.numel() != input_ids.numel():
         raise ValueError("trained masks must have one entry per token")
-    cu_seqlens = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu_seqlens[1:] = torch.cumsum(torch.tensor(lengths), 0)
+    cu_seqlens = cu_seqlens_of(lengths)
     starts = cu_seqlens[:-1].long()
     position_ids = torch.arange(input_ids.numel()) - torch.repeat_interleave(starts, torch.tensor(lengths))
 

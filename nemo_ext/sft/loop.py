@@ -102,7 +102,7 @@ def train_step(backend: Backend, dataset: PackedDataset, schedule: BatchSchedule
     micro_batches = [micro_batch([dataset[i] for i in bins]) for bins in schedule.bins(step)]
     global_tokens = backend.dp_sum(sum(mb.num_loss_tokens for mb in micro_batches))
     metrics = backend.train_step(micro_batches, sft_loss(global_tokens))
-    lens = [int(n) for mb in micro_batches for n in mb.cu_seqlens.diff()]
+    lens = [n for mb in micro_batches for n in mb.seq_lengths]
     return metrics, lens
 
 

@@ -39,9 +39,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from nemo_ext.backends.base import Backend, LossFn
 from nemo_ext.backends.megatron import checkpoint
-from nemo_ext.backends.megatron.context_parallel import (
-    gather_logprobs,
-)
+from nemo_ext.backends.megatron.context_parallel import gather_logprobs
 from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.fallback_kernels import install_foreach_kernels, use_fused_torch_adam
 from nemo_ext.backends.megatron.layout import Layout, plan_layout

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from nemo_ext.backends.varlen import packed_causal_attention
+from nemo_ext.data.batch import cu_seqlens_of
 
 # torch >= 2.13 renames all_gather_into_tensor (deprecated there) to all_gather_single
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -105,6 +106,7 @@ def plan_shard(lengths: list[int], total: int, cp: int, rank: int) -> CPShard:
     for n in row_lengths[:-1]:
         offsets.append(offsets[-1] + n)
     gathered_rows = torch.cat([_rank_positions(row_lengths, offsets, cp, r) for r in range(cp)])
+    share = total // cp
     row_to_gathered = torch.empty(total, dtype=torch.long)
     row_to_gathered[gathered_rows] = torch.arange(total)
 
@@ -118,19 +120,13 @@ def plan_shard(lengths: list[int], total: int, cp: int, rank: int) -> CPShard:
             kv_pieces.append(row_to_gathered[start:start + end])
     original_rows = torch.cat([torch.arange(o, o + n) for o, n in zip(offsets[:len(lengths)], lengths, strict=True)])
     return CPShard(
-        token_index=_rank_positions(row_lengths, offsets, cp, rank),
+        token_index=gathered_rows[rank * share:(rank + 1) * share],
         row_lengths=row_lengths,
-        cu_seqlens_q=_cumsum0(q_lengths), max_seqlen_q=max(q_lengths),
+        cu_seqlens_q=cu_seqlens_of(q_lengths), max_seqlen_q=max(q_lengths),
         kv_index=torch.cat(kv_pieces),
-        cu_seqlens_k=_cumsum0(k_ends), max_seqlen_k=max(k_ends),
+        cu_seqlens_k=cu_seqlens_of(k_ends), max_seqlen_k=max(k_ends),
         original_rows=original_rows, original_in_gathered=row_to_gathered[original_rows],
     )
-
-
-def _cumsum0(values: list[int]) -> torch.Tensor:
-    out = torch.zeros(len(values) + 1, dtype=torch.int32)
-    out[1:] = torch.cumsum(torch.tensor(values), 0)
-    return out
 
 
 def attend_local(q_THD: torch.Tensor, k_gathered: torch.Tensor, v_gathered: torch.Tensor, shard: CPShard,
@@ -143,7 +139,9 @@ def attend_local(q_THD: torch.Tensor, k_gathered: torch.Tensor, v_gathered: torc
 
 
 class _AllGather(torch.autograd.Function):
-    """All-gather along dim 0 in rank order; backward: reduce-scatter (each rank's rows summed)."""
+    """All-gather along dim 0 in rank order; backward: reduce-scatter (each rank's rows summed).
+    megatron's ``gather_from_sequence_parallel_region`` does the same on any group, but this module
+    stays pure torch so that CPU CI runs it over gloo."""
 
     @staticmethod
     def forward(ctx, x, group):

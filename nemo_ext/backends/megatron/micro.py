@@ -6,7 +6,6 @@ extra, untrained sequence at the end of a row (CP = 1) or sits at the end of eac
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +21,7 @@ from nemo_ext.backends.megatron.context_parallel import (
 from nemo_ext.backends.megatron.layout import Layout
 from nemo_ext.backends.megatron.model import PackedRotary
 from nemo_ext.backends.varlen import rope_cos_sin
-from nemo_ext.data.batch import PackedBatch
+from nemo_ext.data.batch import PackedBatch, cu_seqlens_of
 
 
 @dataclass
@@ -38,7 +37,7 @@ class Micro:
 
 
 def to_micro(batch: PackedBatch, length: int, device: torch.device,
-              rope: tuple[int, float, torch.dtype] | None = None) -> Micro:
+             rope: tuple[int, float, torch.dtype] | None = None) -> Micro:
     """Pad to ``length`` tokens with one extra (untrained) sequence, so every token belongs to a
     sequence of ``cu_seqlens``. ``rope``: (head_dim, theta, dtype) of the local spec's RoPE tables."""
     batch = batch.to(device)
@@ -64,12 +63,11 @@ def to_cp_micro(batch: PackedBatch, row_length: int, cp: int, cp_rank: int, devi
     """This CP rank's share of ``batch`` laid out in a row of ``row_length`` tokens (context_parallel.py).
     ``rope`` None (TE): megatron's THD path with TE's attention, which take the same load-balanced shards
     with the padded row's boundaries."""
-    lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
-    shard = plan_shard(lengths, row_length, cp, cp_rank).to(device)
+    shard = plan_shard(batch.seq_lengths, row_length, cp, cp_rank).to(device)
     batch = batch.to(device)
     ids, tgt, pos = scatter_row(batch.input_ids, shard), scatter_row(batch.targets, shard), local_positions(shard)
     if rope is None:
-        cu = torch.tensor([0, *itertools.accumulate(shard.row_lengths)], dtype=torch.int32, device=device)
+        cu = cu_seqlens_of(shard.row_lengths, device)
         longest = max(shard.row_lengths)
         packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu,
                                  cu_seqlens_kv_padded=cu, max_seqlen_q=longest, max_seqlen_kv=longest)
@@ -96,7 +94,6 @@ def build_micros(micro_batches: list[PackedBatch], layout: Layout, pad_multiple:
     if layout.cp == 1:
         lengths = padded_lengths([b.num_tokens for b in micro_batches], pad_multiple, same)
         return [to_micro(b, n, device, rope) for b, n in zip(micro_batches, lengths, strict=True)]
-    rows = [cp_row_length((b.cu_seqlens[1:] - b.cu_seqlens[:-1]).tolist(), layout.cp, pad_multiple)
-            for b in micro_batches]
+    rows = [cp_row_length(b.seq_lengths, layout.cp, pad_multiple) for b in micro_batches]
     rows = [max(rows)] * len(rows) if same else rows
     return [to_cp_micro(b, n, layout.cp, cp_rank, device, rope) for b, n in zip(micro_batches, rows, strict=True)]
