@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from nemo_ext.config.schema import Accelerator
+
 
 @dataclass(frozen=True)
 class World:
@@ -56,6 +58,15 @@ def check_nodes(num_nodes: int) -> None:
         raise ValueError(f"trainer.num_nodes={num_nodes} but SLURM allocated {slurm_nodes} nodes (SLURM_NNODES)")
     if slurm_nodes is None and num_nodes > 1 and world_from_env() is None:
         raise ValueError(f"trainer.num_nodes={num_nodes} needs SLURM or torchrun to start the other nodes")
+
+
+def use_cuda(accelerator: Accelerator) -> bool:
+    """Whether ``trainer.accelerator`` means CUDA here (``auto``: if there is a GPU)."""
+    if accelerator is Accelerator.cpu or (accelerator is Accelerator.auto and not torch.cuda.is_available()):
+        return False
+    if not torch.cuda.is_available():
+        raise RuntimeError("trainer.accelerator=gpu but CUDA is not available")
+    return True
 
 
 def init_distributed(world: World, use_cuda: bool) -> torch.device:

@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-
 from nemo_ext import dist
 from nemo_ext.backends.base import Backend
 from nemo_ext.config.rl import RLConfig
@@ -39,14 +37,6 @@ class RLRun:
         if prompt.id not in self.prompt_ids:
             self.prompt_ids[prompt.id] = self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
         return self.prompt_ids[prompt.id]
-
-
-def use_cuda(accelerator: Accelerator) -> bool:
-    if accelerator is Accelerator.cpu or (accelerator is Accelerator.auto and not torch.cuda.is_available()):
-        return False
-    if not torch.cuda.is_available():
-        raise RuntimeError("trainer.accelerator=gpu but CUDA is not available")
-    return True
 
 
 def rank_visible_devices(local_rank: int, visible: str | None) -> str:
@@ -111,7 +101,7 @@ def build_run(cfg: RLConfig) -> RLRun:
         os.environ["CUDA_VISIBLE_DEVICES"] = rank_visible_devices(world.local_rank,
                                                                   os.environ.get("CUDA_VISIBLE_DEVICES"))
         world = replace(world, local_rank=0)  # this rank's one GPU
-    device = dist.init_distributed(world, use_cuda(cfg.trainer.accelerator))
+    device = dist.init_distributed(world, dist.use_cuda(cfg.trainer.accelerator))
     share = RankShare.current()
     out = Path(cfg.output_dir)
     if share.is_main:

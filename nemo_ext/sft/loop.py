@@ -13,7 +13,7 @@ import torch
 from nemo_ext import dist
 from nemo_ext.backends.base import Backend
 from nemo_ext.checkpoint import CheckpointManager
-from nemo_ext.config.schema import Accelerator, BackendName, ResumeMode, SFTConfig
+from nemo_ext.config.schema import BackendName, ResumeMode, SFTConfig
 from nemo_ext.data.pack_job import PackConfig, pack_dataset
 from nemo_ext.data.shards import PackedDataset
 from nemo_ext.data.sources import ChatFields
@@ -109,10 +109,8 @@ def train_step(backend: Backend, dataset: PackedDataset, schedule: BatchSchedule
 def run_sft(cfg: SFTConfig) -> dict:
     """Train, checkpoint, export and check one SFT run; called once per rank."""
     world = dist.world_from_env() or dist.World(0, 0, 1)
-    use_cuda = cfg.trainer.accelerator == Accelerator.gpu or (
-        cfg.trainer.accelerator == Accelerator.auto and torch.cuda.is_available())
     dist.check_nodes(cfg.trainer.num_nodes)
-    device = dist.init_distributed(world, use_cuda)
+    device = dist.init_distributed(world, dist.use_cuda(cfg.trainer.accelerator))
     dist.seed_everything(cfg.trainer.seed)
     paths = RunPaths(Path(cfg.output_dir))
     model_path = prepare_model(cfg, paths, world)
