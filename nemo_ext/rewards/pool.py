@@ -211,8 +211,8 @@ class RewardPool:
                         jobs = [(i, task, state.payloads[i], state.references[i], self.timeouts[task])
                                 for i in indices]
                         self._dispatch(position, jobs, state.limits, state.queue)
-                extracted = state.payloads if task == "math" else [None] * len(state.payloads)
-                self._collect(state.results, state.queue, state.limits, extracted, block)
+                self._collect(state.results, state.queue, state.limits,
+                              state.payloads if task == "math" else None, block)
                 if not block:
                     return
         except BaseException:
@@ -251,12 +251,13 @@ class RewardPool:
         slot.started = time.monotonic()
         slot.deadline = slot.started + limits[slot.pending[0]]
 
-    def _collect(self, results: list, queue: collections.deque, limits: list[float], extracted: list,
+    def _collect(self, results: list, queue: collections.deque, limits: list[float], extracted: list | None,
                  block: bool = True) -> None:
         """Wait for answers or the nearest deadline (``block``; else only take what is there); replace
         workers that died or overran.
 
-        extracted: what the verdict on sample i reports as extracted if its worker fails (math: the box).
+        extracted: what the verdict on sample i reports as extracted if its worker fails (math: the box;
+        None: nothing).
         """
         busy = [slot for slot in self._slots if slot.pending or not slot.ready]
         if not busy:
@@ -273,8 +274,8 @@ class RewardPool:
                 problem = ("time_limit", "scoring worker exceeded the hard limit and was killed")
             if problem is not None:
                 index = slot.pending.popleft()
-                results[index] = Verdict(0.0, problem[0], extracted[index], time.monotonic() - slot.started,
-                                         {"error": problem[1]})
+                box = extracted[index] if extracted is not None else None
+                results[index] = Verdict(0.0, problem[0], box, time.monotonic() - slot.started, {"error": problem[1]})
                 slot.kill()
                 queue.extendleft(reversed(slot.pending))  # the rest of its run goes back to the queue
                 self._slots[position] = _Slot(self._ctx, self.sandbox)
