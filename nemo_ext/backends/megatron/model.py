@@ -213,4 +213,30 @@ def build_model_chunks(shape: Shape, hf_config, config: TransformerConfig, impl:
     max_len = _get(hf_config, "max_position_embeddings", 32768)
     vpp = config.virtual_pipeline_model_parallel_size
     stages = range(vpp) if vpp else [None]
-    return [_build_chunk(config, impl, shape, theta, max_len, s) for s in stages]
+    chunks = [_build_chunk(config, impl, shape, theta, max_len, s) for s in stages]
+    pad_id = _get(hf_config, "pad_token_id")
+    for chunk in chunks:
+        if chunk.pre_process and pad_id is not None and 0 <= pad_id < shape.vocab:
+            freeze_padding_lookups(chunk.embedding.word_embeddings, pad_id)
+    return chunks
+
+
+def freeze_padding_lookups(embedding: torch.nn.Module, pad_id: int) -> None:
+    """Give lookups of token ``pad_id`` no gradient, as HF's ``nn.Embedding(padding_idx=pad_token_id)``
+    does (Qwen2 and Llama build their embedding so); megatron's embedding has no padding index.
+
+    Only the lookup's gradient is dropped: with tied embeddings the output layer still trains the pad
+    row, as in HF. The mask follows the embedding's output layout: [b, s, h], or under sequence
+    parallelism this TP rank's share [s / tp, b, h].
+    """
+
+    def hook(module, args, output):
+        if not (torch.is_grad_enabled() and output.requires_grad):
+            return
+        keep = args[0] != pad_id  # [b, s]
+        if module.reduce_scatter_embeddings:
+            keep = keep.t().chunk(module.tp_group.size())[module.tp_group.rank()]  # [s / tp, b]
+        keep = keep.unsqueeze(-1).to(output.dtype)
+        output.register_hook(lambda grad: grad * keep)
+
+    embedding.register_forward_hook(hook)
