@@ -41,11 +41,18 @@ def test_layout_derives_data_parallel_size():
     (dict(tp=3), "world size 8 is not divisible by TP x PP x CP = 3 x 1 x 1 = 3"),
     (dict(tp=1), "sequence_parallel=true needs tensor_model_parallel_size > 1"),
     (dict(vpp=2), "virtual_pipeline_model_parallel_size=2 needs pipeline_model_parallel_size >= 2"),
+    (dict(pp=2, vpp=2, global_batch_size=None),  # RL: micro-batches per step vary
+     "virtual_pipeline_model_parallel_size=2 needs at least PP=2 micro-batches per step, and this loop's count "
+     "varies (RL)"),
 ])
 def test_invalid_layouts_fail_with_their_numbers(overrides, message):
     with pytest.raises(ValueError, match="invalid megatron layout") as err:
         _layout(**overrides)
     assert message in str(err.value)
+
+
+def test_a_varying_batch_count_skips_the_batch_size_checks():
+    assert _layout(global_batch_size=None).dp == 4  # any number of micro-batches per step (RL)
 
 
 def test_packed_attention_equals_each_sequence_alone_with_grouped_kv():

@@ -67,5 +67,8 @@ def test_bad_keys_and_values_name_the_key():
     assert "token_mean, seq_mean, constant" in str(error.value.__cause__)
     with pytest.raises(ValueError, match=r"stages\[1\].group_size"):
         rl_config("rl/tiny", ["stages.1.group_size=1"])
-    with pytest.raises(ValueError, match="RL config key backend: expected torch.*got 'megatron'"):
-        rl_config("rl/tiny", ["backend=megatron"])
+
+
+def test_the_megatron_backend_is_a_choice_with_its_parallel_layout():
+    cfg = rl_config("rl/tiny", ["backend=megatron", "model.tensor_model_parallel_size=2"])
+    assert cfg.backend.value == "megatron" and cfg.model.tensor_model_parallel_size == 2

@@ -26,7 +26,7 @@ def test_one_rank_is_the_identity():
 
 def test_micro_batches_split_evenly_balanced_and_padded_with_zero_weight_copies():
     mbs = [_mb(n) for n in (9, 2, 7, 4, 3)]  # 25 tokens, 5 micro-batches over 2 ranks: 3 each
-    shares = [RankShare(r, 2).split_micro_batches(mbs) for r in (0, 1)]
+    shares = [RankShare(r, 2, r, 2).split_micro_batches(mbs) for r in (0, 1)]
     assert [len(s) for s in shares] == [3, 3]
     # largest first to the least loaded: 9 -> r0, 7 -> r1, 4 -> r1, 3 -> r0, 2 -> r1 (r0 9+3=12, r1 7+4+2=13)
     assert [mb.num_tokens for mb in shares[0][:2]] == [9, 3] and [mb.num_tokens for mb in shares[1]] == [2, 7, 4]
@@ -35,6 +35,16 @@ def test_micro_batches_split_evenly_balanced_and_padded_with_zero_weight_copies(
     real = [mb for s in shares for mb in s if mb.num_loss_tokens]
     assert sorted(id(mb) for mb in real) == sorted(id(mb) for mb in mbs)  # each exactly once, untouched
     assert mbs[1].num_loss_tokens == 1  # the padding is a copy: the original keeps its loss mask (2 tokens, 1 target)
+
+
+def test_ranks_of_one_replica_train_the_same_micro_batches():
+    # megatron at TP = 2 on 4 ranks: ranks 0, 1 form replica 0 and ranks 2, 3 replica 1
+    mbs = [_mb(n) for n in (9, 2, 7, 4, 3)]
+    shares = [RankShare(r, 4, r // 2, 2).split_micro_batches(mbs) for r in range(4)]
+    assert [[mb.num_tokens for mb in s] for s in shares] == [[9, 3, 2], [9, 3, 2], [2, 7, 4], [2, 7, 4]]
+    assert shares[0][0] is shares[1][0] and shares[0][2].num_loss_tokens == 0  # shared; a zero-weight pad
+    assert RankShare(1, 2, 0, 1).split_micro_batches(mbs) == mbs  # TP = 2 on 2 ranks: one replica trains all
+    assert RankShare(3, 4, 1, 2).indices(8) == [3, 7]  # rollouts still go by rank
 
 
 def test_zero_weight_copy_adds_nothing_to_log_prob_statistics():
@@ -78,3 +88,20 @@ def test_each_rank_sees_only_its_own_gpu():
     assert rank_visible_devices(2, "6") == "6"  # SLURM's one GPU per task: kept
     with pytest.raises(RuntimeError, match="local rank 2 has no GPU: CUDA_VISIBLE_DEVICES='0,1' lists 2"):
         rank_visible_devices(2, "0,1")
+
+
+def _replica_worker(rank: int, out_dir: str):
+    """Ranks 0, 1 of 4 form replica 0 (a TP pair), ranks 2, 3 replica 1; each rank's replica group
+    holds the ranks of the same TP position, as megatron's data-parallel groups do."""
+    import torch.distributed as dist
+
+    groups = [dist.new_group([0, 2]), dist.new_group([1, 3])]  # megatron's DP groups for TP = 2
+    share = RankShare(rank, 4, rank // 2, 2, groups[rank % 2])
+    stats = LogprobStats(tokens=10.0 * (rank // 2 + 1), entropy=1.0, kl=0.5, max_abs=0.1 * (rank // 2 + 1))
+    torch.save(LogprobStats.merge(share.replica_gather(stats)), f"{out_dir}/rank{rank}.pt")
+
+
+def test_statistics_count_each_replica_once(tmp_path):
+    run_gloo_ranks(_replica_worker, tmp_path, nprocs=4)
+    merged = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(4)]
+    assert all(m == LogprobStats(tokens=30.0, entropy=2.0, kl=1.0, max_abs=0.2) for m in merged)

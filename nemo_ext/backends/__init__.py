@@ -1,1 +1,27 @@
 """Training backends behind one interface (``base.Backend``): torch (HF models) and megatron-core."""
+
+from __future__ import annotations
+
+import torch
+
+from nemo_ext.backends.base import Backend
+from nemo_ext.config.schema import BackendName, ModelConfig, OptimConfig, TrainerConfig
+
+
+def build_backend(name: BackendName, model_path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig,
+                  optim_cfg: OptimConfig, total_steps: int, device: torch.device, *,
+                  fixed_batches: bool = True) -> Backend:
+    """The ``name`` backend on the Hugging Face weights at ``model_path`` (megatron-core is imported
+    only when asked for).
+
+    fixed_batches: the loop hands ``trainer.global_batch_size`` micro-batches per step (SFT), which
+    megatron checks against its layout at start; False for a varying number (RL's token budget).
+    """
+    if name == BackendName.megatron:
+        from nemo_ext.backends.megatron.backend import MegatronBackend
+
+        return MegatronBackend(model_path, model_cfg, trainer_cfg, optim_cfg, total_steps, device=device,
+                               fixed_batches=fixed_batches)
+    from nemo_ext.backends.torch_backend import TorchBackend
+
+    return TorchBackend(model_path, model_cfg, trainer_cfg, optim_cfg, total_steps, device)

@@ -60,6 +60,12 @@ class TokenLogprobModel(torch.nn.Module):
                               compiled=self.compiled)
 
 
+def min_lr_ratio(optim_cfg: OptimConfig) -> float:
+    """The cosine schedule's floor as a fraction of the peak: ``optim.min_lr / optim.lr``, the same for
+    every RL stage's own learning rate."""
+    return optim_cfg.min_lr / optim_cfg.lr if optim_cfg.lr > 0 else 0.0
+
+
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
     """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
     if step < warmup_steps:
@@ -128,7 +134,7 @@ class TorchBackend(Backend):
                   {"params": no_decay, "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(self.optim_cfg.beta1, self.optim_cfg.beta2),
                                            eps=self.optim_cfg.eps, fused=self.device.type == "cuda")
-        min_ratio = self.optim_cfg.min_lr / self.optim_cfg.lr if self.optim_cfg.lr > 0 else 0.0
+        min_ratio = min_lr_ratio(self.optim_cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, warmup_steps, total_steps, min_ratio))
 

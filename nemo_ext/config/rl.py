@@ -168,9 +168,13 @@ class RLEvalConfig:
 @dataclass
 class RLConfig:
     output_dir: str = "runs/rl"
+    # torch (HF model, FSDP2 over the ranks) or megatron (model.tensor_model_parallel_size etc.; the
+    # ranks of one model replica train the same micro-batches, every rank rolls out with its own vLLM).
     backend: BackendName = BackendName.torch
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # RL reads seed, grad_clip, precision
+    # RL reads devices, seed, grad_clip, precision, compile and activation checkpointing; not the batch
+    # sizes: a step's micro-batches are token-budgeted (policy.micro_batch_tokens).
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     # model.name_or_path is unused: policy.init names the weights.
     model: ModelConfig = field(default_factory=ModelConfig)
     # AdamW betas, eps and weight decay; the learning rate is each stage's `lr`, constant after warmup.
@@ -237,9 +241,6 @@ def validate_rl_config(cfg: RLConfig) -> RLConfig:
     _check(loss.tis_cap is None or loss.tis_cap > 0, "loss.tis_cap", "null or a value > 0", loss.tis_cap)
     _check(loss.kl_coef == 0, "loss.kl_coef", "0: a reference policy is not loaded by this loop (the paper "
            "uses no KL); the loss supports it for callers that provide ref_logprobs", loss.kl_coef)
-    _check(cfg.backend is BackendName.torch, "backend", "torch: the GRPO loop builds the torch backend (the "
-           "megatron backend has the same interface, but the loop does not yet deal micro-batches by its "
-           "data-parallel rank, which tensor-parallel ranks share)", cfg.backend.value)
     _check(cfg.policy.micro_batch_tokens >= 1, "policy.micro_batch_tokens", "an integer >= 1",
            cfg.policy.micro_batch_tokens)
     _check(0 < cfg.rollout.top_p <= 1, "rollout.top_p", "a value in (0, 1]", cfg.rollout.top_p)

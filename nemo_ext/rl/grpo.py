@@ -13,12 +13,12 @@ from the previous stage's weights with a fresh optimizer at its own learning rat
 Face export under ``stages/<name>/hf`` and its curves under ``logs/<name>``; checkpoints hold the
 schedule state, so a killed run resumes mid-stage where it stopped.
 
-Data parallelism (``trainer.devices`` > 1): each rank rolls out and scores its share of the prompts
-and trains its share of the micro-batches; every rank holds every scored group, so all take the same
-decisions (data_parallel.py). Rank 0 writes logs, evaluations and exports.
+Several processes (``trainer.devices`` > 1): each rank rolls out and scores its share of the prompts,
+and each data-parallel replica of the trainer (a rank with the torch backend; the TP x PP x CP ranks
+of one model with megatron) trains its share of the micro-batches; every rank holds every scored
+group, so all take the same decisions (data_parallel.py). Rank 0 writes logs, evaluations and exports.
 
-Left out: asynchronous (off-policy) rollouts, a reference policy for the optional KL term, and the
-Megatron backend (it plugs in through the same interface).
+Left out: asynchronous (off-policy) rollouts and a reference policy for the optional KL term.
 """
 
 from __future__ import annotations
@@ -113,10 +113,10 @@ def rollout_groups(run: RLRun, stage: StageConfig, prompts: list[RLPrompt], temp
 
 
 def measure_logprobs(run: RLRun, mine: list, temperature: float) -> LogprobStats:
-    """The trainer's log-probs of this rank's micro-batches, stored as their ``old_logprobs``; the
-    statistics summed over all ranks."""
+    """The trainer's log-probs of this replica's micro-batches, stored as their ``old_logprobs``; the
+    statistics summed over the replicas."""
     stats = attach_old_logprobs(mine, run.backend.logprobs(mine, temperature))
-    return LogprobStats.merge(run.share.all_gather(stats))
+    return LogprobStats.merge(run.share.replica_gather(stats))
 
 
 def step_seed(base: int, global_step: int, draw: int) -> int:

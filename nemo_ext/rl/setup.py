@@ -7,7 +7,10 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from nemo_ext import dist
+from nemo_ext.backends import build_backend
 from nemo_ext.backends.base import Backend
 from nemo_ext.config.rl import RLConfig
 from nemo_ext.config.schema import Accelerator
@@ -30,7 +33,7 @@ class RLRun:
     tokenizer: object
     schedule: StageSchedule
     out: Path
-    share: RankShare = field(default_factory=RankShare)  # this process among the data-parallel ranks
+    share: RankShare = field(default_factory=RankShare)  # this process among the ranks and replicas
     prompt_ids: dict[str, list[int]] = field(default_factory=dict)  # token ids, cached per prompt id
 
     def tokens(self, prompt: RLPrompt) -> list[int]:
@@ -89,29 +92,40 @@ def max_model_len(run_cfg: RLConfig, tokenizer) -> int:
     return need
 
 
-def build_run(cfg: RLConfig) -> RLRun:
-    """Policy from ``policy.init`` (or the newest checkpoint), vLLM on the same weights, reward pool;
-    one of each per data-parallel rank (torchrun, SLURM or ``dist.launch``), joined here."""
-    from nemo_ext.backends.torch_backend import TorchBackend
-    from nemo_ext.rewards import RewardPool
-
+def join_ranks(cfg: RLConfig) -> torch.device:
+    """Join this process's ranks (torchrun, SLURM or ``dist.launch``; alone: a group of one) and return
+    its device; on GPUs each rank is first pinned to its own one (``rank_visible_devices``)."""
     world = dist.world_from_env() or dist.World(0, 0, 1)
     dist.check_nodes(cfg.trainer.num_nodes)
     if world.world_size > 1 and cfg.trainer.accelerator is not Accelerator.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = rank_visible_devices(world.local_rank,
                                                                   os.environ.get("CUDA_VISIBLE_DEVICES"))
         world = replace(world, local_rank=0)  # this rank's one GPU
-    device = dist.init_distributed(world, dist.use_cuda(cfg.trainer.accelerator))
+    return dist.init_distributed(world, dist.use_cuda(cfg.trainer.accelerator))
+
+
+def build_policy(cfg: RLConfig, init: Path, device: torch.device) -> Backend:
+    """The ``cfg.backend`` trainer on the weights at ``init``, its optimizer at the first stage's lr.
+    Each stage's lr is constant after its warmup: min_lr = lr makes the backends' cosine flat."""
+    first = cfg.stages[0].lr
+    return build_backend(cfg.backend, str(init), cfg.model, cfg.trainer, replace(cfg.optim, lr=first, min_lr=first),
+                         1, device, fixed_batches=False)
+
+
+def build_run(cfg: RLConfig) -> RLRun:
+    """Policy from ``policy.init`` (or the newest checkpoint), vLLM on the same weights, reward pool;
+    one of each per rank (torchrun, SLURM or ``dist.launch``), joined here."""
+    from nemo_ext.rewards import RewardPool
+
+    device = join_ranks(cfg)
     share = RankShare.current()
     out = Path(cfg.output_dir)
     if share.is_main:
         out.mkdir(parents=True, exist_ok=True)
         init = resolve_init(cfg.policy.init, out)
     init = share.all_gather(init if share.is_main else None)[0]  # after rank 0 built a tiny model
-    # Each stage's lr is constant after its warmup: min_lr = lr makes the backend's cosine flat.
-    first = cfg.stages[0].lr
-    backend = TorchBackend(str(init), cfg.model, cfg.trainer, replace(cfg.optim, lr=first, min_lr=first),
-                           total_steps=1, device=device)
+    backend = build_policy(cfg, init, device)
+    share = RankShare.current(backend)  # training goes by the backend's data-parallel replicas
     schedule = StageSchedule(cfg.stages, cfg.trainer.seed)
     resumed = checkpoint.resume(cfg, backend, schedule, is_main=share.is_main)
     engine = RolloutEngine(str(init), cfg.rollout, max_model_len(cfg, backend.tokenizer), cfg.trainer.seed)

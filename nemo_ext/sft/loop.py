@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from nemo_ext import dist
+from nemo_ext.backends import build_backend
 from nemo_ext.backends.base import Backend
 from nemo_ext.checkpoint import CheckpointManager
-from nemo_ext.config.schema import BackendName, ResumeMode, SFTConfig
+from nemo_ext.config.schema import ResumeMode, SFTConfig
 from nemo_ext.data.pack_job import PackConfig, pack_dataset
 from nemo_ext.data.shards import PackedDataset
 from nemo_ext.data.sources import ChatFields
@@ -80,16 +81,6 @@ def prepare_data(cfg: SFTConfig, paths: RunPaths, tokenizer: str, world: dist.Wo
     return train_dir, eval_file
 
 
-def build_backend(cfg: SFTConfig, model_path: str, total_steps: int, device: torch.device) -> Backend:
-    if cfg.backend == BackendName.megatron:
-        from nemo_ext.backends.megatron import build_megatron_backend
-
-        return build_megatron_backend(cfg, model_path, total_steps, device)
-    from nemo_ext.backends.torch_backend import TorchBackend
-
-    return TorchBackend(model_path, cfg.model, cfg.trainer, cfg.optim, total_steps, device)
-
-
 def total_steps_of(cfg: SFTConfig, num_bins: int) -> int:
     if cfg.trainer.max_steps > 0:
         return cfg.trainer.max_steps
@@ -119,7 +110,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     dataset = PackedDataset(train_dir)
     t = cfg.trainer
     total_steps = total_steps_of(cfg, len(dataset))
-    backend = build_backend(cfg, model_path, total_steps, device)
+    backend = build_backend(cfg.backend, model_path, cfg.model, cfg.trainer, cfg.optim, total_steps, device)
     # by data-parallel rank: the tensor / pipeline / context-parallel ranks of a replica take the same bins
     schedule = BatchSchedule(len(dataset), t.global_batch_size, t.micro_batch_size, t.seed, backend.dp_rank,
                              backend.dp_world_size)

@@ -8,6 +8,9 @@ Scenarios (rank 0 writes FILE, a torch.save'd dict):
   ckpt_save  two SFT steps, a checkpoint through CheckpointManager, the log-probs and the next step's loss
   ckpt_load  load that checkpoint (at another layout), the same log-probs and next-step loss
   sft        N SFT steps on the embedded arithmetic task: the loss curve (megatron, then the torch backend)
+  rl_update  one GRPO update (grpo.update_policy) on fixed rollouts through the RL setup's own rank
+             pinning and policy construction: metrics and the weights synced to the rollout engine
+             (megatron, then, in one process, the torch backend)
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from nemo_ext.backends.megatron.backend import MegatronBackend
-from nemo_ext.backends.megatron.micro import to_micro
 from nemo_ext.checkpoint import CheckpointManager
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch, pack_sequences
@@ -37,7 +38,11 @@ def random_batches(n: int, lengths=(37, 120, 5, 64), vocab: int = 400, seed: int
     return out
 
 
-def backend(args, precision: str, steps: int = 100, lr: float = 1e-3) -> MegatronBackend:
+def backend(args, precision: str, steps: int = 100, lr: float = 1e-3):
+    # megatron-core is imported here, not at the top: the RL scenario pins each rank's GPU first, and
+    # the RL recipe imports it no earlier either
+    from nemo_ext.backends.megatron.backend import MegatronBackend
+
     model = ModelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp,
                         context_parallel_size=args.cp, sequence_parallel=args.sp)
     trainer = TrainerConfig(precision=Precision(precision), global_batch_size=args.micro, micro_batch_size=1,
@@ -47,6 +52,8 @@ def backend(args, precision: str, steps: int = 100, lr: float = 1e-3) -> Megatro
 
 def hf_logits(args) -> dict:
     """Per precision: ||logits_mc - logits_hf|| / ||logits_hf|| over the packed sequences."""
+    from nemo_ext.backends.megatron.micro import to_micro
+
     result = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         be = backend(args, precision)
@@ -91,7 +98,26 @@ def grads(args) -> dict:
     total = sum(b.num_loss_tokens for b in batches)
     out = be.forward_backward(batches, sft_loss(total))
     named = {name: g.float().cpu() for name, g in be.hf_grads()}
-    return {"loss": out["loss"], "grads": named}
+    result = {"loss": out["loss"], "grads": named}
+    if dist.get_world_size() == 1:
+        result["hf_loss"], result["hf_grads"] = hf_reference_grads(args.model, batches, total)
+    return result
+
+
+def hf_reference_grads(model_dir: str, batches: list[PackedBatch], total: int) -> tuple[float, dict]:
+    """The loss and gradients ``grads`` computes, from the Hugging Face model itself (fp32, each
+    sequence alone, full-vocabulary log-softmax): the reference for megatron's gradients."""
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").cuda()
+    loss = 0.0
+    for batch in batches:
+        bounds = batch.cu_seqlens.tolist()
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            logits = hf(batch.input_ids[a:b][None].cuda()).logits[0].float()
+            logp = torch.log_softmax(logits, -1).gather(1, batch.targets[a:b].cuda()[:, None]).squeeze(1)
+            seq_loss = -(logp * batch.loss_mask[a:b].cuda()).sum() / total
+            seq_loss.backward()
+            loss += float(seq_loss)
+    return loss, {name: p.grad.float().cpu() for name, p in hf.named_parameters() if p.grad is not None}
 
 
 def logprobs(args) -> dict:
@@ -175,8 +201,79 @@ def sft(args) -> dict:
     return result
 
 
+def rl_groups(num_prompts: int = 6, group_size: int = 4, vocab: int = 400, seed: int = 0) -> list:
+    """Scored rollout groups as the loop would hold them, without vLLM: random prompt and response
+    tokens, random rollout log-probs, rewards alternating within a group (the last group all equal,
+    so its micro-batch joins only the log-prob pass), some responses truncated (overlong filter)."""
+    from nemo_ext.config.rl import Task
+    from nemo_ext.generation import Completion
+    from nemo_ext.rl.experience import Group
+    from nemo_ext.rl.prompts import RLPrompt
+
+    g = torch.Generator().manual_seed(seed)
+    groups = []
+    for i in range(num_prompts):
+        prompt_ids = torch.randint(0, vocab, (int(torch.randint(8, 30, (1,), generator=g)),), generator=g).tolist()
+        completions = []
+        for j in range(group_size):
+            n = int(torch.randint(4, 60, (1,), generator=g))
+            truncated = (i + j) % 5 == 0
+            completions.append(Completion("", torch.randint(0, vocab, (n,), generator=g).tolist(),
+                                          (-3 * torch.rand(n, generator=g)).tolist(),
+                                          "length" if truncated else "stop", truncated))
+        rewards = [0.0] * group_size if i == num_prompts - 1 else [float(j % 2) for j in range(group_size)]
+        groups.append(Group(RLPrompt(f"p{i}", Task.math, "", "0"), prompt_ids, completions, rewards,
+                            [r > 0 for r in rewards]))
+    return groups
+
+
+class WeightSink:
+    """The rollout engine's part in ``update_policy`` where vLLM is not installed (the GPU machine):
+    sleeps, and takes the synced weights (draining the iterator, a collective under megatron)."""
+
+    def __init__(self):
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def sleep(self) -> None:
+        pass
+
+    def load_weights(self, weights) -> None:
+        self.weights = {name: t.float().cpu().clone() for name, t in weights}
+
+
+def rl_update(args) -> dict:
+    from nemo_ext.config.rl import PolicyConfig, RLConfig, StageConfig
+    from nemo_ext.config.schema import Accelerator, BackendName
+    from nemo_ext.rl import grpo
+    from nemo_ext.rl.data_parallel import RankShare
+    from nemo_ext.rl.setup import RLRun, build_policy, join_ranks
+
+    stage = StageConfig(max_response_len=64, group_size=4, lr=1e-3, steps=1)
+    trainer = TrainerConfig(precision=Precision.fp32, accelerator=Accelerator.gpu, fsdp=False, grad_clip=1.0, seed=1234)
+
+    def one_update(backend_name: BackendName, device=None) -> dict:
+        cfg = RLConfig(backend=backend_name, trainer=trainer, stages=[stage],
+                       model=ModelConfig(tensor_model_parallel_size=args.tp),
+                       policy=PolicyConfig(init=args.model, micro_batch_tokens=160))
+        device = device or join_ranks(cfg)
+        policy = build_policy(cfg, Path(args.model), device)
+        policy.reset_optimizer(stage.lr, stage.warmup_steps, 1)  # as a stage begins
+        sink = WeightSink()
+        run = RLRun(cfg, policy, sink, None, None, None, Path(args.out).parent, RankShare.current(policy))
+        initial = {name: t.float().cpu().clone() for name, t in policy.hf_weights()}
+        metrics = grpo.update_policy(run, stage, rl_groups(), 1.0, grpo.PhaseTimer())
+        return {"metrics": metrics, "weights": sink.weights, "initial": initial,
+                "replicas": run.share.replicas, "device": str(device)}
+
+    result = {"megatron": one_update(BackendName.megatron)}
+    if dist.get_world_size() == 1:
+        _reset_megatron()
+        result["torch"] = one_update(BackendName.torch, torch.device("cuda", 0))
+    return result
+
+
 SCENARIOS = {"hf_logits": hf_logits, "grads": grads, "logprobs": logprobs, "ckpt_save": ckpt_save,
-             "ckpt_load": ckpt_load, "sft": sft}
+             "ckpt_load": ckpt_load, "sft": sft, "rl_update": rl_update}
 
 
 def main() -> None:

@@ -71,6 +71,17 @@ def tp1_grads(tmp_path_factory, tiny) -> dict:
     return run(tmp_path_factory.mktemp("tp1"), tiny, "grads")
 
 
+def test_megatron_gradients_equal_the_hf_models(tp1_grads):
+    """fp32 loss and gradients of every parameter against the Hugging Face model's own autograd."""
+    ref, mc = tp1_grads["hf_grads"], tp1_grads["grads"]
+    errors = {name: float((mc[name] - g).norm() / g.norm().clamp_min(1e-12)) for name, g in ref.items() if name in mc}
+    print("megatron vs HF gradients, worst:", sorted(errors.items(), key=lambda kv: -kv[1])[:6],
+          "loss", tp1_grads["loss"], tp1_grads["hf_loss"], "missing", sorted(ref.keys() - mc.keys()))
+    assert abs(tp1_grads["loss"] - tp1_grads["hf_loss"]) < 1e-5 * abs(tp1_grads["hf_loss"])
+    assert mc.keys() <= ref.keys() <= mc.keys() | {"lm_head.weight"}
+    assert max(errors.values()) < 1e-4
+
+
 @needs_two
 @pytest.mark.parametrize("layout", [dict(tp=2), dict(tp=2, sp=True), dict(pp=2), dict(cp=2)],
                          ids=["tp2", "tp2_sp", "pp2", "cp2"])
@@ -150,3 +161,45 @@ def test_sft_recipe_trains_with_tensor_parallelism(tmp_path):
     assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["heldout_problems"] == 20 and (out / "hf" / "config.json").exists()
+
+
+@pytest.fixture(scope="session")
+def rl_reference(tmp_path_factory, tiny) -> dict:
+    """One GRPO update on one GPU: megatron (TP = 1), then the torch backend on the same rollouts."""
+    return run(tmp_path_factory.mktemp("rl1"), tiny, "rl_update")
+
+
+def _assert_same_update(ref: dict, other: dict) -> None:
+    """The same metrics (old log-probs' entropy and mismatch, loss, gradient norm) and the same weights
+    after the step, to fp32 noise; the step moved the weights far more than that (lr 1e-3). Adam's
+    first step is lr * g / (|g| + eps): for gradients near eps = 1e-8 it magnifies fp32 noise up to
+    lr * noise / eps, about 2e-5 here (seen: 1.7e-5 to 2.0e-5), hence 5% of lr."""
+    m, r = other["metrics"], ref["metrics"]
+    print("update metrics (other, reference):", {k: (m[k], r[k]) for k in r if k in m and not k.startswith("time")})
+    print("weights after the step, max abs difference:",
+          max(float((w - ref["weights"][name]).abs().max()) for name, w in other["weights"].items()))
+    assert m["loss_tokens"] == r["loss_tokens"] and m["update/trained_tokens"] == r["update/trained_tokens"]
+    for key in ("entropy", "mismatch/kl", "mismatch/max_abs", "update/loss", "update/grad_norm"):
+        assert abs(m[key] - r[key]) <= 1e-4 * abs(r[key]) + 1e-7, (key, m[key], r[key])
+    # the tiny model ties its embeddings: megatron, like HF checkpoints, leaves the tied lm_head out
+    assert other["weights"].keys() <= ref["weights"].keys() <= other["weights"].keys() | {"lm_head.weight"}
+    for name, w in other["weights"].items():
+        moved = float((ref["weights"][name] - ref["initial"][name]).abs().max())
+        diff = float((w - ref["weights"][name]).abs().max())
+        assert moved > 5e-4 and diff < 5e-5, (name, moved, diff)
+
+
+def test_grpo_update_on_megatron_equals_the_torch_backend(rl_reference):
+    print("rl update, one GPU", {k: round(v, 6) for k, v in rl_reference["megatron"]["metrics"].items()
+                                 if not k.startswith("time")})
+    _assert_same_update(rl_reference["torch"], rl_reference["megatron"])
+
+
+@needs_two
+@pytest.mark.parametrize("layout", [dict(tp=2), dict(tp=1)], ids=["tp2", "dp2"])
+def test_grpo_update_on_two_pinned_gpus_equals_one(tmp_path, tiny, rl_reference, layout):
+    """The RL setup pins each rank to its own GPU (for its vLLM engine); megatron then trains across
+    them: TP = 2 (one replica: both ranks train every micro-batch) or DP = 2 (two replicas, each a share)."""
+    other = run(tmp_path, tiny, "rl_update", nproc=2, **layout)["megatron"]
+    assert other["device"] == "cuda:0" and other["replicas"] == (1 if layout["tp"] == 2 else 2)
+    _assert_same_update(rl_reference["torch"], other)

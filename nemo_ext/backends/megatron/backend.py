@@ -50,7 +50,7 @@ from nemo_ext.backends.megatron.model import (
     transformer_config,
 )
 from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
-from nemo_ext.backends.torch_backend import lr_lambda
+from nemo_ext.backends.torch_backend import lr_lambda, min_lr_ratio
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch
 from nemo_ext.models.hf_config import apply_overrides, rope_theta_of
@@ -81,18 +81,20 @@ def _finalize_grads(model, num_tokens=None, **kwargs):
 
 class MegatronBackend(Backend):
     """``Backend`` on megatron-core. ``load_weights=False`` keeps megatron's random initialization
-    (benchmarks); otherwise the HF safetensors at ``model_path`` are imported."""
+    (benchmarks); otherwise the HF safetensors at ``model_path`` are imported. ``fixed_batches``:
+    the loop hands ``trainer.global_batch_size`` micro-batches per step, checked against the layout
+    at start (False: a varying number, as the RL loop's token-budgeted micro-batches)."""
 
     def __init__(self, model_path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, optim_cfg: OptimConfig,
                  total_steps: int, *, load_weights: bool = True, recompute: str | None = None,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, fixed_batches: bool = True):
         self.device = init_distributed(device)
         self.model_path, self.model_cfg, self.optim_cfg = model_path, model_cfg, optim_cfg
         self.total_steps, self.step = total_steps, 0
         self.hf_config = apply_overrides(AutoConfig.from_pretrained(model_path), model_cfg.rope_theta,
                                          model_cfg.max_position_embeddings)
         self.shape = Shape.from_hf_config(self.hf_config)
-        self.layout = self._init_parallel(trainer_cfg)
+        self.layout = self._init_parallel(trainer_cfg, fixed_batches)
         self.impl = choose_impl(model_cfg, self.layout)
         self.te = self.impl == "transformer_engine"
         bf16 = trainer_cfg.precision == Precision.bf16
@@ -127,14 +129,18 @@ class MegatronBackend(Backend):
         except (OSError, ValueError):
             self.tokenizer = None  # a config-only directory (benchmarks): export writes no tokenizer
 
-    def _init_parallel(self, trainer_cfg: TrainerConfig) -> Layout:
+    def _init_parallel(self, trainer_cfg: TrainerConfig, fixed_batches: bool) -> Layout:
         m = self.model_cfg
-        gpus = torch.cuda.device_count() * trainer_cfg.num_nodes
+        # A process that sees one GPU may be pinned to it (the RL loop pins each rank's GPU for its
+        # vLLM engine): the node's count is then unknown here, and a missing GPU failed before.
+        visible = torch.cuda.device_count()
+        gpus = visible * trainer_cfg.num_nodes if visible > 1 or dist.get_world_size() == 1 else None
         layout = plan_layout(
             self.shape, world_size=dist.get_world_size(), gpus_present=gpus,
             tp=m.tensor_model_parallel_size, pp=m.pipeline_model_parallel_size, cp=m.context_parallel_size,
             vpp=m.virtual_pipeline_model_parallel_size, sequence_parallel=m.sequence_parallel,
-            global_batch_size=trainer_cfg.global_batch_size, micro_batch_size=trainer_cfg.micro_batch_size)
+            global_batch_size=trainer_cfg.global_batch_size if fixed_batches else None,
+            micro_batch_size=trainer_cfg.micro_batch_size)
         if not parallel_state.model_parallel_is_initialized():
             parallel_state.initialize_model_parallel(
                 tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
@@ -156,8 +162,7 @@ class MegatronBackend(Backend):
         self.base_lr, self.warmup_steps, self.total_steps, self.step = lr, warmup_steps, total_steps, 0
 
     def _current_lr(self) -> float:
-        min_ratio = self.optim_cfg.min_lr / self.base_lr if self.base_lr > 0 else 0.0
-        return self.base_lr * lr_lambda(self.step, self.warmup_steps, self.total_steps, min_ratio)
+        return self.base_lr * lr_lambda(self.step, self.warmup_steps, self.total_steps, min_lr_ratio(self.optim_cfg))
 
     # -- forward / backward ----------------------------------------------------------------------
 

@@ -31,11 +31,12 @@ class Layout:
 
 
 def plan_layout(shape: Shape, *, world_size: int, gpus_present: int | None, tp: int, pp: int, cp: int,
-                vpp: int | None, sequence_parallel: bool, global_batch_size: int,
+                vpp: int | None, sequence_parallel: bool, global_batch_size: int | None,
                 micro_batch_size: int) -> Layout:
     """The layout for ``world_size`` processes, or ValueError naming every violated constraint.
 
-    gpus_present: GPUs visible on this node (None on CPU runs: not checked).
+    gpus_present: GPUs of all nodes (None: not checked). global_batch_size: micro-batches per step
+    (None: a varying number, as RL's, which rules out virtual pipeline stages).
     """
     errors = []
     for key, value in (("tensor_model_parallel_size", tp), ("pipeline_model_parallel_size", pp),
@@ -68,7 +69,11 @@ def plan_layout(shape: Shape, *, world_size: int, gpus_present: int | None, tp: 
     if sequence_parallel and tp == 1:
         errors.append("sequence_parallel=true needs tensor_model_parallel_size > 1")
     dp = max(1, world_size // model_parallel)
-    if global_batch_size % (dp * micro_batch_size):
+    if global_batch_size is None:
+        if vpp is not None:
+            errors.append(f"virtual_pipeline_model_parallel_size={vpp} needs at least PP={pp} micro-batches "
+                          "per step, and this loop's count varies (RL): leave it null")
+    elif global_batch_size % (dp * micro_batch_size):
         errors.append(f"trainer.global_batch_size={global_batch_size} is not divisible by DP x micro batch = "
                       f"{dp} x {micro_batch_size} = {dp * micro_batch_size}")
     elif vpp is not None and global_batch_size // (dp * micro_batch_size) < pp:
