@@ -1,4 +1,4 @@
-"""The 8 x H100 megatron SFT config composes, and its layout is valid for the paper's 7B model."""
+"""The 8 x H100 megatron SFT and RL configs compose, and their layouts are valid for the paper's 7B model."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from nemo_ext.models.catalog import qwen2_config
 from tests.test_sft_run import sft_config
 
 
-def _layout(cfg, **over):
+def _layout(cfg, model_name: str | None = None, **over):
     m, t = cfg.model, cfg.trainer
     args = dict(world_size=t.devices * t.num_nodes, gpus_present=8, tp=m.tensor_model_parallel_size,
                 pp=m.pipeline_model_parallel_size, cp=m.context_parallel_size,
                 vpp=m.virtual_pipeline_model_parallel_size, sequence_parallel=m.sequence_parallel,
                 global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size)
-    shape = Shape.from_hf_config(qwen2_config(cfg.model.name_or_path))
+    shape = Shape.from_hf_config(qwen2_config(model_name or cfg.model.name_or_path))
     return plan_layout(shape, **{**args, **over})
 
 
@@ -36,3 +36,15 @@ def test_command_line_layouts_are_checked_against_the_model():
     cfg = sft_config(["model.tensor_model_parallel_size=8"], "sft/acereason_7b_megatron")
     with pytest.raises(ValueError, match="num_attention_heads=28 is not divisible by tensor_model_parallel_size=8"):
         _layout(cfg)
+
+
+def test_acereason_megatron_rl_config_is_the_7b_rl_on_a_valid_8_gpu_layout():
+    from tests.test_rl_config import rl_config
+
+    cfg, base = rl_config("rl/acereason_7b_megatron"), rl_config("rl/acereason_7b")
+    assert cfg.backend.value == "megatron" and cfg.output_dir != base.output_dir
+    assert (cfg.stages, cfg.policy, cfg.rollout, cfg.optim, cfg.loss) == \
+        (base.stages, base.policy, base.rollout, base.optim, base.loss)
+    # the policy is the SFT export of Qwen2.5-Math-7B; RL's micro-batch count varies
+    layout = _layout(cfg, "Qwen/Qwen2.5-Math-7B", global_batch_size=None)
+    assert (layout.tp, layout.pp, layout.cp, layout.dp) == (2, 1, 1, 4)
