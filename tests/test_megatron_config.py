@@ -48,3 +48,18 @@ def test_acereason_megatron_rl_config_is_the_7b_rl_on_a_valid_8_gpu_layout():
     # the policy is the SFT export of Qwen2.5-Math-7B; RL's micro-batch count varies
     layout = _layout(cfg, "Qwen/Qwen2.5-Math-7B", global_batch_size=None)
     assert (layout.tp, layout.pp, layout.cp, layout.dp) == (2, 1, 1, 4)
+
+
+def test_megatron_without_megatron_core_names_what_to_install():
+    import importlib.util
+
+    import torch
+
+    from nemo_ext.backends import build_backend
+    from nemo_ext.config.schema import BackendName, ModelConfig, OptimConfig, TrainerConfig
+
+    if importlib.util.find_spec("megatron") is not None:
+        pytest.skip("megatron-core is installed here: the error this checks cannot happen")
+    with pytest.raises(ModuleNotFoundError, match=r"backend=megatron needs megatron-core.*pip install -e '.\[gpu\]'"):
+        build_backend(BackendName.megatron, "unused", ModelConfig(), TrainerConfig(), OptimConfig(), 1,
+                      torch.device("cpu"))

@@ -18,7 +18,14 @@ def build_backend(name: BackendName, model_path: str, model_cfg: ModelConfig, tr
     megatron checks against its layout at start; False for a varying number (RL's token budget).
     """
     if name == BackendName.megatron:
-        from nemo_ext.backends.megatron.backend import MegatronBackend
+        try:
+            from nemo_ext.backends.megatron.backend import MegatronBackend
+        except ModuleNotFoundError as e:
+            if not (e.name or "").startswith("megatron"):
+                raise
+            raise ModuleNotFoundError(f"backend=megatron needs megatron-core, which does not import ({e}): "
+                                      "pip install -e '.[gpu]' on a GPU machine (docs/megatron.md); on a CPU "
+                                      "use backend=torch") from e
 
         return MegatronBackend(model_path, model_cfg, trainer_cfg, optim_cfg, total_steps, device=device,
                                fixed_batches=fixed_batches)
