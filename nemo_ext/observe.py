@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nemo_ext.io import atomic_write_text
+
 # Dense bf16 peak of the accelerators we know, in FLOP/s, for MFU estimates.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -30,20 +32,29 @@ def model_flops(num_params: int, num_layers: int, hidden: int, seq_lens: Sequenc
 
 
 class MetricsLogger:
-    """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
-    def __init__(self, log_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+    resume_step: the step a resumed run continues after. What a killed run logged past it is logged
+    again by the resumed one, so those rows are dropped from ``metrics.jsonl`` first, and TensorBoard
+    hides its events from step ``resume_step + 1`` on (``SummaryWriter(purge_step=...)``).
+    """
+
+    def __init__(self, log_dir: str | Path, tensorboard: bool = True, enabled: bool = True,
+                 resume_step: int | None = None):
         self.enabled = enabled
         self.dir = Path(log_dir)
         self.writer = None
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            drop_rows_after(self.dir / "metrics.jsonl", resume_step)
         self.file = open(self.dir / "metrics.jsonl", "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=purge)
 
     def log(self, step: int, metrics: dict, prefix: str = "") -> None:
         if not self.enabled:
@@ -61,6 +72,16 @@ class MetricsLogger:
             self.file.close()
             if self.writer is not None:
                 self.writer.close()
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Rewrite the JSONL ``path`` (if it exists) without rows of steps after ``step``, atomically."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -3,8 +3,8 @@
 Layout under ``checkpoint.dir`` (default ``<output_dir>/checkpoints``), kept by the project's
 ``CheckpointManager`` (complete directories only, the newest ``keep_last``): ``step_<global step>/``
 holds what ``Backend.save`` writes and ``schedule.json`` (``ScheduleState``: stage, step, epoch,
-position in the epoch, active prompts, pass rates, temperature). On resume, rows of
-``logs/*/metrics.jsonl`` logged after the checkpoint are dropped, since those steps run again.
+position in the epoch, active prompts, pass rates, temperature). On resume, what was logged after the
+checkpoint is dropped by the stage's ``MetricsLogger`` (those steps run again).
 ``eval.json`` keeps the held-out accuracies (before RL and after each stage).
 """
 
@@ -18,7 +18,7 @@ from nemo_ext.backends.base import Backend
 from nemo_ext.checkpoint import CheckpointManager
 from nemo_ext.config.rl import RLConfig
 from nemo_ext.config.schema import ResumeMode
-from nemo_ext.io import atomic_write_json, atomic_write_text
+from nemo_ext.io import atomic_write_json
 from nemo_ext.rl.stages import ScheduleState, StageSchedule
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def save(run: RLRun) -> Path:
 
 def resume(cfg: RLConfig, backend: Backend, schedule: StageSchedule, is_main: bool = True) -> Path | None:
     """Load the newest checkpoint into ``backend`` and ``schedule`` (resume=auto); None if none.
-    Every rank loads; the main one trims the metrics logs."""
+    Every rank loads."""
     path = manager(cfg, is_main).latest() if cfg.checkpoint.resume is ResumeMode.auto else None
     if path is None:
         return None
@@ -64,18 +64,7 @@ def resume(cfg: RLConfig, backend: Backend, schedule: StageSchedule, is_main: bo
         backend.reset_optimizer(stage.lr, stage.warmup_steps, stage.steps or 1)
     backend.load(path)
     schedule.state = state
-    if is_main:
-        drop_metrics_after(Path(cfg.output_dir) / "logs", state.global_step)
     return path
-
-
-def drop_metrics_after(log_dir: Path, global_step: int) -> None:
-    """Rewrite each ``metrics.jsonl`` under ``log_dir`` without rows of steps after ``global_step``."""
-    for path in log_dir.glob("*/metrics.jsonl"):
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["step"] <= global_step]
-        if len(kept) != len(lines):
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def read_eval(out: Path) -> dict:

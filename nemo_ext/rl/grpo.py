@@ -257,8 +257,9 @@ def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
     controller = TemperatureController.start(stage.temperature)
     if sched.state.temperature is not None:
         controller.load_state_dict(sched.state.temperature)
+    # Steps past the global step logged by a killed run are logged again: resume_step drops them.
     logger = MetricsLogger(run.out / "logs" / stage.name, tensorboard=run.cfg.logging.tensorboard,
-                           enabled=run.share.is_main)
+                           enabled=run.share.is_main, resume_step=sched.state.global_step)
     if controller.needs_probe:
         logger.log(sched.state.global_step, probe_temperature(run, stage, prompts, controller))
         sched.state.temperature = controller.state_dict()

@@ -117,7 +117,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     ckpts = CheckpointManager(Path(cfg.checkpoint.dir or paths.checkpoints), cfg.checkpoint.keep_last, world.is_main)
     start = resume(cfg, backend, ckpts)
 
-    logger = MetricsLogger(paths.root / "logs", cfg.logging.tensorboard, enabled=world.is_main)
+    logger = MetricsLogger(paths.root / "logs", cfg.logging.tensorboard, enabled=world.is_main, resume_step=start)
     bar = progress(total_steps, start, cfg.logging.progress_bar and world.is_main, "sft")
     hf_cfg, peak = backend.hf_config, peak_flops(device)
     num_params = num_parameters(hf_cfg) if peak else 0
