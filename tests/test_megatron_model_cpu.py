@@ -1,0 +1,104 @@
+"""megatron-core's model on the CPU: the tiny Qwen2 built by the project's model factory
+(``megatron/model.py``) and loaded from its HF weights gives the HF model's loss and gradients (fp32),
+at TP = 1 and over two gloo ranks at TP = 2, the pad token's lookups included.
+
+megatron-core 0.19.2 publishes wheels for Python 3.12 only; its model code is pure Python and runs
+under 3.11 from the wheel that ``make venv`` unpacks into ``<venv>/megatron-core``. Only the spawned
+ranks put it on ``sys.path`` (the rest of the suite runs without megatron-core, as a CPU install
+does). ``MegatronBackend`` itself needs CUDA (megatron's DDP buffers and optimizer): tests/gpu/.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from transformers import AutoConfig
+
+from nemo_ext.backends.megatron.convert import Shape
+from nemo_ext.backends.megatron.layout import Layout
+from nemo_ext.config.schema import ModelConfig
+from nemo_ext.models.hf_config import rope_theta_of
+from nemo_ext.models.tiny import build_tiny_checkpoint
+from tests.helpers import run_gloo_ranks
+from tests.megatron_reference import hf_reference_grads, random_batches
+
+MEGATRON = Path(sys.prefix) / "megatron-core"  # unpacked by `make venv`
+
+
+def _batches():
+    return random_batches(2)
+
+
+def _megatron_rank(rank: int, out_dir: str) -> None:
+    """One TP rank: build, load, forward + backward the batches, write loss and HF-named gradients."""
+    if not (MEGATRON / "megatron").is_dir():
+        raise RuntimeError(f"{MEGATRON} holds no megatron package: `make venv` unpacks megatron-core's wheel there")
+    sys.path.insert(0, str(MEGATRON))
+    from megatron.core import parallel_state
+
+    from nemo_ext.backends.megatron import checkpoint
+    from nemo_ext.backends.megatron.backend import last_stage_logprobs
+    from nemo_ext.backends.megatron.micro import to_micro
+    from nemo_ext.backends.megatron.model import build_model_chunks, transformer_config
+
+    tp = dist.get_world_size()
+    # megatron's TP gathers allocate on torch.cuda.current_device(): here, in this spawned rank only,
+    # that is the CPU
+    torch.cuda.current_device = lambda: "cpu"
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
+    model_dir = Path(out_dir) / "tiny"
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    shape, layout = Shape.from_hf_config(hf_config), Layout(tp=tp, pp=1, cp=1, dp=1)
+    config = transformer_config(shape, hf_config, ModelConfig(), layout, impl="local", bf16=False, recompute=None,
+                                init_weights=False, cpu_init=True)
+    chunks = build_model_chunks(shape, hf_config, config, "local")
+    checkpoint.load_hf_weights(chunks, shape, layout, model_dir)
+
+    def logprobs(*, hidden_states, output_layer, output_weight, context, **_):
+        weight = output_weight if output_weight is not None else output_layer.weight
+        return last_stage_logprobs(hidden_states, weight, context, vocab_size=shape.vocab)
+
+    batches = _batches()
+    total, loss = sum(b.num_loss_tokens for b in batches), 0.0
+    rope = (shape.head_dim, rope_theta_of(hf_config), torch.float32)
+    for batch in batches:
+        micro = to_micro(batch, batch.num_tokens, torch.device("cpu"), rope)
+        logp = chunks[0](micro.input_ids, micro.position_ids, None, packed_seq_params=micro.packed,
+                         output_processor=logprobs, output_processor_context=micro)
+        share = -(logp[:batch.num_tokens] * batch.loss_mask).sum() / total
+        share.backward()
+        loss += float(share)
+    grads = {name: g.clone() for name, g in checkpoint.hf_weights(chunks, shape, layout, te=False,
+                                                                  tensor_of=lambda p: p.grad)}
+    parallel_state.destroy_model_parallel()
+    if rank == 0:
+        torch.save({"loss": loss, "grads": grads}, Path(out_dir) / f"tp{tp}.pt")
+
+
+@pytest.fixture(scope="module")
+def hf_reference(tmp_path_factory) -> tuple[Path, float, dict]:
+    out = tmp_path_factory.mktemp("megatron_cpu")
+    model_dir = build_tiny_checkpoint(out / "tiny", seed=0)
+    batches = _batches()
+    pad_id = AutoConfig.from_pretrained(model_dir).pad_token_id
+    # the case HF's padding_idx makes special: the pad token as an input of a trained sequence
+    assert any((b.input_ids == pad_id).any() for b in batches)
+    loss, grads = hf_reference_grads(str(model_dir), batches, sum(b.num_loss_tokens for b in batches), "cpu")
+    return out, loss, grads
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_megatron_model_gives_the_hf_models_loss_and_gradients(hf_reference, tp):
+    out, hf_loss, hf_grads = hf_reference
+    run_gloo_ranks(_megatron_rank, out, nprocs=tp)
+    result = torch.load(out / f"tp{tp}.pt")
+    assert abs(result["loss"] - hf_loss) < 1e-5 * abs(hf_loss)
+    mc = result["grads"]
+    assert mc.keys() <= hf_grads.keys() <= mc.keys() | {"lm_head.weight"}  # a tied lm_head is left out
+    for name, g in mc.items():
+        err = float((g - hf_grads[name]).norm() / hf_grads[name].norm())
+        assert err < 1e-4, f"{name}: relative gradient error {err:.2e}"
