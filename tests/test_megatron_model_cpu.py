@@ -1,6 +1,6 @@
 """megatron-core's model on the CPU: the tiny Qwen2 built by the project's model factory
 (``megatron/model.py``) and loaded from its HF weights gives the HF model's loss and gradients (fp32),
-at TP = 1 and over two gloo ranks at TP = 2, the pad token's lookups included.
+at TP = 1 and over two gloo ranks at TP = 2 and at CP = 2, the pad token's lookups included.
 
 megatron-core 0.19.2 publishes wheels for Python 3.12 only; its model code is pure Python and runs
 under 3.11 from the wheel that ``make venv`` unpacks into ``<venv>/megatron-core``. Only the spawned
@@ -10,6 +10,7 @@ does). ``MegatronBackend`` itself needs CUDA (megatron's DDP buffers and optimiz
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -33,8 +34,8 @@ def _batches():
     return random_batches(2)
 
 
-def _megatron_rank(rank: int, out_dir: str) -> None:
-    """One TP rank: build, load, forward + backward the batches, write loss and HF-named gradients."""
+def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1) -> None:
+    """One rank: build, load, forward + backward the batches, write loss and HF-named gradients."""
     if not (MEGATRON / "megatron").is_dir():
         raise RuntimeError(f"{MEGATRON} holds no megatron package: `make venv` unpacks megatron-core's wheel there")
     sys.path.insert(0, str(MEGATRON))
@@ -42,17 +43,17 @@ def _megatron_rank(rank: int, out_dir: str) -> None:
 
     from nemo_ext.backends.megatron import checkpoint
     from nemo_ext.backends.megatron.backend import last_stage_logprobs
-    from nemo_ext.backends.megatron.micro import to_micro
+    from nemo_ext.backends.megatron.micro import build_micros
     from nemo_ext.backends.megatron.model import build_model_chunks, transformer_config
 
-    tp = dist.get_world_size()
+    assert dist.get_world_size() == tp * cp
     # megatron's TP gathers allocate on torch.cuda.current_device(): here, in this spawned rank only,
     # that is the CPU
     torch.cuda.current_device = lambda: "cpu"
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
     model_dir = Path(out_dir) / "tiny"
     hf_config = AutoConfig.from_pretrained(model_dir)
-    shape, layout = Shape.from_hf_config(hf_config), Layout(tp=tp, pp=1, cp=1, dp=1)
+    shape, layout = Shape.from_hf_config(hf_config), Layout(tp=tp, pp=1, cp=cp, dp=1)
     config = transformer_config(shape, hf_config, ModelConfig(), layout, impl="local", bf16=False, recompute=None,
                                 init_weights=False, cpu_init=True)
     chunks = build_model_chunks(shape, hf_config, config, "local")
@@ -65,18 +66,21 @@ def _megatron_rank(rank: int, out_dir: str) -> None:
     batches = _batches()
     total, loss = sum(b.num_loss_tokens for b in batches), 0.0
     rope = (shape.head_dim, rope_theta_of(hf_config), torch.float32)
-    for batch in batches:
-        micro = to_micro(batch, batch.num_tokens, torch.device("cpu"), rope)
+    cp_rank = parallel_state.get_context_parallel_rank()
+    for micro in build_micros(batches, layout, 1, torch.device("cpu"), rope, cp_rank):
         logp = chunks[0](micro.input_ids, micro.position_ids, None, packed_seq_params=micro.packed,
                          output_processor=logprobs, output_processor_context=micro)
+        batch = micro.batch  # whole on every CP rank: the log-probs are gathered back into its order
         share = -(logp[:batch.num_tokens] * batch.loss_mask).sum() / total
         share.backward()
         loss += float(share)
+    for p in chunks[0].parameters():  # each CP rank holds its tokens' part (megatron's DDP sums them)
+        dist.all_reduce(p.grad, group=parallel_state.get_context_parallel_group())
     grads = {name: g.clone() for name, g in checkpoint.hf_weights(chunks, shape, layout, te=False,
                                                                   tensor_of=lambda p: p.grad)}
     parallel_state.destroy_model_parallel()
     if rank == 0:
-        torch.save({"loss": loss, "grads": grads}, Path(out_dir) / f"tp{tp}.pt")
+        torch.save({"loss": loss, "grads": grads}, Path(out_dir) / f"tp{tp}_cp{cp}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +95,11 @@ def hf_reference(tmp_path_factory) -> tuple[Path, float, dict]:
     return out, loss, grads
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_megatron_model_gives_the_hf_models_loss_and_gradients(hf_reference, tp):
+@pytest.mark.parametrize("tp,cp", [(1, 1), (2, 1), (1, 2)], ids=["one_rank", "tp2", "cp2"])
+def test_megatron_model_gives_the_hf_models_loss_and_gradients(hf_reference, tp, cp):
     out, hf_loss, hf_grads = hf_reference
-    run_gloo_ranks(_megatron_rank, out, nprocs=tp)
-    result = torch.load(out / f"tp{tp}.pt")
+    run_gloo_ranks(functools.partial(_megatron_rank, tp=tp, cp=cp), out, nprocs=tp * cp)
+    result = torch.load(out / f"tp{tp}_cp{cp}.pt")
     assert abs(result["loss"] - hf_loss) < 1e-5 * abs(hf_loss)
     mc = result["grads"]
     assert mc.keys() <= hf_grads.keys() <= mc.keys() | {"lm_head.weight"}  # a tied lm_head is left out
