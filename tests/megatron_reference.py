@@ -36,3 +36,20 @@ def hf_reference_grads(model_dir: str, batches: list[PackedBatch], total: int,
             seq_loss.backward()
             loss += float(seq_loss)
     return loss, {name: p.grad.float().cpu() for name, p in hf.named_parameters() if p.grad is not None}
+
+
+@torch.no_grad()
+def hf_logprobs_and_entropy(model_dir: str, batches: list[PackedBatch], temperature: float) -> list[torch.Tensor]:
+    """Per batch [2, T]: log p(target) and the entropy (nats) of softmax(logits / temperature), from the
+    Hugging Face model (fp32, each sequence alone) on the CPU."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    out = []
+    for batch in batches:
+        bounds = batch.cu_seqlens.tolist()
+        logp_TV = torch.cat([torch.log_softmax(hf(batch.input_ids[a:b][None]).logits[0] / temperature, -1)
+                             for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+        target = logp_TV.gather(1, batch.targets[:, None]).squeeze(1)
+        out.append(torch.stack([target, -(logp_TV.exp() * logp_TV).sum(-1)]))
+    return out

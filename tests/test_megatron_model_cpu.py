@@ -1,6 +1,7 @@
 """megatron-core's model on the CPU: the tiny Qwen2 built by the project's model factory
 (``megatron/model.py``) and loaded from its HF weights gives the HF model's loss and gradients (fp32),
-at TP = 1 and over two gloo ranks at TP = 2 and at CP = 2, the pad token's lookups included.
+at TP = 1 and over two gloo ranks at TP = 2 and at CP = 2, the pad token's lookups included; and the
+RL log-prob pass (no gradient, temperature-scaled log-probs and entropies) gives HF's values.
 
 megatron-core 0.19.2 publishes wheels for Python 3.12 only; its model code is pure Python and runs
 under 3.11 from the wheel that ``make venv`` unpacks into ``<venv>/megatron-core``. Only the spawned
@@ -25,9 +26,10 @@ from nemo_ext.config.schema import ModelConfig
 from nemo_ext.models.hf_config import rope_theta_of
 from nemo_ext.models.tiny import build_tiny_checkpoint
 from tests.helpers import run_gloo_ranks
-from tests.megatron_reference import hf_reference_grads, random_batches
+from tests.megatron_reference import hf_logprobs_and_entropy, hf_reference_grads, random_batches
 
 MEGATRON = Path(sys.prefix) / "megatron-core"  # unpacked by `make venv`
+TEMPERATURE = 0.7  # of the log-prob pass
 
 
 def _batches():
@@ -60,16 +62,25 @@ def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1) -> None:
     checkpoint.load_hf_weights(chunks, shape, layout, model_dir)
 
     def logprobs(*, hidden_states, output_layer, output_weight, context, **_):
+        micro, temperature, with_entropy = context
         weight = output_weight if output_weight is not None else output_layer.weight
-        return last_stage_logprobs(hidden_states, weight, context, vocab_size=shape.vocab)
+        return last_stage_logprobs(hidden_states, weight, micro, vocab_size=shape.vocab, temperature=temperature,
+                                   with_entropy=with_entropy)
 
     batches = _batches()
     total, loss = sum(b.num_loss_tokens for b in batches), 0.0
     rope = (shape.head_dim, rope_theta_of(hf_config), torch.float32)
     cp_rank = parallel_state.get_context_parallel_rank()
-    for micro in build_micros(batches, layout, 1, torch.device("cpu"), rope, cp_rank):
-        logp = chunks[0](micro.input_ids, micro.position_ids, None, packed_seq_params=micro.packed,
-                         output_processor=logprobs, output_processor_context=micro)
+    micros = build_micros(batches, layout, 1, torch.device("cpu"), rope, cp_rank)
+
+    def forward(micro, temperature: float, with_entropy: bool) -> torch.Tensor:
+        return chunks[0](micro.input_ids, micro.position_ids, None, packed_seq_params=micro.packed,
+                         output_processor=logprobs, output_processor_context=(micro, temperature, with_entropy))
+
+    with torch.no_grad():  # the RL log-prob pass: [2, T] log-probs and entropies at a temperature
+        with_entropy = [forward(micro, TEMPERATURE, True)[:, :micro.batch.num_tokens] for micro in micros]
+    for micro in micros:
+        logp = forward(micro, 1.0, False)
         batch = micro.batch  # whole on every CP rank: the log-probs are gathered back into its order
         share = -(logp[:batch.num_tokens] * batch.loss_mask).sum() / total
         share.backward()
@@ -80,11 +91,11 @@ def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1) -> None:
                                                                   tensor_of=lambda p: p.grad)}
     parallel_state.destroy_model_parallel()
     if rank == 0:
-        torch.save({"loss": loss, "grads": grads}, Path(out_dir) / f"tp{tp}_cp{cp}.pt")
+        torch.save({"loss": loss, "grads": grads, "with_entropy": with_entropy}, Path(out_dir) / f"tp{tp}_cp{cp}.pt")
 
 
 @pytest.fixture(scope="module")
-def hf_reference(tmp_path_factory) -> tuple[Path, float, dict]:
+def hf_reference(tmp_path_factory) -> tuple[Path, float, dict, list]:
     out = tmp_path_factory.mktemp("megatron_cpu")
     model_dir = build_tiny_checkpoint(out / "tiny", seed=0)
     batches = _batches()
@@ -92,12 +103,12 @@ def hf_reference(tmp_path_factory) -> tuple[Path, float, dict]:
     # the case HF's padding_idx makes special: the pad token as an input of a trained sequence
     assert any((b.input_ids == pad_id).any() for b in batches)
     loss, grads = hf_reference_grads(str(model_dir), batches, sum(b.num_loss_tokens for b in batches), "cpu")
-    return out, loss, grads
+    return out, loss, grads, hf_logprobs_and_entropy(str(model_dir), batches, TEMPERATURE)
 
 
 @pytest.mark.parametrize("tp,cp", [(1, 1), (2, 1), (1, 2)], ids=["one_rank", "tp2", "cp2"])
 def test_megatron_model_gives_the_hf_models_loss_and_gradients(hf_reference, tp, cp):
-    out, hf_loss, hf_grads = hf_reference
+    out, hf_loss, hf_grads, hf_with_entropy = hf_reference
     run_gloo_ranks(functools.partial(_megatron_rank, tp=tp, cp=cp), out, nprocs=tp * cp)
     result = torch.load(out / f"tp{tp}_cp{cp}.pt")
     assert abs(result["loss"] - hf_loss) < 1e-5 * abs(hf_loss)
@@ -106,3 +117,5 @@ def test_megatron_model_gives_the_hf_models_loss_and_gradients(hf_reference, tp,
     for name, g in mc.items():
         err = float((g - hf_grads[name]).norm() / hf_grads[name].norm())
         assert err < 1e-4, f"{name}: relative gradient error {err:.2e}"
+    for mine, ref in zip(result["with_entropy"], hf_with_entropy, strict=True):
+        torch.testing.assert_close(mine, ref, rtol=0, atol=2e-5)
