@@ -1,7 +1,8 @@
 """megatron-core's model on the CPU: the tiny Qwen2 built by the project's model factory
 (``megatron/model.py``) and loaded from its HF weights gives the HF model's loss and gradients (fp32),
-at TP = 1 and over two gloo ranks at TP = 2 and at CP = 2, the pad token's lookups included; and the
-RL log-prob pass (no gradient, temperature-scaled log-probs and entropies) gives HF's values.
+at TP = 1 and over two gloo ranks at TP = 2, TP = 2 with sequence parallelism and CP = 2, the pad
+token's lookups included; and the RL log-prob pass (no gradient, temperature-scaled log-probs and
+entropies) gives HF's values.
 
 megatron-core 0.19.2 publishes wheels for Python 3.12 only; its model code is pure Python and runs
 under 3.11 from the wheel that ``make venv`` unpacks into ``<venv>/megatron-core``. Only the spawned
@@ -11,6 +12,7 @@ does). ``MegatronBackend`` itself needs CUDA (megatron's DDP buffers and optimiz
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -36,7 +38,21 @@ def _batches():
     return random_batches(2)
 
 
-def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1) -> None:
+class _Done:
+    def wait(self) -> None:
+        pass
+
+
+def _reduce_scatter_via_all_reduce(output, input_, group=None, async_op=False):
+    """``reduce_scatter_tensor`` for gloo, which has none: the sum everywhere, then this rank's slice
+    (done at once; an ``async_op`` caller gets an already finished handle)."""
+    total = input_.clone()
+    dist.all_reduce(total, group=group)
+    output.copy_(total.chunk(dist.get_world_size(group))[dist.get_rank(group)])
+    return _Done() if async_op else None
+
+
+def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1, sp: bool = False) -> None:
     """One rank: build, load, forward + backward the batches, write loss and HF-named gradients."""
     if not (MEGATRON / "megatron").is_dir():
         raise RuntimeError(f"{MEGATRON} holds no megatron package: `make venv` unpacks megatron-core's wheel there")
@@ -52,10 +68,16 @@ def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1) -> None:
     # megatron's TP gathers allocate on torch.cuda.current_device(): here, in this spawned rank only,
     # that is the CPU
     torch.cuda.current_device = lambda: "cpu"
+    from megatron.core import tensor_parallel
+    from megatron.core.tensor_parallel import layers, mappings
+
+    mappings.dist_reduce_scatter_func = layers.dist_reduce_scatter_func = _reduce_scatter_via_all_reduce
+    # sequence parallelism forks megatron's CUDA RNG for dropout (0 here): nothing to fork on the CPU
+    tensor_parallel.get_cuda_rng_tracker().fork = lambda *args, **kwargs: contextlib.nullcontext()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
     model_dir = Path(out_dir) / "tiny"
     hf_config = AutoConfig.from_pretrained(model_dir)
-    shape, layout = Shape.from_hf_config(hf_config), Layout(tp=tp, pp=1, cp=cp, dp=1)
+    shape, layout = Shape.from_hf_config(hf_config), Layout(tp=tp, pp=1, cp=cp, dp=1, sequence_parallel=sp)
     config = transformer_config(shape, hf_config, ModelConfig(), layout, impl="local", bf16=False, recompute=None,
                                 init_weights=False, cpu_init=True)
     chunks = build_model_chunks(shape, hf_config, config, "local")
@@ -65,13 +87,13 @@ def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1) -> None:
         micro, temperature, with_entropy = context
         weight = output_weight if output_weight is not None else output_layer.weight
         return last_stage_logprobs(hidden_states, weight, micro, vocab_size=shape.vocab, temperature=temperature,
-                                   with_entropy=with_entropy)
+                                   with_entropy=with_entropy, sequence_parallel=sp)
 
     batches = _batches()
     total, loss = sum(b.num_loss_tokens for b in batches), 0.0
     rope = (shape.head_dim, rope_theta_of(hf_config), torch.float32)
     cp_rank = parallel_state.get_context_parallel_rank()
-    micros = build_micros(batches, layout, 1, torch.device("cpu"), rope, cp_rank)
+    micros = build_micros(batches, layout, layout.pad_multiple(), torch.device("cpu"), rope, cp_rank)
 
     def forward(micro, temperature: float, with_entropy: bool) -> torch.Tensor:
         return chunks[0](micro.input_ids, micro.position_ids, None, packed_seq_params=micro.packed,
@@ -85,13 +107,18 @@ def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1) -> None:
         share = -(logp[:batch.num_tokens] * batch.loss_mask).sum() / total
         share.backward()
         loss += float(share)
-    for p in chunks[0].parameters():  # each CP rank holds its tokens' part (megatron's DDP sums them)
+    # What megatron's DDP and finalize_model_grads do: sum each CP rank's part (its tokens), and under
+    # sequence parallelism the norms' parts over TP (each TP rank normed its share of the tokens).
+    for p in chunks[0].parameters():
         dist.all_reduce(p.grad, group=parallel_state.get_context_parallel_group())
+        if getattr(p, "sequence_parallel", False):
+            dist.all_reduce(p.grad, group=parallel_state.get_tensor_model_parallel_group())
     grads = {name: g.clone() for name, g in checkpoint.hf_weights(chunks, shape, layout, te=False,
                                                                   tensor_of=lambda p: p.grad)}
     parallel_state.destroy_model_parallel()
     if rank == 0:
-        torch.save({"loss": loss, "grads": grads, "with_entropy": with_entropy}, Path(out_dir) / f"tp{tp}_cp{cp}.pt")
+        torch.save({"loss": loss, "grads": grads, "with_entropy": with_entropy},
+                   Path(out_dir) / f"tp{tp}_cp{cp}_sp{int(sp)}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +133,12 @@ def hf_reference(tmp_path_factory) -> tuple[Path, float, dict, list]:
     return out, loss, grads, hf_logprobs_and_entropy(str(model_dir), batches, TEMPERATURE)
 
 
-@pytest.mark.parametrize("tp,cp", [(1, 1), (2, 1), (1, 2)], ids=["one_rank", "tp2", "cp2"])
-def test_megatron_model_gives_the_hf_models_loss_and_gradients(hf_reference, tp, cp):
+@pytest.mark.parametrize("tp,cp,sp", [(1, 1, False), (2, 1, False), (2, 1, True), (1, 2, False)],
+                         ids=["one_rank", "tp2", "tp2_sp", "cp2"])
+def test_megatron_model_gives_the_hf_models_loss_and_gradients(hf_reference, tp, cp, sp):
     out, hf_loss, hf_grads, hf_with_entropy = hf_reference
-    run_gloo_ranks(functools.partial(_megatron_rank, tp=tp, cp=cp), out, nprocs=tp * cp)
-    result = torch.load(out / f"tp{tp}_cp{cp}.pt")
+    run_gloo_ranks(functools.partial(_megatron_rank, tp=tp, cp=cp, sp=sp), out, nprocs=tp * cp)
+    result = torch.load(out / f"tp{tp}_cp{cp}_sp{int(sp)}.pt")
     assert abs(result["loss"] - hf_loss) < 1e-5 * abs(hf_loss)
     mc = result["grads"]
     assert mc.keys() <= hf_grads.keys() <= mc.keys() | {"lm_head.weight"}  # a tied lm_head is left out
