@@ -38,26 +38,12 @@ def _batches():
     return random_batches(2)
 
 
-class _Done:
-    def wait(self) -> None:
-        pass
-
-
-def _reduce_scatter_via_all_reduce(output, input_, group=None, async_op=False):
-    """``reduce_scatter_tensor`` for gloo, which has none: the sum everywhere, then this rank's slice
-    (done at once; an ``async_op`` caller gets an already finished handle)."""
-    total = input_.clone()
-    dist.all_reduce(total, group=group)
-    output.copy_(total.chunk(dist.get_world_size(group))[dist.get_rank(group)])
-    return _Done() if async_op else None
-
-
 def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1, sp: bool = False) -> None:
     """One rank: build, load, forward + backward the batches, write loss and HF-named gradients."""
     if not (MEGATRON / "megatron").is_dir():
         raise RuntimeError(f"{MEGATRON} holds no megatron package: `make venv` unpacks megatron-core's wheel there")
     sys.path.insert(0, str(MEGATRON))
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state, tensor_parallel
 
     from nemo_ext.backends.megatron import checkpoint
     from nemo_ext.backends.megatron.backend import last_stage_logprobs
@@ -68,10 +54,6 @@ def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1, sp: bool =
     # megatron's TP gathers allocate on torch.cuda.current_device(): here, in this spawned rank only,
     # that is the CPU
     torch.cuda.current_device = lambda: "cpu"
-    from megatron.core import tensor_parallel
-    from megatron.core.tensor_parallel import layers, mappings
-
-    mappings.dist_reduce_scatter_func = layers.dist_reduce_scatter_func = _reduce_scatter_via_all_reduce
     # sequence parallelism forks megatron's CUDA RNG for dropout (0 here): nothing to fork on the CPU
     tensor_parallel.get_cuda_rng_tracker().fork = lambda *args, **kwargs: contextlib.nullcontext()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
