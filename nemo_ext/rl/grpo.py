@@ -191,13 +191,13 @@ def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperatu
         advantages = group_advantages(t.rewards, cfg.advantage.estimator, cfg.advantage.eps)
         weights = overlong_weights(t.truncated, stage.overlong.filter)
         micro_batches = build_micro_batches(groups, advantages, weights, cfg.policy.micro_batch_tokens)
-        live = [cfg.loss.kl_coef > 0 or contributes(mb) for mb in micro_batches]
-        trained = [mb for mb, keep in zip(micro_batches, live, strict=True) if keep]
+        trained, rest = [], []
+        for mb in micro_batches:
+            (trained if cfg.loss.kl_coef > 0 or contributes(mb) else rest).append(mb)
         norm = replace(loss_normalizer(micro_batches, stage.max_response_len),
                        metric_tokens=float(sum(token_mask(mb).sum() for mb in trained)))
-        # this rank's share: a trained micro-batch gets its old log-probs on the rank that trains it
-        my_trained = share.split_micro_batches(trained)
-        my_rest = share.split_micro_batches([mb for mb, keep in zip(micro_batches, live, strict=True) if not keep])
+        # this replica's share: a trained micro-batch gets its old log-probs where it is trained
+        my_trained, my_rest = share.split_micro_batches(trained), share.split_micro_batches(rest)
     run.engine.sleep()  # GPU: the trainer's passes get the memory of vLLM's weights and KV cache
     with timer("logprobs"):
         metrics = measure_logprobs(run, my_trained + my_rest, temperature).metrics()
