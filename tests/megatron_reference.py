@@ -34,7 +34,7 @@ def hf_reference_grads(model_dir: str, batches: list[PackedBatch], total: int,
             logp = torch.log_softmax(logits, -1).gather(1, batch.targets[a:b].to(device)[:, None]).squeeze(1)
             seq_loss = -(logp * batch.loss_mask[a:b].to(device)).sum() / total
             seq_loss.backward()
-            loss += float(seq_loss)
+            loss += float(seq_loss.detach())
     return loss, {name: p.grad.float().cpu() for name, p in hf.named_parameters() if p.grad is not None}
 
 
