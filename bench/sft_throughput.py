@@ -113,26 +113,27 @@ def _timed(args, steps, run_step) -> list[float]:
 
 
 def _configs(args, model_dir: str):
+    from nemo_ext.backends.schedule import LRSchedule
     from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 
     model = ModelConfig(tensor_model_parallel_size=args.tp, sequence_parallel=args.tp > 1,
                         logits_chunk_tokens=4096)
     trainer = TrainerConfig(precision=Precision.bf16, global_batch_size=args.micro, micro_batch_size=1,
                             activation_checkpointing=args.recompute == "full", fsdp=False)
-    return model, trainer, OptimConfig(lr=1e-5, min_lr=1e-6, warmup_steps=2)
+    return model, trainer, OptimConfig(), LRSchedule(1e-5, 2, 100, 1e-6)
 
 
 def work_megatron(args, model_dir: str, bins, compile_layers: bool = False) -> list[float]:
     from nemo_ext.backends.megatron.backend import MegatronBackend
     from nemo_ext.sft.loss import sft_loss
 
-    model, trainer, optim = _configs(args, model_dir)
+    model, trainer, optim, schedule = _configs(args, model_dir)
     trainer.compile = compile_layers
     recompute = None if args.recompute == "none" else args.recompute
-    be = MegatronBackend(model_dir, model, trainer, optim, total_steps=100, load_weights=False, recompute=recompute)
+    be = MegatronBackend(model_dir, model, trainer, optim, schedule, load_weights=False, recompute=recompute)
     run = be.forward_backward if args.no_optimizer else be.train_step
     return _timed(args, _steps(args, _packed(bins)),
-                  lambda mbs: run(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs))))
+                  lambda mbs: run(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs)), temperature=1.0))
 
 
 def work_megatron_compile(args, model_dir: str, bins) -> list[float]:
@@ -152,16 +153,16 @@ def work_torch(args, model_dir: str, bins, compile_layers: bool = False, fsdp: b
         raise ValueError("--no-optimizer is for megatron only")
     if args.recompute == "selective" and not compile_layers:
         raise ValueError("selective recompute of the torch backend needs compile (torch_compile*)")
-    model, trainer, optim = _configs(args, model_dir)
+    model, trainer, optim, schedule = _configs(args, model_dir)
     trainer.compile = compile_layers
     if args.recompute == "selective":
         trainer.activation_memory_budget = args.memory_budget
     if fsdp:  # FSDP2 on a one-rank group: bf16 parameters through its mixed-precision policy, no autocast
         dist.init_process_group("nccl", device_id=torch.device("cuda", 0))
         trainer.fsdp = True
-    be = TorchBackend(model_dir, model, trainer, optim, 100, torch.device("cuda", 0))
+    be = TorchBackend(model_dir, model, trainer, optim, schedule, torch.device("cuda", 0))
     return _timed(args, _steps(args, _packed(bins)),
-                  lambda mbs: be.train_step(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs))))
+                  lambda mbs: be.train_step(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs)), temperature=1.0))
 
 
 def work_torch_compile(args, model_dir: str, bins) -> list[float]:

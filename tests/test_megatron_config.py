@@ -56,10 +56,11 @@ def test_megatron_without_megatron_core_names_what_to_install():
     import torch
 
     from nemo_ext.backends import build_backend
+    from nemo_ext.backends.schedule import LRSchedule
     from nemo_ext.config.schema import BackendName, ModelConfig, OptimConfig, TrainerConfig
 
     if importlib.util.find_spec("megatron") is not None:
         pytest.skip("megatron-core is installed here: the error this checks cannot happen")
     with pytest.raises(ModuleNotFoundError, match=r"backend=megatron needs megatron-core.*pip install -e '.\[gpu\]'"):
-        build_backend(BackendName.megatron, "unused", ModelConfig(), TrainerConfig(), OptimConfig(), 1,
-                      torch.device("cpu"))
+        build_backend(BackendName.megatron, "unused", ModelConfig(), TrainerConfig(), OptimConfig(),
+                      LRSchedule(1e-5), torch.device("cpu"))

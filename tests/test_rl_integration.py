@@ -26,6 +26,7 @@ from nemo_ext.rl.experience import Group, build_micro_batches
 from nemo_ext.rl.grpo import grpo_step, run_rl, train
 from nemo_ext.rl.prompts import load_stage_prompts
 from nemo_ext.rl.setup import build_run, close_run
+from nemo_ext.rl.stages import stage_lr_schedule
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def test_an_update_reaches_vllm(tmp_path):
         st = cfg.stages[0]
         prompts = load_stage_prompts(st, cfg.trainer.seed)
         run.schedule.begin_stage(list(prompts))
-        run.backend.reset_optimizer(st.lr, 0, 1)
+        run.backend.reset_optimizer(stage_lr_schedule(st))
         probe = prompts["synthetic-0"]
         before = run.engine.sample([probe.text], n=1, temperature=1.0, max_tokens=12, seed=5)[0][0]
         trainer_before = response_logprobs(run, probe, before)

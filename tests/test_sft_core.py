@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from nemo_ext.backends.attention import VARLEN_ATTENTION, packed_attention_kwargs
 from nemo_ext.backends.logprobs import token_logprobs
-from nemo_ext.backends.torch_backend import lr_lambda
+from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.data.batch import pack_sequences
 from nemo_ext.sft.loss import sft_loss
 
@@ -105,10 +105,13 @@ def test_sft_loss_over_micro_batches_adds_up_to_the_full_batch():
 
 
 def test_lr_schedule_warmup_then_cosine_to_min():
-    assert lr_lambda(0, 10, 110, 0.1) == 0.1
-    assert lr_lambda(9, 10, 110, 0.1) == 1.0
-    assert abs(lr_lambda(60, 10, 110, 0.1) - 0.55) < 1e-12  # halfway down the cosine
-    assert abs(lr_lambda(110, 10, 110, 0.1) - 0.1) < 1e-12
+    cosine = LRSchedule(lr=2.0, warmup_steps=10, total_steps=110, min_lr=0.2)
+    assert cosine.factor(0) == 0.1 and cosine.lr_at(0) == 0.2
+    assert cosine.factor(9) == 1.0
+    assert abs(cosine.factor(60) - 0.55) < 1e-12  # halfway down the cosine
+    assert abs(cosine.lr_at(110) - 0.2) < 1e-12 and abs(cosine.lr_at(500) - 0.2) < 1e-12
+    constant = LRSchedule.constant(3.0, warmup_steps=4)  # an RL stage: warmup, then lr for good
+    assert [constant.lr_at(s) for s in (0, 3, 4, 10_000)] == [0.75, 3.0, 3.0, 3.0]
 
 
 def test_compiled_backend_trains_like_the_eager_one(tiny_model_dir):
@@ -127,11 +130,30 @@ def test_compiled_backend_trains_like_the_eager_one(tiny_model_dir):
         model_cfg = ModelConfig(name_or_path=str(tiny_model_dir), logits_chunk_tokens=16)
         backend = TorchBackend(str(tiny_model_dir), model_cfg,
                                TrainerConfig(compile=compiled, activation_checkpointing=compiled),
-                               OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=1), 10, torch.device("cpu"))
-        losses = [backend.train_step([b], sft_loss(b.num_loss_tokens))["loss"] for b in rows]
+                               OptimConfig(), LRSchedule(1e-3, 1, 10, 1e-4), torch.device("cpu"))
+        losses = [backend.train_step([b], sft_loss(b.num_loss_tokens), temperature=1.0)["loss"] for b in rows]
         runs[compiled] = losses, backend.hf_model.model.layers[0].mlp.down_proj.weight.detach().clone()
     torch.testing.assert_close(runs[True][0], runs[False][0], rtol=1e-5, atol=1e-5)
     # Adam's update of a near-zero gradient is sensitive to its rounding: compare the whole matrix
     weight_error = (runs[True][1] - runs[False][1]).norm() / runs[False][1].norm()
     assert weight_error < 1e-5, weight_error
     assert runs[True][0][0] != runs[True][0][1]  # real steps, not a constant
+
+
+def test_backend_calls_require_the_temperature_and_the_backend_declares_its_tokenizer(tiny_model_dir):
+    """A log-prob pass or an update that forgets the temperature must fail, not use T = 1 silently."""
+    import pytest
+
+    from nemo_ext.backends.torch_backend import TorchBackend
+    from nemo_ext.config.schema import ModelConfig, OptimConfig, TrainerConfig
+
+    backend = TorchBackend(str(tiny_model_dir), ModelConfig(), TrainerConfig(), OptimConfig(),
+                           LRSchedule.constant(1e-3), torch.device("cpu"))
+    batch = pack_sequences([[5, 6, 7, 8]], [[0, 1, 1, 1]])
+    with pytest.raises(TypeError, match="temperature"):
+        backend.logprobs([batch])
+    with pytest.raises(TypeError, match="temperature"):
+        backend.train_step([batch], sft_loss(batch.num_loss_tokens))
+    (hot,), (cold,) = backend.logprobs([batch], temperature=2.0), backend.logprobs([batch], temperature=0.5)
+    assert not torch.allclose(hot[0], cold[0])  # the argument reaches the log-softmax
+    assert backend.tokenizer("1 + 1", add_special_tokens=False)["input_ids"]  # the policy's own tokenizer

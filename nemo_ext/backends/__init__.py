@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 
 from nemo_ext.backends.base import Backend
+from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.config.schema import BackendName, ModelConfig, OptimConfig, TrainerConfig
 
 
 def build_backend(name: BackendName, model_path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig,
-                  optim_cfg: OptimConfig, total_steps: int, device: torch.device, *,
+                  optim_cfg: OptimConfig, schedule: LRSchedule, device: torch.device, *,
                   fixed_batches: bool = True) -> Backend:
-    """The ``name`` backend on the Hugging Face weights at ``model_path`` (megatron-core is imported
-    only when asked for).
+    """The ``name`` backend on the Hugging Face weights at ``model_path``, its optimizer on ``schedule``
+    (megatron-core is imported only when asked for).
 
     fixed_batches: the loop hands ``trainer.global_batch_size`` micro-batches per step (SFT), which
     megatron checks against its layout at start; False for a varying number (RL's token budget).
@@ -27,8 +28,8 @@ def build_backend(name: BackendName, model_path: str, model_cfg: ModelConfig, tr
                                       "pip install -e '.[gpu]' on a GPU machine (docs/megatron.md); on a CPU "
                                       "use backend=torch") from e
 
-        return MegatronBackend(model_path, model_cfg, trainer_cfg, optim_cfg, total_steps, device=device,
+        return MegatronBackend(model_path, model_cfg, trainer_cfg, optim_cfg, schedule, device=device,
                                fixed_batches=fixed_batches)
     from nemo_ext.backends.torch_backend import TorchBackend
 
-    return TorchBackend(model_path, model_cfg, trainer_cfg, optim_cfg, total_steps, device)
+    return TorchBackend(model_path, model_cfg, trainer_cfg, optim_cfg, schedule, device)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
+from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.data.batch import PackedBatch
 
 LossFn = Callable[[torch.Tensor, PackedBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -32,14 +34,17 @@ class Backend(ABC):
 
     One instance per process. ``dp_rank`` / ``dp_world_size`` tell the loop which share of the data
     this process trains on (the tensor / pipeline / context-parallel ranks of one model replica share
-    it); ``hf_config`` is the model's Hugging Face config.
+    it). Every backend sets ``hf_config`` and ``tokenizer`` (both loaded by
+    ``nemo_ext.models.hf_config``). ``temperature`` is a required argument of ``train_step`` and
+    ``logprobs``: a log-prob at the wrong temperature is silently wrong, so no call may forget it.
     """
 
     dp_rank: int = 0
     dp_world_size: int = 1
     dp_group = None  # the data-parallel process group (None: the default group, every rank a replica)
     device = torch.device("cpu")
-    hf_config = None  # the Hugging Face config of the policy (shape for FLOPs, export)
+    hf_config: PretrainedConfig  # the policy's Hugging Face config (shape for FLOPs, export)
+    tokenizer: PreTrainedTokenizerBase  # the policy's tokenizer (RL tokenizes prompts with it; export writes it)
 
     def dp_sum(self, value: float) -> float:
         """``value`` summed over the data-parallel ranks: each model replica counted once."""
@@ -50,8 +55,11 @@ class Backend(ABC):
         return float(t.item())
 
     @abstractmethod
-    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:
+    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float) -> dict:
         """Forward + backward on every micro-batch, then one optimizer and scheduler step.
+
+        temperature: the log-probs handed to ``loss_fn`` are those of softmax(logits / temperature)
+        (SFT: 1.0; RL: the rollouts' sampling temperature).
 
         Returns floats: ``loss`` (summed shares, all ranks), ``grad_norm`` (before clipping), ``lr``,
         plus the summed ``metrics`` of ``loss_fn``.
@@ -59,7 +67,7 @@ class Backend(ABC):
 
     @abstractmethod
     def logprobs(
-        self, micro_batches: list[PackedBatch], temperature: float = 1.0
+        self, micro_batches: list[PackedBatch], temperature: float
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """No-grad log-probs and entropies: per micro-batch ``(logprobs_T, entropy_T)`` on the CPU.
 
@@ -86,5 +94,5 @@ class Backend(ABC):
         vLLM load."""
 
     @abstractmethod
-    def reset_optimizer(self, lr: float, warmup_steps: int, total_steps: int) -> None:
-        """Start a fresh optimizer and schedule (an RL stage begins with its own learning rate)."""
+    def reset_optimizer(self, schedule: LRSchedule) -> None:
+        """Start a fresh optimizer on ``schedule`` (an RL stage begins with its own learning rate)."""

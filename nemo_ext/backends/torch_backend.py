@@ -11,7 +11,6 @@ activations let 16K-token bins of a 1.5B model train without recompute (docs/per
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,15 +23,17 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from nemo_ext.backends.attention import VARLEN_ATTENTION, packed_attention_kwargs
 from nemo_ext.backends.base import Backend, LossFn
+from nemo_ext.backends.compile import compile_layers
 from nemo_ext.backends.logprobs import token_logprobs
+from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch
 from nemo_ext.io import atomic_dir
-from nemo_ext.models.hf_config import apply_overrides
+from nemo_ext.models.hf_config import load_hf_config, load_tokenizer
 
 
 class TokenLogprobModel(torch.nn.Module):
@@ -60,31 +61,16 @@ class TokenLogprobModel(torch.nn.Module):
                               compiled=self.compiled)
 
 
-def min_lr_ratio(optim_cfg: OptimConfig) -> float:
-    """The cosine schedule's floor as a fraction of the peak: ``optim.min_lr / optim.lr``, the same for
-    every RL stage's own learning rate."""
-    return optim_cfg.min_lr / optim_cfg.lr if optim_cfg.lr > 0 else 0.0
-
-
-def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def load_hf_model(model_cfg: ModelConfig, path: str) -> torch.nn.Module:
     """The HF model at ``path`` in fp32, with the config overrides of ``model_cfg`` applied."""
-    config = apply_overrides(AutoConfig.from_pretrained(path), model_cfg.rope_theta,
-                             model_cfg.max_position_embeddings)
+    config = load_hf_config(path, model_cfg.rope_theta, model_cfg.max_position_embeddings)
     return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
                                                 attn_implementation=VARLEN_ATTENTION)
 
 
 class TorchBackend(Backend):
     def __init__(self, model_path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig,
-                 optim_cfg: OptimConfig, total_steps: int, device: torch.device):
+                 optim_cfg: OptimConfig, schedule: LRSchedule, device: torch.device):
         self.device = device
         self.model_path = model_path
         self.optim_cfg = optim_cfg
@@ -94,7 +80,7 @@ class TorchBackend(Backend):
         self.dp_rank = dist.get_rank() if self.distributed else 0
         self.compute_dtype = torch.bfloat16 if (device.type == "cuda" and trainer_cfg.precision == Precision.bf16) \
             else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer or model_path)
+        self.tokenizer = load_tokenizer(model_cfg.tokenizer or model_path)
 
         self.hf_model = load_hf_model(model_cfg, model_path).to(device)
         self.hf_config = self.hf_model.config
@@ -103,15 +89,11 @@ class TorchBackend(Backend):
         self.module = TokenLogprobModel(self.hf_model, model_cfg.logits_chunk_tokens, trainer_cfg.compile)
         self.fsdp = self.distributed and device.type == "cuda" and trainer_cfg.fsdp
         self.model = self._parallelize(self.module, trainer_cfg)
-        self.reset_optimizer(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)
+        self.reset_optimizer(schedule)
 
     def _parallelize(self, module: TokenLogprobModel, trainer_cfg: TrainerConfig) -> torch.nn.Module:
         if trainer_cfg.compile:
-            torch._functorch.config.activation_memory_budget = trainer_cfg.activation_memory_budget
-            # dynamic: packed rows differ in length and number of sequences; one graph serves them all
-            # (static shapes would recompile for every new bin length).
-            for layer in module.hf_model.model.layers:
-                layer.compile(dynamic=True)
+            compile_layers(module.hf_model.model.layers, trainer_cfg.activation_memory_budget)
         if self.fsdp:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -125,18 +107,16 @@ class TorchBackend(Backend):
             return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
         return module
 
-    def reset_optimizer(self, lr: float, warmup_steps: int, total_steps: int) -> None:
+    def reset_optimizer(self, schedule: LRSchedule) -> None:
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.optim_cfg.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(self.optim_cfg.beta1, self.optim_cfg.beta2),
+        self.optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(self.optim_cfg.beta1, self.optim_cfg.beta2),
                                            eps=self.optim_cfg.eps, fused=self.device.type == "cuda")
-        min_ratio = min_lr_ratio(self.optim_cfg)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_lambda(s, warmup_steps, total_steps, min_ratio))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule.factor)
 
     def _autocast(self):
         enabled = self.compute_dtype != torch.float32 and not self.fsdp
@@ -148,7 +128,7 @@ class TorchBackend(Backend):
         elif isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
             self.model.require_backward_grad_sync = enabled
 
-    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:
+    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float) -> dict:
         self.model.train()
         totals: dict[str, torch.Tensor] = {}
         for i, mb in enumerate(micro_batches):
@@ -182,7 +162,7 @@ class TorchBackend(Backend):
         return dict(zip(names, stacked.tolist(), strict=True))
 
     @torch.no_grad()
-    def logprobs(self, micro_batches: list[PackedBatch], temperature: float = 1.0):
+    def logprobs(self, micro_batches: list[PackedBatch], temperature: float):
         self.model.eval()
         out = []
         for mb in micro_batches:

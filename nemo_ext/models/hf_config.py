@@ -1,12 +1,29 @@
-"""Reading and overriding Hugging Face model configs across transformers versions.
+"""Loading Hugging Face model configs and tokenizers, and overriding configs across transformers versions.
 
-transformers 5 moved the RoPE base into ``config.rope_parameters["rope_theta"]`` and ignores a
-``rope_theta=`` keyword passed to ``from_pretrained``; older versions keep ``config.rope_theta``.
+Both training backends load the policy's config and tokenizer here (``load_hf_config``,
+``load_tokenizer``). transformers 5 moved the RoPE base into ``config.rope_parameters["rope_theta"]``
+and ignores a ``rope_theta=`` keyword passed to ``from_pretrained``; older versions keep
+``config.rope_theta``.
 """
 
 from __future__ import annotations
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+
+
+def load_hf_config(path: str, rope_theta: float | None = None,
+                   max_position_embeddings: int | None = None) -> PretrainedConfig:
+    """The config of the model at ``path`` (a directory or hub name) with the recipe's overrides."""
+    return apply_overrides(AutoConfig.from_pretrained(path), rope_theta, max_position_embeddings)
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer at ``path``; an error that names the path if there is none."""
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"{path}: no tokenizer loads from here ({err}); a Hugging Face model "
+                                "directory holds one (tokenizer.json / tokenizer_config.json)") from err
 
 
 def rope_theta_of(config: PretrainedConfig) -> float:

@@ -19,7 +19,7 @@ from nemo_ext.checkpoint import CheckpointManager
 from nemo_ext.config.rl import RLConfig
 from nemo_ext.config.schema import ResumeMode
 from nemo_ext.io import atomic_write_json
-from nemo_ext.rl.stages import ScheduleState, StageSchedule
+from nemo_ext.rl.stages import ScheduleState, StageSchedule, stage_lr_schedule
 
 if TYPE_CHECKING:
     from nemo_ext.rl.setup import RLRun
@@ -61,7 +61,7 @@ def resume(cfg: RLConfig, backend: Backend, schedule: StageSchedule, is_main: bo
     state = ScheduleState.from_dict(json.loads((path / SCHEDULE_FILE).read_text()))
     if state.stage < len(cfg.stages):
         stage = cfg.stages[state.stage]
-        backend.reset_optimizer(stage.lr, stage.warmup_steps, stage.steps or 1)
+        backend.reset_optimizer(stage_lr_schedule(stage))
     backend.load(path)
     schedule.state = state
     return path

@@ -52,7 +52,7 @@ from nemo_ext.rl.filters import fill_informative_groups, overlong_weights, soft_
 from nemo_ext.rl.losses import PolicyLoss, loss_normalizer, token_mask
 from nemo_ext.rl.prompts import RLPrompt, load_eval_problems, load_stage_prompts
 from nemo_ext.rl.setup import RLRun, build_run, close_run
-from nemo_ext.rl.stages import StageSchedule, epoch_order
+from nemo_ext.rl.stages import StageSchedule, epoch_order, stage_lr_schedule
 from nemo_ext.rl.temperature import TemperatureController
 
 PLOT_KEYS = ("reward/mean", "response_length/mean", "truncated_frac", "entropy", "temperature", "mismatch/kl")
@@ -253,7 +253,7 @@ def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
     fresh = sched.state.active is None
     sched.begin_stage(list(prompts))
     if fresh:
-        run.backend.reset_optimizer(stage.lr, stage.warmup_steps, stage.steps or 1)
+        run.backend.reset_optimizer(stage_lr_schedule(stage))
     controller = TemperatureController.start(stage.temperature)
     if sched.state.temperature is not None:
         controller.load_state_dict(sched.state.temperature)

@@ -19,7 +19,7 @@ from nemo_ext.rl import checkpoint
 from nemo_ext.rl.data_parallel import RankShare
 from nemo_ext.rl.prompts import RLPrompt, load_eval_problems, load_stage_prompts
 from nemo_ext.rl.rollout import RolloutEngine
-from nemo_ext.rl.stages import StageSchedule
+from nemo_ext.rl.stages import StageSchedule, stage_lr_schedule
 
 
 @dataclass
@@ -105,11 +105,9 @@ def join_ranks(cfg: RLConfig) -> torch.device:
 
 
 def build_policy(cfg: RLConfig, init: Path, device: torch.device) -> Backend:
-    """The ``cfg.backend`` trainer on the weights at ``init``, its optimizer at the first stage's lr.
-    Each stage's lr is constant after its warmup: min_lr = lr makes the backends' cosine flat."""
-    first = cfg.stages[0].lr
-    return build_backend(cfg.backend, str(init), cfg.model, cfg.trainer, replace(cfg.optim, lr=first, min_lr=first),
-                         1, device, fixed_batches=False)
+    """The ``cfg.backend`` trainer on the weights at ``init``, its optimizer on the first stage's schedule."""
+    return build_backend(cfg.backend, str(init), cfg.model, cfg.trainer, cfg.optim, stage_lr_schedule(cfg.stages[0]),
+                         device, fixed_batches=False)
 
 
 def build_run(cfg: RLConfig) -> RLRun:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.config.rl import StageConfig
 from nemo_ext.rl.filters import filter_prompts, record_pass_rates
 
@@ -46,6 +47,12 @@ class ScheduleState:
     @classmethod
     def from_dict(cls, state: Mapping) -> ScheduleState:
         return cls(**state)
+
+
+def stage_lr_schedule(stage: StageConfig) -> LRSchedule:
+    """A stage's learning rate: a linear warmup of ``warmup_steps`` to ``lr``, then constant (each
+    stage starts a fresh optimizer on it)."""
+    return LRSchedule.constant(stage.lr, stage.warmup_steps)
 
 
 def epoch_order(prompt_ids: Sequence[str], seed: int, stage: int, epoch: int) -> list[str]:

@@ -13,6 +13,7 @@ import torch
 from nemo_ext import dist
 from nemo_ext.backends import build_backend
 from nemo_ext.backends.base import Backend
+from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.checkpoint import CheckpointManager
 from nemo_ext.config.schema import ResumeMode, SFTConfig
 from nemo_ext.data.pack_job import PackConfig, pack_dataset
@@ -92,7 +93,7 @@ def train_step(backend: Backend, dataset: PackedDataset, schedule: BatchSchedule
     """One optimizer step on this rank's share of the global batch; returns metrics and sequence lengths."""
     micro_batches = [micro_batch([dataset[i] for i in bins]) for bins in schedule.bins(step)]
     global_tokens = backend.dp_sum(sum(mb.num_loss_tokens for mb in micro_batches))
-    metrics = backend.train_step(micro_batches, sft_loss(global_tokens))
+    metrics = backend.train_step(micro_batches, sft_loss(global_tokens), temperature=1.0)
     lens = [n for mb in micro_batches for n in mb.seq_lengths]
     return metrics, lens
 
@@ -110,7 +111,9 @@ def run_sft(cfg: SFTConfig) -> dict:
     dataset = PackedDataset(train_dir)
     t = cfg.trainer
     total_steps = total_steps_of(cfg, len(dataset))
-    backend = build_backend(cfg.backend, model_path, cfg.model, cfg.trainer, cfg.optim, total_steps, device)
+    o = cfg.optim
+    schedule = LRSchedule(o.lr, o.warmup_steps, total_steps, o.min_lr)  # cosine from optim.lr to optim.min_lr
+    backend = build_backend(cfg.backend, model_path, cfg.model, cfg.trainer, cfg.optim, schedule, device)
     # by data-parallel rank: the tensor / pipeline / context-parallel ranks of a replica take the same bins
     schedule = BatchSchedule(len(dataset), t.global_batch_size, t.micro_batch_size, t.seed, backend.dp_rank,
                              backend.dp_world_size)

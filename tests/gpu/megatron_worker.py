@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.checkpoint import CheckpointManager
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch, pack_sequences
@@ -39,7 +40,7 @@ def backend(args, precision: str, steps: int = 100, lr: float = 1e-3):
                         context_parallel_size=args.cp, sequence_parallel=args.sp)
     trainer = TrainerConfig(precision=Precision(precision), global_batch_size=args.micro, micro_batch_size=1,
                             grad_clip=1.0, seed=1234)
-    return MegatronBackend(args.model, model, trainer, OptimConfig(lr=lr, min_lr=lr / 10, warmup_steps=5), steps)
+    return MegatronBackend(args.model, model, trainer, OptimConfig(), LRSchedule(lr, 5, steps, lr / 10))
 
 
 def hf_logits(args) -> dict:
@@ -58,7 +59,7 @@ def hf_logits(args) -> dict:
             bounds = batch.cu_seqlens.tolist()
             ref = torch.cat([hf(batch.input_ids[a:b][None].cuda()).logits[0].float()
                              for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
-        [(logp, _)] = be.logprobs([batch])
+        [(logp, _)] = be.logprobs([batch], temperature=1.0)
         ref_logp = torch.log_softmax(ref, -1).gather(1, batch.targets.cuda()[:, None]).squeeze(1).cpu()
         mask = batch.loss_mask.bool()
         export = Path(args.out).with_suffix(f".{precision}.hf")
@@ -88,7 +89,7 @@ def grads(args) -> dict:
     be = backend(args, "fp32")
     batches = random_batches(args.micro)
     total = sum(b.num_loss_tokens for b in batches)
-    out = be.forward_backward(batches, sft_loss(total))
+    out = be.forward_backward(batches, sft_loss(total), temperature=1.0)
     named = {name: g.float().cpu() for name, g in be.hf_grads()}
     result = {"loss": out["loss"], "grads": named}
     if dist.get_world_size() == 1:
@@ -100,8 +101,8 @@ def logprobs(args) -> dict:
     """Log-probs and entropies of two packed batches, and one training step's loss, at ``--precision``."""
     be = backend(args, args.precision)
     batches = random_batches(2)
-    pairs = be.logprobs(batches)
-    out = be.train_step(batches, sft_loss(sum(b.num_loss_tokens for b in batches)))
+    pairs = be.logprobs(batches, temperature=1.0)
+    out = be.train_step(batches, sft_loss(sum(b.num_loss_tokens for b in batches)), temperature=1.0)
     return {"logp": torch.cat([lp for lp, _ in pairs]), "entropy": torch.cat([e for _, e in pairs]),
             "mask": torch.cat([b.loss_mask for b in batches]).bool(), "loss": out["loss"],
             "grad_norm": out["grad_norm"]}
@@ -112,20 +113,20 @@ def ckpt_save(args) -> dict:
     batches = random_batches(args.micro)
     loss_fn = sft_loss(sum(b.num_loss_tokens for b in batches))
     for _ in range(2):
-        be.train_step(batches, loss_fn)
+        be.train_step(batches, loss_fn, temperature=1.0)
     CheckpointManager(Path(args.ckpt), keep_last=1, is_main=dist.get_rank() == 0).save(be, 2, {"data_position": 2})
-    [(logp, entropy)] = be.logprobs(batches[:1])
-    return {"logp": logp, "entropy": entropy, "next_loss": be.train_step(batches, loss_fn)["loss"]}
+    [(logp, entropy)] = be.logprobs(batches[:1], temperature=1.0)
+    return {"logp": logp, "entropy": entropy, "next_loss": be.train_step(batches, loss_fn, temperature=1.0)["loss"]}
 
 
 def ckpt_load(args) -> dict:
     be = backend(args, args.precision)
     extra = be.load(CheckpointManager(Path(args.ckpt), keep_last=1, is_main=dist.get_rank() == 0).latest())
     batches = random_batches(args.micro)
-    [(logp, entropy)] = be.logprobs(batches[:1])
+    [(logp, entropy)] = be.logprobs(batches[:1], temperature=1.0)
     loss_fn = sft_loss(sum(b.num_loss_tokens for b in batches))
     return {"logp": logp, "entropy": entropy, "extra": extra, "step": be.step,
-            "next_loss": be.train_step(batches, loss_fn)["loss"]}
+            "next_loss": be.train_step(batches, loss_fn, temperature=1.0)["loss"]}
 
 
 def sft_batches(model_dir: str, steps: int, per_step: int, bin_size: int = 1024) -> list[list[PackedBatch]]:
@@ -152,7 +153,7 @@ def _train(be, steps_batches) -> list[float]:
     losses = []
     for mbs in steps_batches:
         tokens = sum(b.num_loss_tokens for b in mbs)  # DP = 1: this rank's bins are the global batch
-        losses.append(be.train_step(mbs, sft_loss(tokens))["loss"])
+        losses.append(be.train_step(mbs, sft_loss(tokens), temperature=1.0)["loss"])
     return losses
 
 
@@ -169,8 +170,7 @@ def sft(args) -> dict:
         trainer = TrainerConfig(precision=Precision.bf16, global_batch_size=args.micro, fsdp=False)
         try:
             tb = TorchBackend(args.model, ModelConfig(), trainer,
-                              OptimConfig(lr=args.lr, min_lr=args.lr / 10, warmup_steps=5), args.steps,
-                              torch.device("cuda", 0))
+                              OptimConfig(), LRSchedule(args.lr, 5, args.steps, args.lr / 10), torch.device("cuda", 0))
             result["torch"] = _train(tb, steps_batches)
         except Exception as e:  # noqa: BLE001 - reported by the test that compares the two
             result["torch_error"] = f"{type(e).__name__}: {e}"
@@ -223,6 +223,7 @@ def rl_update(args) -> dict:
     from nemo_ext.rl import grpo
     from nemo_ext.rl.data_parallel import RankShare
     from nemo_ext.rl.setup import RLRun, build_policy, join_ranks
+    from nemo_ext.rl.stages import stage_lr_schedule
 
     stage = StageConfig(max_response_len=64, group_size=4, lr=1e-3, steps=1)
     trainer = TrainerConfig(precision=Precision.fp32, accelerator=Accelerator.gpu, fsdp=False, grad_clip=1.0, seed=1234)
@@ -233,7 +234,7 @@ def rl_update(args) -> dict:
                        policy=PolicyConfig(init=args.model, micro_batch_tokens=160))
         device = device or join_ranks(cfg)
         policy = build_policy(cfg, Path(args.model), device)
-        policy.reset_optimizer(stage.lr, stage.warmup_steps, 1)  # as a stage begins
+        policy.reset_optimizer(stage_lr_schedule(stage))  # as a stage begins
         sink = WeightSink()
         run = RLRun(cfg, policy, sink, None, None, None, Path(args.out).parent, RankShare.current(policy))
         initial = {name: t.float().cpu().clone() for name, t in policy.hf_weights()}

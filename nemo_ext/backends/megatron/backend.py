@@ -15,7 +15,7 @@ from averaging over ranks, and ``_finalize_grads`` drops megatron's per-token re
 
 Precision ``bf16``: bf16 parameters and activations, fp32 gradients and fp32 master weights in the
 distributed optimizer (megatron's Float16Module + DistributedOptimizer). The learning-rate schedule is
-the torch backend's (``lr_lambda``), so both backends train on the same schedule.
+``backends.schedule.LRSchedule``, the torch backend's too, so both backends train on the same schedule.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import math
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -35,9 +36,9 @@ from megatron.core.distributed.param_and_grad_buffer import shard_buffer
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
-from transformers import AutoConfig, AutoTokenizer
 
 from nemo_ext.backends.base import Backend, LossFn
+from nemo_ext.backends.compile import compile_layers
 from nemo_ext.backends.megatron import checkpoint
 from nemo_ext.backends.megatron.context_parallel import gather_logprobs
 from nemo_ext.backends.megatron.convert import Shape
@@ -50,10 +51,10 @@ from nemo_ext.backends.megatron.model import (
     transformer_config,
 )
 from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
-from nemo_ext.backends.torch_backend import lr_lambda, min_lr_ratio
+from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch
-from nemo_ext.models.hf_config import apply_overrides, rope_theta_of
+from nemo_ext.models.hf_config import load_hf_config, load_tokenizer, rope_theta_of
 
 
 def init_distributed(device: torch.device | None = None) -> torch.device:
@@ -111,13 +112,11 @@ class MegatronBackend(Backend):
     at start (False: a varying number, as the RL loop's token-budgeted micro-batches)."""
 
     def __init__(self, model_path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, optim_cfg: OptimConfig,
-                 total_steps: int, *, load_weights: bool = True, recompute: str | None = None,
+                 schedule: LRSchedule, *, load_weights: bool = True, recompute: str | None = None,
                  device: torch.device | None = None, fixed_batches: bool = True):
         self.device = init_distributed(device)
         self.model_path, self.model_cfg, self.optim_cfg = model_path, model_cfg, optim_cfg
-        self.total_steps, self.step = total_steps, 0
-        self.hf_config = apply_overrides(AutoConfig.from_pretrained(model_path), model_cfg.rope_theta,
-                                         model_cfg.max_position_embeddings)
+        self.hf_config = load_hf_config(model_path, model_cfg.rope_theta, model_cfg.max_position_embeddings)
         self.shape = Shape.from_hf_config(self.hf_config)
         self.layout = self._init_parallel(trainer_cfg, fixed_batches)
         self.impl = choose_impl(model_cfg, self.layout)
@@ -134,8 +133,7 @@ class MegatronBackend(Backend):
         for chunk in self.chunks:
             chunk.to(self.device)
             if trainer_cfg.compile:  # as the torch backend: each decoder layer, dynamic shapes
-                for layer in chunk.decoder.layers:
-                    layer.compile(dynamic=True)
+                compile_layers(chunk.decoder.layers, trainer_cfg.activation_memory_budget)
         if load_weights:
             checkpoint.load_hf_weights(self.chunks, self.shape, self.layout, model_path)
         wrapped = [Float16Module(self.config, c) if bf16 else c for c in self.chunks]
@@ -145,14 +143,16 @@ class MegatronBackend(Backend):
         self.pad_multiple = math.lcm(self.layout.pad_multiple(), 16 if model_cfg.fp8 else 1)  # FP8 GEMMs: 16 rows
         self.chunk_tokens = model_cfg.logits_chunk_tokens
         self.grad_clip, self.bf16, self.compiled = trainer_cfg.grad_clip, bf16, trainer_cfg.compile
-        self.reset_optimizer(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)
+        self.reset_optimizer(schedule)
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_world_size = parallel_state.get_data_parallel_world_size()
         self.dp_group = parallel_state.get_data_parallel_group()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer or model_path)
-        except (OSError, ValueError):
-            self.tokenizer = None  # a config-only directory (benchmarks): export writes no tokenizer
+            self.tokenizer = load_tokenizer(model_cfg.tokenizer or model_path)
+        except FileNotFoundError:
+            if load_weights:
+                raise
+            self.tokenizer = None  # random weights from a config-only directory (benchmarks): none to export
 
     def _init_parallel(self, trainer_cfg: TrainerConfig, fixed_batches: bool) -> Layout:
         m = self.model_cfg
@@ -175,19 +175,16 @@ class MegatronBackend(Backend):
 
     # -- optimizer -------------------------------------------------------------------------------
 
-    def reset_optimizer(self, lr: float, warmup_steps: int, total_steps: int) -> None:
+    def reset_optimizer(self, schedule: LRSchedule) -> None:
         o = self.optim_cfg
-        config = OptimizerConfig(optimizer="adam", lr=lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
+        config = OptimizerConfig(optimizer="adam", lr=schedule.lr, min_lr=schedule.min_lr, weight_decay=o.weight_decay,
                                  adam_beta1=o.beta1, adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=self.grad_clip,
                                  bf16=self.bf16, params_dtype=self.config.params_dtype,
                                  use_distributed_optimizer=True)
         install_foreach_kernels()
         self.optimizer = get_megatron_optimizer(config, self.model)
         use_fused_torch_adam(self.optimizer)
-        self.base_lr, self.warmup_steps, self.total_steps, self.step = lr, warmup_steps, total_steps, 0
-
-    def _current_lr(self) -> float:
-        return self.base_lr * lr_lambda(self.step, self.warmup_steps, self.total_steps, min_lr_ratio(self.optim_cfg))
+        self.schedule, self.step = schedule, 0
 
     # -- forward / backward ----------------------------------------------------------------------
 
@@ -228,15 +225,15 @@ class MegatronBackend(Backend):
             seq_length=max(m.input_ids.shape[1] for m in micros) * self.layout.cp,  # megatron divides by CP
             micro_batch_size=1, forward_only=forward_only)
 
-    def forward_backward(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0
+    def forward_backward(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float
                          ) -> dict[str, float]:
         """Gradients of the summed loss shares in the parameters' ``main_grad`` (reduced over DP), no
         optimizer step. Returns the summed ``loss`` and metrics, as ``train_step`` does."""
         return self._sum_over_replicas(self._backward(micro_batches, loss_fn, temperature))
 
-    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float = 1.0) -> dict:
+    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float) -> dict:
         totals = self._backward(micro_batches, loss_fn, temperature)
-        lr = self._current_lr()
+        lr = self.schedule.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         _, grad_norm, _ = self.optimizer.step()
@@ -276,7 +273,7 @@ class MegatronBackend(Backend):
         return dict(zip(names[0], stacked.tolist(), strict=True))
 
     @torch.no_grad()
-    def logprobs(self, micro_batches: list[PackedBatch], temperature: float = 1.0):
+    def logprobs(self, micro_batches: list[PackedBatch], temperature: float):
         for m in self.model:
             m.eval()
         micros = self._micros(micro_batches)
@@ -324,13 +321,11 @@ class MegatronBackend(Backend):
                              dtype=self.config.params_dtype, source_dir=self.model_path)
 
     def save(self, path: Path, extra_state: dict) -> None:
-        checkpoint.save(self, Path(path), {"extra": extra_state, "step": self.step, "base_lr": self.base_lr,
-                                           "warmup_steps": self.warmup_steps, "total_steps": self.total_steps})
+        checkpoint.save(self, Path(path), {"extra": extra_state, "step": self.step, "schedule": asdict(self.schedule)})
 
     def load(self, path: Path) -> dict:
         state = checkpoint.load(self, Path(path))
         use_fused_torch_adam(self.optimizer)
-        self.step, self.base_lr = state["step"], state["base_lr"]
-        self.warmup_steps, self.total_steps = state["warmup_steps"], state["total_steps"]
+        self.step, self.schedule = state["step"], LRSchedule(**state["schedule"])
         return state["extra"]
 

@@ -1,0 +1,24 @@
+"""``trainer.compile`` for both backends: each decoder layer compiled in place, dynamic shapes.
+
+Packed rows differ in length and in number of sequences; with ``dynamic=True`` one graph serves them
+all (static shapes would recompile for every new bin length). The compiled graphs fuse the norms,
+RoPE and SwiGLU, and keep fewer activations for the backward (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def compile_layers(layers: Iterable[torch.nn.Module], activation_memory_budget: float) -> None:
+    """Compile every module of ``layers`` in place.
+
+    activation_memory_budget: ``trainer.activation_memory_budget``, the fraction of the activations
+    the backward would keep that the compiled graphs may keep; below 1, torch's min-cut partitioner
+    recomputes the cheapest ops (pointwise first) in the backward instead of storing their outputs.
+    """
+    torch._functorch.config.activation_memory_budget = activation_memory_budget
+    for layer in layers:
+        layer.compile(dynamic=True)
