@@ -118,8 +118,7 @@ def _configs(args, model_dir: str):
 
     model = ModelConfig(tensor_model_parallel_size=args.tp, sequence_parallel=args.tp > 1,
                         logits_chunk_tokens=4096)
-    trainer = TrainerConfig(precision=Precision.bf16, global_batch_size=args.micro, micro_batch_size=1,
-                            activation_checkpointing=args.recompute == "full", fsdp=False)
+    trainer = TrainerConfig(precision=Precision.bf16, activation_checkpointing=args.recompute == "full", fsdp=False)
     return model, trainer, OptimConfig(), LRSchedule(1e-5, 2, 100, 1e-6)
 
 
@@ -130,7 +129,8 @@ def work_megatron(args, model_dir: str, bins, compile_layers: bool = False) -> l
     model, trainer, optim, schedule = _configs(args, model_dir)
     trainer.compile = compile_layers
     recompute = None if args.recompute == "none" else args.recompute
-    be = MegatronBackend(model_dir, model, trainer, optim, schedule, load_weights=False, recompute=recompute)
+    be = MegatronBackend(model_dir, model, trainer, optim, schedule, load_weights=False, recompute=recompute,
+                         batch_sizes=(args.micro, 1))
     run = be.forward_backward if args.no_optimizer else be.train_step
     return _timed(args, _steps(args, _packed(bins)),
                   lambda mbs: run(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs)), temperature=1.0))

@@ -11,11 +11,14 @@ from tests.test_sft_run import sft_config
 
 
 def _layout(cfg, model_name: str | None = None, **over):
+    """As the backend plans it: SFT's batch sizes, or RL's varying number of micro-batches (None)."""
     m, t = cfg.model, cfg.trainer
+    sft = hasattr(t, "global_batch_size")
     args = dict(world_size=t.devices * t.num_nodes, gpus_present=8, tp=m.tensor_model_parallel_size,
                 pp=m.pipeline_model_parallel_size, cp=m.context_parallel_size,
                 vpp=m.virtual_pipeline_model_parallel_size, sequence_parallel=m.sequence_parallel,
-                global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size)
+                global_batch_size=t.global_batch_size if sft else None,
+                micro_batch_size=t.micro_batch_size if sft else 1)
     shape = Shape.from_hf_config(qwen2_config(model_name or cfg.model.name_or_path))
     return plan_layout(shape, **{**args, **over})
 
@@ -46,7 +49,7 @@ def test_acereason_megatron_rl_config_is_the_7b_rl_on_a_valid_8_gpu_layout():
     assert (cfg.stages, cfg.policy, cfg.rollout, cfg.optim, cfg.loss) == \
         (base.stages, base.policy, base.rollout, base.optim, base.loss)
     # the policy is the SFT export of Qwen2.5-Math-7B; RL's micro-batch count varies
-    layout = _layout(cfg, "Qwen/Qwen2.5-Math-7B", global_batch_size=None)
+    layout = _layout(cfg, "Qwen/Qwen2.5-Math-7B")
     assert (layout.tp, layout.pp, layout.cp, layout.dp) == (2, 1, 1, 4)
 
 

@@ -1,6 +1,11 @@
-"""The real recipe's SFT config builds the paper's model: Qwen2.5-Math-7B with RoPE base 1e6."""
+"""The shipped configs: the real SFT recipe builds the paper's model (Qwen2.5-Math-7B, RoPE base 1e6),
+and every key of every shipped YAML is read by the code."""
 
 from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
 
 import torch
 from transformers import Qwen2ForCausalLM
@@ -33,3 +38,72 @@ def test_rope_theta_override_reaches_the_loaded_model(tiny_model_dir):
     assert rope_theta_of(model.config) == 1e6 and model.config.max_position_embeddings == 4096
     inv_freq = model.model.rotary_emb.inv_freq  # base^(-2i/d): the second entry is 1e6^(-2/64)
     assert abs(float(inv_freq[1]) - 1e6 ** (-2 / 64)) < 1e-6  # 1e4 would give 0.750
+
+
+# -- every key of every shipped YAML is read by something ------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = [*ROOT.glob("nemo_ext/**/*.py"), *ROOT.glob("recipes/*.py"), *ROOT.glob("data_prep/*.py"),
+        *ROOT.glob("eval/*.py")]
+
+
+def attributes_read() -> set[str]:
+    """Every attribute name the project's code loads (``x.name``), outside ``nemo_ext/config``: a key
+    read only by the schema's own validation is not read."""
+    names = set()
+    for path in CODE:
+        if path.is_relative_to(ROOT / "nemo_ext" / "config"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                names.add(node.attr)
+    return names
+
+
+def schema_keys(obj, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, field name) of every field of a loaded config, sections and list items included."""
+    keys = []
+    for f in fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        keys.append((key, f.name))
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        if is_dataclass(value):
+            keys += schema_keys(value, key + ".")
+        for i, item in items:
+            if is_dataclass(item):
+                keys += schema_keys(item, f"{key}[{i}].")
+    return keys
+
+
+def shipped_configs() -> dict[str, object]:
+    from nemo_ext.evaluation.registry import load_registry
+    from nemo_ext.launch.schema import load_launcher
+    from tests.test_rl_config import rl_config
+
+    configs = {f"sft/{p.stem}": sft_config([], f"sft/{p.stem}") for p in (ROOT / "recipes/conf/sft").glob("*.yaml")}
+    configs |= {f"rl/{p.stem}": rl_config(f"rl/{p.stem}") for p in (ROOT / "recipes/conf/rl").glob("*.yaml")}
+    configs["eval/benchmarks.yaml"] = load_registry(ROOT / "eval" / "benchmarks.yaml")
+    configs["launcher.yaml"] = load_launcher(ROOT / "launcher.yaml")
+    return configs
+
+
+def test_every_key_of_every_shipped_yaml_is_read():
+    """No key accepted but ignored: each key of each shipped config's schema (recipes/conf, the
+    benchmark registry, launcher.yaml) is read by the code as an attribute. This would have caught
+    trainer.eval_every and model.attn_implementation, which nothing read; SFT-only keys cannot reach
+    an RL config (tests/test_rl_config.py)."""
+    read, configs = attributes_read(), shipped_configs()
+    assert len(configs) >= 8
+    unread = sorted({f"{name}: {key}" for name, cfg in configs.items() for key, field_name in schema_keys(cfg)
+                     if field_name not in read})
+    assert not unread, unread
+
+
+def test_the_key_check_sees_a_dead_key():
+    @dataclass
+    class WithDeadKey:
+        logits_chunk_tokens: int = 1
+        attn_implementation_never_read: str = "auto"
+
+    assert [key for key, name in schema_keys(WithDeadKey()) if name not in attributes_read()] == \
+        ["attn_implementation_never_read"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,18 +10,18 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from nemo_ext.config.load import as_schema, register_schemas
-from nemo_ext.config.rl import PromptFilterMode, RLConfig, TemperatureMode, validate_rl_config
+from nemo_ext.config.load import register_schemas
+from nemo_ext.config.rl import RL_HYDRA_SCHEMA, PromptFilterMode, RLConfig, TemperatureMode, as_rl_config
 
 CONF = Path(__file__).resolve().parents[1] / "recipes" / "conf"
 RL_YAMLS = sorted(p.stem for p in (CONF / "rl").glob("*.yaml"))
 
 
 def rl_config(config_name: str, overrides: list[str] = ()) -> RLConfig:
-    register_schemas({"rl_schema": RLConfig})
+    """As recipes/rl.py loads it."""
+    register_schemas({"rl_schema": RL_HYDRA_SCHEMA})
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        composed = compose(config_name=config_name, overrides=list(overrides))
-        return validate_rl_config(as_schema(composed, RLConfig))
+        return as_rl_config(compose(config_name=config_name, overrides=list(overrides)))
 
 
 @pytest.mark.parametrize("name", RL_YAMLS)
@@ -50,7 +51,7 @@ def test_the_acereason_schedule_is_the_papers():
     assert all(s.prompt_filter.mode is PromptFilterMode.solved_by_all for s in cfg.stages[3:])
     assert all(s.temperature.mode is TemperatureMode.probe and s.temperature.target_entropy == 0.3
                for s in cfg.stages)
-    assert cfg.loss.kl_coef == 0.0 and cfg.loss.aggregation.value == "token_mean"
+    assert cfg.loss.aggregation.value == "token_mean"
 
 
 def test_overrides_reach_a_stage():
@@ -72,3 +73,43 @@ def test_bad_keys_and_values_name_the_key():
 def test_the_megatron_backend_is_a_choice_with_its_parallel_layout():
     cfg = rl_config("rl/tiny", ["backend=megatron", "model.tensor_model_parallel_size=2"])
     assert cfg.backend.value == "megatron" and cfg.model.tensor_model_parallel_size == 2
+
+
+@pytest.mark.parametrize(("override", "key", "use"), [
+    ("optim.lr=1e-5", "optim.lr", "use stages[i].lr"),
+    ("optim.min_lr=0", "optim.min_lr", "use stages[i].lr (an RL stage's learning rate is constant after its warmup)"),
+    ("optim.warmup_steps=3", "optim.warmup_steps", "use stages[i].warmup_steps"),
+    ("trainer.global_batch_size=8", "trainer.global_batch_size", "use stages[i].prompts_per_step x stages[i]"),
+    ("trainer.micro_batch_size=2", "trainer.micro_batch_size", "use policy.micro_batch_tokens"),
+    ("trainer.max_steps=10", "trainer.max_steps", "use stages[i].steps"),
+    ("model.name_or_path=x", "model.name_or_path", "use policy.init"),
+    ("model.tokenizer=x", "model.tokenizer", "both use policy.init's own tokenizer"),
+    ("checkpoint.export_hf=false", "checkpoint.export_hf", "RL always writes stages/<stage>/hf"),
+    ("+data.train_dir=x", "data", "use stages[i].data"),
+    ("loss.kl_coef=0.1", "loss.kl_coef", "loads no reference policy"),
+])
+def test_an_sft_key_in_an_rl_config_is_refused_naming_the_rl_key(override, key, use):
+    """RL reuses SFT's section names; an SFT-only key there would be silently ignored, so it fails."""
+    with pytest.raises(ValueError, match=rf"RL config key {re.escape(key)}: RL has no such key.*{re.escape(use)}"):
+        rl_config("rl/tiny", [override])
+
+
+def test_an_sft_key_in_an_rl_yaml_is_refused_too(tmp_path):
+    """The same for a user's YAML (not only the command line), composed the way recipes/rl.py does."""
+    conf = tmp_path / "rl"
+    conf.mkdir()
+    (conf / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - /rl_schema\n  - _self_\n"
+                                    "trainer:\n  global_batch_size: 64\n")
+    register_schemas({"rl_schema": RL_HYDRA_SCHEMA})
+    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
+        composed = compose(config_name="rl/mine")
+    with pytest.raises(ValueError, match=r"trainer\.global_batch_size: RL has no such key.*prompts_per_step"):
+        as_rl_config(composed)
+
+
+def test_the_rl_sections_hold_no_sft_only_key():
+    cfg = RLConfig()
+    for section, key in [("trainer", "global_batch_size"), ("trainer", "max_steps"), ("optim", "lr"),
+                         ("optim", "min_lr"), ("model", "name_or_path"), ("checkpoint", "export_hf"),
+                         ("logging", "log_every")]:
+        assert not hasattr(getattr(cfg, section), key), f"{section}.{key}"

@@ -5,9 +5,17 @@ import math
 import pytest
 import torch
 
-from nemo_ext.config.rl import Aggregation, KLEstimator, LossConfig
+from nemo_ext.config.rl import Aggregation, LossConfig
 from nemo_ext.data.batch import pack_sequences
-from nemo_ext.rl.losses import LossNormalizer, PolicyLoss, clipped_objective, kl_penalty, loss_normalizer
+from nemo_ext.rl.losses import (
+    KLEstimator,
+    KLPenalty,
+    LossNormalizer,
+    PolicyLoss,
+    clipped_objective,
+    kl_penalty,
+    loss_normalizer,
+)
 
 
 def test_ppo_clip_with_separate_bounds():
@@ -105,8 +113,7 @@ def test_kl_term_is_added_per_token():
     fields = {"advantages": [[0, 1]], "ref_logprobs": [[0, math.log(0.25)]]}
     batch = pack_sequences([[1, 2]], [[0, 1]], fields)
     logp = torch.tensor([math.log(0.5), 0.0])
-    cfg = LossConfig(kl_coef=0.1, kl_estimator=KLEstimator.k1)
-    loss, metrics = PolicyLoss(cfg, loss_normalizer([batch], 2))(logp, batch)
+    loss, metrics = PolicyLoss(LossConfig(), loss_normalizer([batch], 2), KLPenalty(0.1, KLEstimator.k1))(logp, batch)
     assert loss.item() == pytest.approx(-1 + 0.1 * math.log(2))
     assert metrics["kl_ref"].item() == pytest.approx(math.log(2))
 

@@ -127,7 +127,7 @@ def test_compiled_backend_trains_like_the_eager_one(tiny_model_dir):
         rows.append(pack_sequences(seqs, [[1] * len(s) for s in seqs]))
     runs = {}
     for compiled in (False, True):
-        model_cfg = ModelConfig(name_or_path=str(tiny_model_dir), logits_chunk_tokens=16)
+        model_cfg = ModelConfig(logits_chunk_tokens=16)
         backend = TorchBackend(str(tiny_model_dir), model_cfg,
                                TrainerConfig(compile=compiled, activation_checkpointing=compiled),
                                OptimConfig(), LRSchedule(1e-3, 1, 10, 1e-4), torch.device("cpu"))

@@ -11,12 +11,13 @@ from nemo_ext.config.schema import BackendName, ModelConfig, OptimConfig, Traine
 
 def build_backend(name: BackendName, model_path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig,
                   optim_cfg: OptimConfig, schedule: LRSchedule, device: torch.device, *,
-                  fixed_batches: bool = True) -> Backend:
+                  batch_sizes: tuple[int, int] | None = None, tokenizer: str | None = None) -> Backend:
     """The ``name`` backend on the Hugging Face weights at ``model_path``, its optimizer on ``schedule``
     (megatron-core is imported only when asked for).
 
-    fixed_batches: the loop hands ``trainer.global_batch_size`` micro-batches per step (SFT), which
-    megatron checks against its layout at start; False for a varying number (RL's token budget).
+    batch_sizes: (packed bins per step over all ranks, bins per micro-batch) when the loop hands a
+    fixed number of micro-batches per step (SFT), which megatron checks against its layout at start;
+    None for a varying number (RL's token budget). tokenizer: a path other than ``model_path``'s.
     """
     if name == BackendName.megatron:
         try:
@@ -29,7 +30,7 @@ def build_backend(name: BackendName, model_path: str, model_cfg: ModelConfig, tr
                                       "use backend=torch") from e
 
         return MegatronBackend(model_path, model_cfg, trainer_cfg, optim_cfg, schedule, device=device,
-                               fixed_batches=fixed_batches)
+                               batch_sizes=batch_sizes, tokenizer=tokenizer)
     from nemo_ext.backends.torch_backend import TorchBackend
 
-    return TorchBackend(model_path, model_cfg, trainer_cfg, optim_cfg, schedule, device)
+    return TorchBackend(model_path, model_cfg, trainer_cfg, optim_cfg, schedule, device, tokenizer=tokenizer)

@@ -70,7 +70,7 @@ def load_hf_model(model_cfg: ModelConfig, path: str) -> torch.nn.Module:
 
 class TorchBackend(Backend):
     def __init__(self, model_path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig,
-                 optim_cfg: OptimConfig, schedule: LRSchedule, device: torch.device):
+                 optim_cfg: OptimConfig, schedule: LRSchedule, device: torch.device, tokenizer: str | None = None):
         self.device = device
         self.model_path = model_path
         self.optim_cfg = optim_cfg
@@ -80,7 +80,7 @@ class TorchBackend(Backend):
         self.dp_rank = dist.get_rank() if self.distributed else 0
         self.compute_dtype = torch.bfloat16 if (device.type == "cuda" and trainer_cfg.precision == Precision.bf16) \
             else torch.float32
-        self.tokenizer = load_tokenizer(model_cfg.tokenizer or model_path)
+        self.tokenizer = load_tokenizer(tokenizer or model_path)
 
         self.hf_model = load_hf_model(model_cfg, model_path).to(device)
         self.hf_config = self.hf_model.config

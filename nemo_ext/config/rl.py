@@ -2,10 +2,12 @@
 
 One run walks ``stages`` in order (the paper's math 8K -> 16K -> 24K, code 24K -> 32K, math 32K);
 each stage has its own data, response length, group size, temperature rule, overlong filtering,
-prompt filter, learning rate and length. The sections the RL run shares with SFT (trainer, model,
-optim, checkpoint, logging) are the SFT schema's own dataclasses. Every default here is the embedded
-CPU demo's; the paper's values live in ``recipes/conf/rl/acereason_7b.yaml`` with their sources.
-``validate_rl_config`` checks what types cannot (ranges, one length per stage), naming the key.
+prompt filter, learning rate and length. The sections shared with SFT (trainer, model, optim,
+checkpoint, logging) hold only what both runs read (``config/schema.py``); SFT's own keys in an RL
+config (``trainer.global_batch_size``, ``optim.lr``, ``model.name_or_path`` ...) are refused by
+``as_rl_config`` with the RL key that does their job (``REFUSED_KEYS``). Every default here is the
+embedded CPU demo's; the paper's values live in ``recipes/conf/rl/acereason_7b.yaml`` with their
+sources. ``validate_rl_config`` checks what types cannot (ranges, one length per stage), naming the key.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from omegaconf import DictConfig, OmegaConf
+
+from nemo_ext.config.load import as_schema, with_refused_keys
 from nemo_ext.config.schema import (
     BackendName,
     CheckpointConfig,
@@ -40,12 +45,6 @@ class Aggregation(StrEnum):
     constant = "constant"  # sum / (sequences * max_response_len) (Dr. GRPO)
 
 
-class KLEstimator(StrEnum):
-    k1 = "k1"  # log(pi / ref)
-    k2 = "k2"  # 0.5 * log(pi / ref)^2
-    k3 = "k3"  # ref / pi - log(ref / pi) - 1 (Schulman's unbiased, low-variance estimator)
-
-
 class TemperatureMode(StrEnum):
     fixed = "fixed"  # `value` for the whole stage
     probe = "probe"  # at stage start, the candidate whose entropy is nearest the target
@@ -70,9 +69,6 @@ class LossConfig:
     clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.2
     dual_clip: float | None = None  # c > 1: for negative advantages the loss is capped at -A * c
-    kl_coef: float = 0.0
-    kl_estimator: KLEstimator = KLEstimator.k3
-    kl_clamp: float = 10.0  # each token's KL estimate is clamped to [-kl_clamp, kl_clamp]
     tis_cap: float | None = None  # truncated importance sampling: weight min(pi_old / pi_vllm, cap)
 
 
@@ -172,10 +168,7 @@ class RLConfig:
     # ranks of one model replica train the same micro-batches, every rank rolls out with its own vLLM).
     backend: BackendName = BackendName.torch
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    # RL reads devices, seed, grad_clip, precision, compile and activation checkpointing; not the batch
-    # sizes: a step's micro-batches are token-budgeted (policy.micro_batch_tokens).
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    # model.name_or_path is unused: policy.init names the weights.
     model: ModelConfig = field(default_factory=ModelConfig)
     # AdamW betas, eps and weight decay; the learning rate is each stage's `lr`, constant after warmup.
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -239,10 +232,48 @@ def validate_rl_config(cfg: RLConfig) -> RLConfig:
     _check(loss.dual_clip is None or loss.dual_clip > 1, "loss.dual_clip", "null or a value > 1",
            loss.dual_clip)
     _check(loss.tis_cap is None or loss.tis_cap > 0, "loss.tis_cap", "null or a value > 0", loss.tis_cap)
-    _check(loss.kl_coef == 0, "loss.kl_coef", "0: a reference policy is not loaded by this loop (the paper "
-           "uses no KL); the loss supports it for callers that provide ref_logprobs", loss.kl_coef)
     _check(cfg.policy.micro_batch_tokens >= 1, "policy.micro_batch_tokens", "an integer >= 1",
            cfg.policy.micro_batch_tokens)
     _check(0 < cfg.rollout.top_p <= 1, "rollout.top_p", "a value in (0, 1]", cfg.rollout.top_p)
     return cfg
 
+
+
+_EACH_STAGE = "stages[i].{} (each stage has its own)"
+REFUSED_KEYS = {
+    # SFT keys, which RL does not read: the RL key that does their job
+    "trainer.max_steps": _EACH_STAGE.format("steps"),
+    "trainer.epochs": _EACH_STAGE.format("epochs"),
+    "trainer.global_batch_size": "stages[i].prompts_per_step x stages[i].group_size (a step's rollouts)",
+    "trainer.micro_batch_size": "policy.micro_batch_tokens (a micro-batch is a token budget)",
+    "model.name_or_path": "policy.init (the starting weights)",
+    "model.tokenizer": "nothing: the trainer and vLLM both use policy.init's own tokenizer",
+    "optim.lr": _EACH_STAGE.format("lr"),
+    "optim.min_lr": "stages[i].lr (an RL stage's learning rate is constant after its warmup)",
+    "optim.warmup_steps": _EACH_STAGE.format("warmup_steps"),
+    "checkpoint.export_hf": "nothing: RL always writes stages/<stage>/hf and <output_dir>/hf",
+    "logging.log_every": "nothing: RL logs every step",
+    "logging.progress_bar": "nothing: RL prints one line per step",
+    "data": "stages[i].data (each stage's prompt file)",
+    # keys RL had and no longer has
+    "loss.kl_coef": "nothing: the loop loads no reference policy (the paper uses no KL; PAPER.md \"KL, "
+                    "entropy bonus\"); the loss's KL term (rl.losses.KLPenalty) is for callers that supply "
+                    "ref_logprobs",
+    "loss.kl_estimator": "nothing: see loss.kl_coef",
+    "loss.kl_clamp": "nothing: see loss.kl_coef",
+}
+"""Keys an RL config may carry by habit (SFT's, or retired ones), each refused with what to use."""
+
+RL_HYDRA_SCHEMA = with_refused_keys(RLConfig, REFUSED_KEYS)
+"""What Hydra composes RL YAML onto (``rl_schema``): ``RLConfig`` plus ``REFUSED_KEYS`` as optional
+fields, so a config that sets one reaches ``as_rl_config``, whose message says what to use (Hydra's
+own would only say the key is unknown). Any other unknown key still fails in Hydra, naming it."""
+
+
+def as_rl_config(composed: DictConfig) -> RLConfig:
+    """The composed RL config as a checked ``RLConfig``: a refused key is an error naming the RL key
+    to use, then every value is type-checked and ``validate_rl_config`` checks ranges."""
+    for key, use in REFUSED_KEYS.items():
+        if OmegaConf.select(composed, key, default=None) is not None:
+            raise ValueError(f"RL config key {key}: RL has no such key (it would be ignored); use {use}")
+    return validate_rl_config(as_schema(composed, RLConfig, drop=REFUSED_KEYS))

@@ -2,8 +2,11 @@
 
 Hydra merges the YAML and command-line overrides into these structured configs, so an unknown key
 or an ill-typed value fails before any work starts, with a message that names the key and the
-expected type or the allowed values. Every default here is the embedded CPU demo's; the paper's
-values live in ``recipes/conf/sft/acereason_7b.yaml`` with their sources.
+expected type or the allowed values. The sections both runs share (``TrainerConfig``, ``ModelConfig``,
+``OptimConfig``, ``CheckpointConfig``, ``LoggingConfig``: what the backends and the loops' common
+plumbing read) are the RL schema's as they are; SFT's sections extend them with the keys only SFT
+reads (``SFT*Config``). Every default here is the embedded CPU demo's; the paper's values live in
+``recipes/conf/sft/acereason_7b.yaml`` with their sources.
 """
 
 from __future__ import annotations
@@ -35,14 +38,12 @@ class ResumeMode(StrEnum):
 
 @dataclass
 class TrainerConfig:
+    """How the policy trains, for SFT and RL alike (the backends read this section)."""
+
     devices: int = 1  # worker processes on this node; >1 self-launches through torch elastic
     num_nodes: int = 1  # checked against SLURM_NNODES when under SLURM
     accelerator: Accelerator = Accelerator.auto
     precision: Precision = Precision.bf16  # fp32 on CPU regardless (bf16 matmuls are slow there)
-    max_steps: int = 300  # optimizer steps; -1 = run `epochs` epochs
-    epochs: int = 1
-    global_batch_size: int = 16  # packed bins per optimizer step, over all data-parallel ranks
-    micro_batch_size: int = 1  # packed bins per forward/backward
     grad_clip: float = 1.0
     seed: int = 1234
     activation_checkpointing: bool = False
@@ -52,7 +53,6 @@ class TrainerConfig:
     # may keep; below 1, torch's min-cut partitioner recomputes the cheapest ops (pointwise first) in
     # the backward pass instead of storing their outputs (torch._functorch.config.activation_memory_budget).
     activation_memory_budget: float = 1.0
-    eval_every: int = 0  # 0 = only at the end
 
     def __post_init__(self):
         if not 0 < self.activation_memory_budget <= 1:
@@ -60,13 +60,22 @@ class TrainerConfig:
 
 
 @dataclass
+class SFTTrainerConfig(TrainerConfig):
+    """SFT's trainer: the shared keys plus the run's length and its batches of packed bins."""
+
+    max_steps: int = 300  # optimizer steps; -1 = run `epochs` epochs
+    epochs: int = 1
+    global_batch_size: int = 16  # packed bins per optimizer step, over all data-parallel ranks
+    micro_batch_size: int = 1  # packed bins per forward/backward
+
+
+@dataclass
 class ModelConfig:
-    # A Hugging Face directory, or "tiny" for the project's own tiny Qwen2 (built, never downloaded).
-    name_or_path: str = "tiny"
-    tokenizer: str | None = None  # defaults to name_or_path
+    """The policy model as the backends build it (the weights' path is the run's: SFT's
+    ``model.name_or_path``, RL's ``policy.init``)."""
+
     rope_theta: float | None = None  # override the config's RoPE base (the paper: 1e6 for 128K context)
     max_position_embeddings: int | None = None
-    attn_implementation: str = "auto"  # auto: packed varlen flash attention on GPU, exact masked sdpa on CPU
     logits_chunk_tokens: int = 2048  # tokens per chunk of the chunked cross-entropy
     # megatron backend only
     tensor_model_parallel_size: int = 1
@@ -77,6 +86,13 @@ class ModelConfig:
     transformer_impl: str = "auto"  # auto | transformer_engine | local
     fp8: str | None = None  # null | hybrid | e4m3
     fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise
+
+
+@dataclass
+class SFTModelConfig(ModelConfig):
+    # A Hugging Face directory, or "tiny" for the project's own tiny Qwen2 (built, never downloaded).
+    name_or_path: str = "tiny"
+    tokenizer: str | None = None  # defaults to name_or_path
 
 
 @dataclass
@@ -97,12 +113,20 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-3
-    min_lr: float = 3e-4
+    """AdamW's hyperparameters, for SFT and RL alike (the learning rate is each run's own)."""
+
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
+
+
+@dataclass
+class SFTOptimConfig(OptimConfig):
+    """SFT's optimizer: AdamW plus the run's schedule (linear warmup, cosine from lr to min_lr)."""
+
+    lr: float = 3e-3
+    min_lr: float = 3e-4
     warmup_steps: int = 20
 
 
@@ -112,15 +136,23 @@ class CheckpointConfig:
     save_every: int = 100  # optimizer steps; 0 = only at the end
     keep_last: int = 2
     resume: ResumeMode = ResumeMode.auto
+
+
+@dataclass
+class SFTCheckpointConfig(CheckpointConfig):
     export_hf: bool = True  # write <output_dir>/hf at the end
 
 
 @dataclass
 class LoggingConfig:
-    log_every: int = 10
     tensorboard: bool = True
-    progress_bar: bool = True
     plot: bool = True
+
+
+@dataclass
+class SFTLoggingConfig(LoggingConfig):
+    log_every: int = 10
+    progress_bar: bool = True
 
 
 @dataclass
@@ -133,10 +165,10 @@ class EvalConfig:
 class SFTConfig:
     output_dir: str = "runs/sft"
     backend: BackendName = BackendName.torch
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
+    model: SFTModelConfig = field(default_factory=SFTModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    optim: SFTOptimConfig = field(default_factory=SFTOptimConfig)
+    checkpoint: SFTCheckpointConfig = field(default_factory=SFTCheckpointConfig)
+    logging: SFTLoggingConfig = field(default_factory=SFTLoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -183,7 +183,7 @@ def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperatu
 
     Micro-batches without a policy-gradient term (equal-reward groups, filtered responses) join the
     log-prob pass (entropy, mismatch) and the normalizer but not the update, whose gradient they
-    would not change; with a KL term every micro-batch is trained.
+    would not change.
     """
     cfg, share = run.cfg, run.share
     with timer("advantages"):
@@ -193,7 +193,7 @@ def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperatu
         micro_batches = build_micro_batches(groups, advantages, weights, cfg.policy.micro_batch_tokens)
         trained, rest = [], []
         for mb in micro_batches:
-            (trained if cfg.loss.kl_coef > 0 or contributes(mb) else rest).append(mb)
+            (trained if contributes(mb) else rest).append(mb)
         norm = replace(loss_normalizer(micro_batches, stage.max_response_len),
                        metric_tokens=float(sum(token_mask(mb).sum() for mb in trained)))
         # this replica's share: a trained micro-batch gets its old log-probs where it is trained

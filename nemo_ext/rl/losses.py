@@ -11,7 +11,8 @@ Per response token t with advantage A_t, ratio r_t = pi(t) / pi_old(t):
                                                                          (Yao et al. 2025, "Your
                                                                          efficient RL framework secretly
                                                                          brings you off-policy RL")
-    l_t = l_t + kl_coef * KL_t    KL_t one of k1 / k2 / k3 against a reference policy (Schulman 2020)
+    l_t = l_t + coef * KL_t       KL_t one of k1 / k2 / k3 against a reference policy (Schulman 2020;
+                                 optional, ``KLPenalty``: the GRPO loop loads no reference policy)
 
 and the loss is sum_t a_t l_t with aggregation weights a_t:
 
@@ -24,17 +25,19 @@ responses). The global counts come in through ``LossNormalizer``, built once per
 micro-batch, so k micro-batches with gradient accumulation give exactly the full-batch gradient.
 
 The paper's setting is token_mean, one update per rollout batch (ratio 1, clipping inactive) and no
-KL: ``LossConfig()``'s defaults. Left out: entropy bonus (the paper uses none), value functions.
+KL: ``LossConfig()``'s defaults and ``kl=None``. Left out: entropy bonus (the paper uses none), value
+functions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 
-from nemo_ext.config.rl import Aggregation, KLEstimator, LossConfig
+from nemo_ext.config.rl import Aggregation, LossConfig
 from nemo_ext.data.batch import PackedBatch
 
 ADVANTAGES, OLD_LOGPROBS, ROLLOUT_LOGPROBS, REF_LOGPROBS, WEIGHTS = (
@@ -43,6 +46,22 @@ ADVANTAGES, OLD_LOGPROBS, ROLLOUT_LOGPROBS, REF_LOGPROBS, WEIGHTS = (
 """Names of the per-token ``PackedBatch.token_fields`` the loss reads (advantages is required)."""
 
 _MAX_LOG_RATIO = 20.0  # exp() of a log-ratio beyond this overflows float32 in k3
+
+
+class KLEstimator(StrEnum):
+    k1 = "k1"  # log(pi / ref)
+    k2 = "k2"  # 0.5 * log(pi / ref)^2
+    k3 = "k3"  # ref / pi - log(ref / pi) - 1 (Schulman's unbiased, low-variance estimator)
+
+
+@dataclass(frozen=True)
+class KLPenalty:
+    """The optional KL term: ``coef`` times a per-token estimate of KL(pi || ref) against the
+    ``ref_logprobs`` token field, each clamped to [-clamp, clamp]."""
+
+    coef: float
+    estimator: KLEstimator = KLEstimator.k3
+    clamp: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -136,12 +155,13 @@ class PolicyLoss:
 
     Reads ``advantages`` [T] and optionally ``old_logprobs`` (default: the current log-probs,
     detached: the strictly on-policy case), ``rollout_logprobs`` (needed when ``tis_cap`` is set),
-    ``ref_logprobs`` (needed when ``kl_coef`` > 0) and ``weights`` from ``batch.token_fields``.
+    ``ref_logprobs`` (needed with ``kl``) and ``weights`` from ``batch.token_fields``.
     Metrics are token means over the micro-batches run (their shares add up).
     """
 
     cfg: LossConfig
     norm: LossNormalizer
+    kl: KLPenalty | None = None
 
     def __call__(
         self, logprobs_T: torch.Tensor, batch: PackedBatch
@@ -159,10 +179,10 @@ class PolicyLoss:
             pg = pg * is_weight
             metrics["is_weight"] = (share * is_weight).sum()
         total = pg
-        if cfg.kl_coef > 0:
-            ref = _required(fields, REF_LOGPROBS, "kl_coef > 0")
-            kl = kl_penalty(logprobs_T, ref, cfg.kl_estimator, cfg.kl_clamp)
-            total = pg + cfg.kl_coef * kl
+        if self.kl is not None:
+            ref = _required(fields, REF_LOGPROBS, "of the KL penalty")
+            kl = kl_penalty(logprobs_T, ref, self.kl.estimator, self.kl.clamp)
+            total = pg + self.kl.coef * kl
             metrics["kl_ref"] = (share * kl).sum().detach()
         weights = aggregation_weights(batch, cfg.aggregation, self.norm)
         metrics["pg_loss"] = (weights * pg).sum().detach()

@@ -107,7 +107,7 @@ def join_ranks(cfg: RLConfig) -> torch.device:
 def build_policy(cfg: RLConfig, init: Path, device: torch.device) -> Backend:
     """The ``cfg.backend`` trainer on the weights at ``init``, its optimizer on the first stage's schedule."""
     return build_backend(cfg.backend, str(init), cfg.model, cfg.trainer, cfg.optim, stage_lr_schedule(cfg.stages[0]),
-                         device, fixed_batches=False)
+                         device)
 
 
 def build_run(cfg: RLConfig) -> RLRun:

@@ -113,7 +113,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     total_steps = total_steps_of(cfg, len(dataset))
     o = cfg.optim
     schedule = LRSchedule(o.lr, o.warmup_steps, total_steps, o.min_lr)  # cosine from optim.lr to optim.min_lr
-    backend = build_backend(cfg.backend, model_path, cfg.model, cfg.trainer, cfg.optim, schedule, device)
+    backend = build_backend(cfg.backend, model_path, cfg.model, cfg.trainer, cfg.optim, schedule, device,
+                            batch_sizes=(t.global_batch_size, t.micro_batch_size), tokenizer=cfg.model.tokenizer)
     # by data-parallel rank: the tensor / pipeline / context-parallel ranks of a replica take the same bins
     schedule = BatchSchedule(len(dataset), t.global_batch_size, t.micro_batch_size, t.seed, backend.dp_rank,
                              backend.dp_world_size)

@@ -38,9 +38,9 @@ def backend(args, precision: str, steps: int = 100, lr: float = 1e-3):
 
     model = ModelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp,
                         context_parallel_size=args.cp, sequence_parallel=args.sp)
-    trainer = TrainerConfig(precision=Precision(precision), global_batch_size=args.micro, micro_batch_size=1,
-                            grad_clip=1.0, seed=1234)
-    return MegatronBackend(args.model, model, trainer, OptimConfig(), LRSchedule(lr, 5, steps, lr / 10))
+    trainer = TrainerConfig(precision=Precision(precision), grad_clip=1.0, seed=1234)
+    return MegatronBackend(args.model, model, trainer, OptimConfig(), LRSchedule(lr, 5, steps, lr / 10),
+                           batch_sizes=(args.micro, 1))
 
 
 def hf_logits(args) -> dict:
@@ -167,7 +167,7 @@ def sft(args) -> dict:
     if dist.get_world_size() == 1:
         from nemo_ext.backends.torch_backend import TorchBackend
 
-        trainer = TrainerConfig(precision=Precision.bf16, global_batch_size=args.micro, fsdp=False)
+        trainer = TrainerConfig(precision=Precision.bf16, fsdp=False)
         try:
             tb = TorchBackend(args.model, ModelConfig(), trainer,
                               OptimConfig(), LRSchedule(args.lr, 5, args.steps, args.lr / 10), torch.device("cuda", 0))

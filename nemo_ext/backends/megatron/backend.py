@@ -107,18 +107,20 @@ def _finalize_grads(model, num_tokens=None, **kwargs):
 
 class MegatronBackend(Backend):
     """``Backend`` on megatron-core. ``load_weights=False`` keeps megatron's random initialization
-    (benchmarks); otherwise the HF safetensors at ``model_path`` are imported. ``fixed_batches``:
-    the loop hands ``trainer.global_batch_size`` micro-batches per step, checked against the layout
-    at start (False: a varying number, as the RL loop's token-budgeted micro-batches)."""
+    (benchmarks); otherwise the HF safetensors at ``model_path`` are imported. ``batch_sizes``:
+    (packed bins per step over all ranks, bins per micro-batch) when the loop hands a fixed number of
+    micro-batches per step (SFT's ``trainer.global_batch_size`` and ``micro_batch_size``), checked
+    against the layout at start; None for a varying number (the RL loop's token-budgeted ones)."""
 
     def __init__(self, model_path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, optim_cfg: OptimConfig,
                  schedule: LRSchedule, *, load_weights: bool = True, recompute: str | None = None,
-                 device: torch.device | None = None, fixed_batches: bool = True):
+                 device: torch.device | None = None, batch_sizes: tuple[int, int] | None = None,
+                 tokenizer: str | None = None):
         self.device = init_distributed(device)
         self.model_path, self.model_cfg, self.optim_cfg = model_path, model_cfg, optim_cfg
         self.hf_config = load_hf_config(model_path, model_cfg.rope_theta, model_cfg.max_position_embeddings)
         self.shape = Shape.from_hf_config(self.hf_config)
-        self.layout = self._init_parallel(trainer_cfg, fixed_batches)
+        self.layout = self._init_parallel(trainer_cfg, batch_sizes)
         self.impl = choose_impl(model_cfg, self.layout)
         self.te = self.impl == "transformer_engine"
         bf16 = trainer_cfg.precision == Precision.bf16
@@ -148,13 +150,13 @@ class MegatronBackend(Backend):
         self.dp_world_size = parallel_state.get_data_parallel_world_size()
         self.dp_group = parallel_state.get_data_parallel_group()
         try:
-            self.tokenizer = load_tokenizer(model_cfg.tokenizer or model_path)
+            self.tokenizer = load_tokenizer(tokenizer or model_path)
         except FileNotFoundError:
             if load_weights:
                 raise
             self.tokenizer = None  # random weights from a config-only directory (benchmarks): none to export
 
-    def _init_parallel(self, trainer_cfg: TrainerConfig, fixed_batches: bool) -> Layout:
+    def _init_parallel(self, trainer_cfg: TrainerConfig, batch_sizes: tuple[int, int] | None) -> Layout:
         m = self.model_cfg
         # A process that sees one GPU may be pinned to it (the RL loop pins each rank's GPU for its
         # vLLM engine): the node's count is then unknown here, and a missing GPU failed before.
@@ -164,8 +166,8 @@ class MegatronBackend(Backend):
             self.shape, world_size=dist.get_world_size(), gpus_present=gpus,
             tp=m.tensor_model_parallel_size, pp=m.pipeline_model_parallel_size, cp=m.context_parallel_size,
             vpp=m.virtual_pipeline_model_parallel_size, sequence_parallel=m.sequence_parallel,
-            global_batch_size=trainer_cfg.global_batch_size if fixed_batches else None,
-            micro_batch_size=trainer_cfg.micro_batch_size)
+            global_batch_size=batch_sizes[0] if batch_sizes else None,
+            micro_batch_size=batch_sizes[1] if batch_sizes else 1)
         if not parallel_state.model_parallel_is_initialized():
             parallel_state.initialize_model_parallel(
                 tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
