@@ -70,6 +70,14 @@ def test_bad_keys_and_values_name_the_key():
         rl_config("rl/tiny", ["stages.1.group_size=1"])
 
 
+def test_top_p_below_one_is_refused_with_the_reason():
+    """The trainer's log-probs ignore top-p: sampling with it would make the importance ratio and the
+    mismatch metric compare two different distributions."""
+    with pytest.raises(ValueError, match=r"rollout.top_p: expected 1.0: the trainer's log-probs .* without top-p"):
+        rl_config("rl/tiny", ["rollout.top_p=0.95"])
+    assert rl_config("rl/tiny", ["rollout.top_p=1.0"]).rollout.top_p == 1.0
+
+
 def test_the_megatron_backend_is_a_choice_with_its_parallel_layout():
     cfg = rl_config("rl/tiny", ["backend=megatron", "model.tensor_model_parallel_size=2"])
     assert cfg.backend.value == "megatron" and cfg.model.tensor_model_parallel_size == 2

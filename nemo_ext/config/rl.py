@@ -141,6 +141,7 @@ class PolicyConfig:
 
 @dataclass
 class RolloutConfig:
+    # 1 only: the trainer's log-prob pass applies no top-p truncation (see validate_rl_config).
     top_p: float = 1.0
     # vLLM's weights and compute: auto = float32 on CPU (as the trainer there), the model's dtype on GPU.
     dtype: str = "auto"
@@ -234,7 +235,10 @@ def validate_rl_config(cfg: RLConfig) -> RLConfig:
     _check(loss.tis_cap is None or loss.tis_cap > 0, "loss.tis_cap", "null or a value > 0", loss.tis_cap)
     _check(cfg.policy.micro_batch_tokens >= 1, "policy.micro_batch_tokens", "an integer >= 1",
            cfg.policy.micro_batch_tokens)
-    _check(0 < cfg.rollout.top_p <= 1, "rollout.top_p", "a value in (0, 1]", cfg.rollout.top_p)
+    _check(cfg.rollout.top_p == 1, "rollout.top_p", "1.0: the trainer's log-probs (the old log-probs of the "
+           "importance ratio, the entropy, the vLLM mismatch metric) are those of softmax(logits / T) without "
+           "top-p truncation, so with top_p < 1 the ratio and the mismatch would compare different "
+           "distributions; the paper trains at top_p = 1", cfg.rollout.top_p)
     return cfg
 
 
