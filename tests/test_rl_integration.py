@@ -48,7 +48,8 @@ def config(out, stages) -> RLConfig:
 def response_logprobs(run, prompt, completion) -> torch.Tensor:
     """The trainer's log-probs (T = 1) of ``completion``'s tokens after ``prompt``."""
     ones = torch.ones(1, 1)
-    mb = build_micro_batches([Group(prompt, run.tokens(prompt), [completion], [0.0], [False])], ones, ones, 4096)
+    mb = build_micro_batches([Group(prompt, run.rollouts.tokens(prompt), [completion], [0.0], [False])], ones, ones,
+                             4096)
     logp, _ = run.backend.logprobs(mb, 1.0)[0]
     return logp[mb[0].loss_mask.bool()]
 
@@ -62,7 +63,7 @@ def test_an_update_reaches_vllm(tmp_path):
         run.schedule.begin_stage(list(prompts))
         run.backend.reset_optimizer(stage_lr_schedule(st))
         probe = prompts["synthetic-0"]
-        before = run.engine.sample([probe.text], n=1, temperature=1.0, max_tokens=12, seed=5)[0][0]
+        before = run.rollouts.engine.sample([probe.text], n=1, temperature=1.0, max_tokens=12, seed=5)[0][0]
         trainer_before = response_logprobs(run, probe, before)
         assert torch.allclose(trainer_before, torch.tensor(before.logprobs), atol=1e-3)  # same weights
 
@@ -71,7 +72,7 @@ def test_an_update_reaches_vllm(tmp_path):
 
         trainer_after = response_logprobs(run, probe, before)
         assert (trainer_after - trainer_before).abs().max() > 1e-2  # the trainer's weights moved
-        after = run.engine.sample([probe.text], n=1, temperature=1.0, max_tokens=12, seed=5)[0][0]
+        after = run.rollouts.engine.sample([probe.text], n=1, temperature=1.0, max_tokens=12, seed=5)[0][0]
         # vLLM now samples from the updated policy: its log-probs are the trainer's new ones
         assert torch.allclose(response_logprobs(run, probe, after), torch.tensor(after.logprobs), atol=1e-3)
         if after.token_ids == before.token_ids:

@@ -36,7 +36,6 @@ import torch
 from nemo_ext.config.rl import RLConfig, StageConfig, validate_rl_config
 from nemo_ext.data.prompts import render_prompt
 from nemo_ext.observe import MetricsLogger, plot_curves
-from nemo_ext.rl import checkpoint
 from nemo_ext.rl.advantages import group_advantages, uniform_groups
 from nemo_ext.rl.data_parallel import RankShare
 from nemo_ext.rl.experience import (
@@ -51,7 +50,8 @@ from nemo_ext.rl.experience import (
 from nemo_ext.rl.filters import fill_informative_groups, overlong_weights, soft_overlong_penalty
 from nemo_ext.rl.losses import PolicyLoss, loss_normalizer, token_mask
 from nemo_ext.rl.prompts import RLPrompt, load_eval_problems, load_stage_prompts
-from nemo_ext.rl.setup import RLRun, build_run, close_run
+from nemo_ext.rl.run_state import read_eval, write_eval
+from nemo_ext.rl.setup import PolicyUpdate, RLRun, Rollouts, build_run, close_run
 from nemo_ext.rl.stages import StageSchedule, epoch_order, stage_lr_schedule
 from nemo_ext.rl.temperature import TemperatureController
 
@@ -73,14 +73,14 @@ class PhaseTimer:
             self.seconds[name] += time.perf_counter() - start
 
 
-def sample_share(run: RLRun, texts: list[str], **sampling) -> tuple[list[int], list[list]]:
+def sample_share(rollouts: Rollouts, texts: list[str], **sampling) -> tuple[list[int], list[list]]:
     """This rank's positions among ``texts`` and its rollouts of them (``RolloutEngine.sample``
     arguments; the seeds follow the positions, so they do not depend on the number of ranks)."""
-    mine = run.share.indices(len(texts))
-    return mine, run.engine.sample([texts[i] for i in mine], positions=mine, **sampling)
+    mine = rollouts.share.indices(len(texts))
+    return mine, rollouts.engine.sample([texts[i] for i in mine], positions=mine, **sampling)
 
 
-def rollout_groups(run: RLRun, stage: StageConfig, prompts: list[RLPrompt], temperature: float, seed: int,
+def rollout_groups(run: Rollouts, stage: StageConfig, prompts: list[RLPrompt], temperature: float, seed: int,
                    timer: PhaseTimer) -> list[Group]:
     """Generate ``group_size`` responses per prompt and score them (rewards include DAPO's length
     penalty when the stage asks for it). Each rank rolls out its share, and its reward pool scores
@@ -112,7 +112,7 @@ def rollout_groups(run: RLRun, stage: StageConfig, prompts: list[RLPrompt], temp
         return run.share.gather(groups, len(prompts))
 
 
-def measure_logprobs(run: RLRun, mine: list, temperature: float) -> LogprobStats:
+def measure_logprobs(run: PolicyUpdate, mine: list, temperature: float) -> LogprobStats:
     """The trainer's log-probs of this replica's micro-batches, stored as their ``old_logprobs``; the
     statistics summed over the replicas."""
     stats = attach_old_logprobs(mine, run.backend.logprobs(mine, temperature))
@@ -136,7 +136,7 @@ def rollout_metrics(t: StepTensors) -> dict[str, float]:
 def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temperature: float) -> dict | None:
     """One GRPO step; returns its metrics (docs/rl.md names them all), or None if the stage had no
     prompts left to draw (its end)."""
-    cfg, sched, timer = run.cfg, run.schedule, PhaseTimer()
+    sched, timer = run.schedule, PhaseTimer()
     step_start = time.perf_counter()
     drawn: list[Group] = []
 
@@ -145,8 +145,8 @@ def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temp
             ids = sched.take(k)
         if not ids:
             return []
-        seed = step_seed(cfg.trainer.seed, sched.state.global_step, len(drawn))
-        groups = rollout_groups(run, stage, [prompts[i] for i in ids], temperature, seed, timer)
+        seed = step_seed(sched.seed, sched.state.global_step, len(drawn))
+        groups = rollout_groups(run.rollouts, stage, [prompts[i] for i in ids], temperature, seed, timer)
         sched.record_pass_rates(ids, torch.tensor([g.passed for g in groups]))
         drawn.extend(groups)
         return groups
@@ -165,7 +165,7 @@ def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temp
     metrics.update(rollout_metrics(generated))
     metrics["groups/trained"] = len(groups)
     if groups:
-        metrics.update(update_policy(run, stage, groups, temperature, timer))
+        metrics.update(update_policy(run.update, stage, groups, temperature, timer))
     else:  # dynamic sampling found no group with unequal rewards
         metrics["update/skipped"] = 1.0
     step_seconds = time.perf_counter() - step_start
@@ -177,7 +177,7 @@ def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temp
     return metrics
 
 
-def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperature: float,
+def update_policy(run: PolicyUpdate, stage: StageConfig, groups: list[Group], temperature: float,
                   timer: PhaseTimer) -> dict[str, float]:
     """Advantages -> micro-batches -> old log-probs -> one optimizer step -> weights into vLLM.
 
@@ -185,12 +185,12 @@ def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperatu
     log-prob pass (entropy, mismatch) and the normalizer but not the update, whose gradient they
     would not change.
     """
-    cfg, share = run.cfg, run.share
+    share = run.share
     with timer("advantages"):
         t = step_tensors(groups)
-        advantages = group_advantages(t.rewards, cfg.advantage.estimator, cfg.advantage.eps)
+        advantages = group_advantages(t.rewards, run.advantage.estimator, run.advantage.eps)
         weights = overlong_weights(t.truncated, stage.overlong.filter)
-        micro_batches = build_micro_batches(groups, advantages, weights, cfg.policy.micro_batch_tokens)
+        micro_batches = build_micro_batches(groups, advantages, weights, run.micro_batch_tokens)
         trained, rest = [], []
         for mb in micro_batches:
             (trained if contributes(mb) else rest).append(mb)
@@ -204,7 +204,7 @@ def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperatu
     metrics.update({"loss_tokens": norm.tokens, "update/trained_tokens": norm.metric_tokens})
     if trained:
         with timer("train"):
-            out = run.backend.train_step(my_trained, PolicyLoss(cfg.loss, norm), temperature)
+            out = run.backend.train_step(my_trained, PolicyLoss(run.loss, norm), temperature)
         metrics.update({f"update/{k}": v for k, v in out.items()})
     else:  # nothing to learn from: equal rewards everywhere, or every response filtered
         metrics["update/skipped"] = 1.0
@@ -220,14 +220,16 @@ def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPromp
     tc, sched = stage.temperature, run.schedule
     ids = epoch_order(sched.state.active, sched.seed, sched.state.stage, 0)[:tc.probe_prompts]
     batch, measured = [prompts[i] for i in ids], {}
+    rollouts, update = run.rollouts, run.update
     for temperature in tc.probe_values:
-        mine, completions = sample_share(run, [p.text for p in batch], n=stage.group_size, temperature=temperature,
-                                         max_tokens=stage.max_response_len, seed=step_seed(sched.seed, -1, 0))
-        groups = run.share.gather([Group(batch[i], run.tokens(batch[i]), cs, [0.0] * len(cs), [False] * len(cs))
+        mine, completions = sample_share(rollouts, [p.text for p in batch], n=stage.group_size,
+                                         temperature=temperature, max_tokens=stage.max_response_len,
+                                         seed=step_seed(sched.seed, -1, 0))
+        groups = run.share.gather([Group(batch[i], rollouts.tokens(batch[i]), cs, [0.0] * len(cs), [False] * len(cs))
                                    for i, cs in zip(mine, completions, strict=True)], len(batch))
         zeros = torch.zeros(len(groups), stage.group_size)
-        mbs = build_micro_batches(groups, zeros, zeros + 1, run.cfg.policy.micro_batch_tokens)
-        stats = measure_logprobs(run, run.share.split_micro_batches(mbs), temperature)
+        mbs = build_micro_batches(groups, zeros, zeros + 1, update.micro_batch_tokens)
+        stats = measure_logprobs(update, update.share.split_micro_batches(mbs), temperature)
         measured[temperature] = stats.metrics()["entropy"]
     controller.set_probe(measured)
     return {f"probe/entropy@{t:g}": e for t, e in measured.items()}
@@ -235,10 +237,11 @@ def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPromp
 
 def heldout_accuracy(run: RLRun, problems: list[dict]) -> dict[str, float]:
     """Greedy (or ``eval.temperature``) accuracy on held-out math problems, scored by the reward."""
-    ev = run.cfg.eval
-    mine, completions = sample_share(run, [render_prompt(p["question"], "math") for p in problems], n=1,
+    ev, rollouts = run.eval, run.rollouts
+    mine, completions = sample_share(rollouts, [render_prompt(p["question"], "math") for p in problems], n=1,
                                      temperature=ev.temperature, max_tokens=ev.max_new_tokens, seed=0, logprobs=False)
-    verdicts = run.reward_pool.score("math", [cs[0].text for cs in completions], [problems[i]["answer"] for i in mine])
+    verdicts = rollouts.reward_pool.score("math", [cs[0].text for cs in completions],
+                                          [problems[i]["answer"] for i in mine])
     results = run.share.gather([(v.verdict == "accepted", len(cs[0].token_ids))
                                 for v, cs in zip(verdicts, completions, strict=True)], len(problems))
     return {"accuracy": sum(ok for ok, _ in results) / len(problems),
@@ -249,7 +252,7 @@ def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
     """Train the schedule's current stage to its end and return its summary, or return None once the
     run reaches global step ``stop_at``."""
     sched, stage = run.schedule, run.schedule.stage
-    prompts = load_stage_prompts(stage, run.cfg.trainer.seed)
+    prompts = load_stage_prompts(stage, sched.seed)
     fresh = sched.state.active is None
     sched.begin_stage(list(prompts))
     if fresh:
@@ -258,7 +261,7 @@ def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
     if sched.state.temperature is not None:
         controller.load_state_dict(sched.state.temperature)
     # Steps past the global step logged by a killed run are logged again: resume_step drops them.
-    logger = MetricsLogger(run.out / "logs" / stage.name, tensorboard=run.cfg.logging.tensorboard,
+    logger = MetricsLogger(run.out / "logs" / stage.name, tensorboard=run.logging.tensorboard,
                            enabled=run.share.is_main, resume_step=sched.state.global_step)
     if controller.needs_probe:
         logger.log(sched.state.global_step, probe_temperature(run, stage, prompts, controller))
@@ -279,9 +282,8 @@ def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
         logger.log(sched.state.global_step, metrics)
         if run.share.is_main:
             print(format_step(sched, metrics), flush=True)
-        save_every = run.cfg.checkpoint.save_every
-        if save_every and sched.state.global_step % save_every == 0:
-            checkpoint.save(run)
+        if run.checkpoints.due():
+            run.checkpoints.save()
     logger.close()
     return {"stage": stage.name, "end": reason, "steps": sched.state.step, "dropped": sched.state.dropped}
 
@@ -296,18 +298,18 @@ def format_step(sched: StageSchedule, m: dict) -> str:
 
 def evaluate(run: RLRun, name: str) -> None:
     """Record held-out accuracy under ``name`` in eval.json (once: skipped if already there)."""
-    results = read_eval(run)
-    if name in results or run.cfg.eval.num_problems <= 0:
+    results = shared_eval(run)
+    if name in results or run.eval.num_problems <= 0:
         return
-    results[name] = heldout_accuracy(run, load_eval_problems(run.cfg.eval))
+    results[name] = heldout_accuracy(run, load_eval_problems(run.eval))
     if run.share.is_main:
         print(f"[rl] held-out accuracy after {name}: {results[name]['accuracy']:.3f}", flush=True)
-        checkpoint.write_eval(run.out, results)
+        write_eval(run.out, results)
 
 
-def read_eval(run: RLRun) -> dict:
+def shared_eval(run: RLRun) -> dict:
     """eval.json as rank 0 reads it (it is rank 0 that writes it), on every rank."""
-    return run.share.all_gather(checkpoint.read_eval(run.out) if run.share.is_main else None)[0]
+    return run.share.all_gather(read_eval(run.out) if run.share.is_main else None)[0]
 
 
 def finish_stage(run: RLRun, summary: dict) -> None:
@@ -318,12 +320,12 @@ def finish_stage(run: RLRun, summary: dict) -> None:
     evaluate(run, name)
     run.backend.export_hf(run.out / "stages" / name / "hf")
     log_dir = run.out / "logs" / name
-    if main and run.cfg.logging.plot and (log_dir / "metrics.jsonl").exists():
+    if main and run.logging.plot and (log_dir / "metrics.jsonl").exists():
         plot_curves(log_dir / "metrics.jsonl", PLOT_KEYS, log_dir / "curves.png", title=f"RL stage {name}")
     run.schedule.next_stage()
     if main and run.schedule.finished:
         link_final_export(run.out, name)
-    checkpoint.save(run)
+    run.checkpoints.save()
 
 
 def link_final_export(out: Path, stage: str) -> None:
@@ -348,10 +350,10 @@ def train(cfg: RLConfig, stop_at: int | None = None) -> dict:
         while not run.schedule.finished:
             summary = run_stage(run, stop_at)
             if summary is None:
-                checkpoint.save(run)
+                run.checkpoints.save()
                 break
             finish_stage(run, summary)
-        return read_eval(run)
+        return shared_eval(run)
     finally:
         close_run(run)
 

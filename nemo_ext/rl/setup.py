@@ -1,45 +1,82 @@
-"""Builds what the GRPO loop works with (policy backend, vLLM engine, reward pool, schedule) and
-resumes it from the newest checkpoint. The one place where the RL config turns into objects."""
+"""The one reader of the RL config: builds what the GRPO loop works with (policy backend, vLLM
+engine, reward pool, stage schedule, checkpoints) and resumes it from the newest checkpoint.
+
+Each part of the run gets only its own section and the components built from it (``Rollouts``:
+generate and score; ``PolicyUpdate``: advantages, log-probs, train, sync; ``RunCheckpoints``: the
+``checkpoint`` section with the backend and the schedule); nothing downstream holds ``RLConfig``.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from nemo_ext import dist
 from nemo_ext.backends import build_backend
 from nemo_ext.backends.base import Backend
-from nemo_ext.config.rl import RLConfig
-from nemo_ext.config.schema import Accelerator
+from nemo_ext.config.rl import AdvantageConfig, LossConfig, RLConfig, RLEvalConfig
+from nemo_ext.config.schema import Accelerator, LoggingConfig
 from nemo_ext.data.prompts import render_prompt
-from nemo_ext.rl import checkpoint
 from nemo_ext.rl.data_parallel import RankShare
 from nemo_ext.rl.prompts import RLPrompt, load_eval_problems, load_stage_prompts
 from nemo_ext.rl.rollout import RolloutEngine
+from nemo_ext.rl.run_state import RunCheckpoints
 from nemo_ext.rl.stages import StageSchedule, stage_lr_schedule
+
+if TYPE_CHECKING:
+    from nemo_ext.rewards import RewardPool
 
 
 @dataclass
-class RLRun:
-    """What the loop works with."""
+class Rollouts:
+    """The generate and score phases: this rank's vLLM engine and reward pool."""
 
-    cfg: RLConfig
-    backend: Backend
     engine: RolloutEngine
-    reward_pool: object  # nemo_ext.rewards RewardPool
-    tokenizer: object
-    schedule: StageSchedule
-    out: Path
-    share: RankShare = field(default_factory=RankShare)  # this process among the ranks and replicas
+    reward_pool: RewardPool
+    tokenizer: PreTrainedTokenizerBase  # the policy's (Backend.tokenizer)
+    share: RankShare = field(default_factory=RankShare)
     prompt_ids: dict[str, list[int]] = field(default_factory=dict)  # token ids, cached per prompt id
 
     def tokens(self, prompt: RLPrompt) -> list[int]:
         if prompt.id not in self.prompt_ids:
             self.prompt_ids[prompt.id] = self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
         return self.prompt_ids[prompt.id]
+
+
+@dataclass
+class PolicyUpdate:
+    """The advantages, log-probs, train and sync phases: the policy, the engine it syncs into, and the
+    ``advantage``, ``loss`` and ``policy.micro_batch_tokens`` settings."""
+
+    backend: Backend
+    engine: RolloutEngine  # only its sleep() and load_weights() are used here
+    share: RankShare
+    advantage: AdvantageConfig
+    loss: LossConfig
+    micro_batch_tokens: int
+
+
+@dataclass
+class RLRun:
+    """What the loop works with."""
+
+    rollouts: Rollouts
+    update: PolicyUpdate
+    schedule: StageSchedule
+    checkpoints: RunCheckpoints
+    eval: RLEvalConfig
+    logging: LoggingConfig
+    out: Path
+    share: RankShare = field(default_factory=RankShare)  # this process among the ranks and replicas
+
+    @property
+    def backend(self) -> Backend:
+        return self.update.backend
 
 
 def rank_visible_devices(local_rank: int, visible: str | None) -> str:
@@ -110,6 +147,13 @@ def build_policy(cfg: RLConfig, init: Path, device: torch.device) -> Backend:
                          device)
 
 
+def build_update(cfg: RLConfig, backend: Backend, engine: RolloutEngine) -> PolicyUpdate:
+    """The update phases on ``backend``, syncing into ``engine``; training goes by the backend's
+    data-parallel replicas."""
+    return PolicyUpdate(backend, engine, RankShare.current(backend), cfg.advantage, cfg.loss,
+                        cfg.policy.micro_batch_tokens)
+
+
 def build_run(cfg: RLConfig) -> RLRun:
     """Policy from ``policy.init`` (or the newest checkpoint), vLLM on the same weights, reward pool;
     one of each per rank (torchrun, SLURM or ``dist.launch``), joined here."""
@@ -125,17 +169,17 @@ def build_run(cfg: RLConfig) -> RLRun:
     backend = build_policy(cfg, init, device)
     share = RankShare.current(backend)  # training goes by the backend's data-parallel replicas
     schedule = StageSchedule(cfg.stages, cfg.trainer.seed)
-    resumed = checkpoint.resume(cfg, backend, schedule, is_main=share.is_main)
+    checkpoints = RunCheckpoints(cfg.checkpoint, out, backend, schedule, is_main=share.is_main)
+    resumed = checkpoints.resume()
     engine = RolloutEngine(str(init), cfg.rollout, max_model_len(cfg, backend.tokenizer), cfg.trainer.seed)
     if resumed is not None:
         engine.load_weights(backend.hf_weights())
         if share.is_main:
             print(f"[rl] resumed from {resumed}", flush=True)
-    pool = RewardPool(cfg.rollout.reward_workers)
-    return RLRun(cfg, backend, engine, pool, backend.tokenizer, schedule, out, share)
+    rollouts = Rollouts(engine, RewardPool(cfg.rollout.reward_workers), backend.tokenizer, share)
+    return RLRun(rollouts, build_update(cfg, backend, engine), schedule, checkpoints, cfg.eval, cfg.logging, out,
+                 share)
 
 
 def close_run(run: RLRun) -> None:
-    close = getattr(run.reward_pool, "close", None)
-    if close is not None:
-        close()
+    run.rollouts.reward_pool.close()

@@ -221,8 +221,7 @@ def rl_update(args) -> dict:
     from nemo_ext.config.rl import PolicyConfig, RLConfig, StageConfig
     from nemo_ext.config.schema import Accelerator, BackendName
     from nemo_ext.rl import grpo
-    from nemo_ext.rl.data_parallel import RankShare
-    from nemo_ext.rl.setup import RLRun, build_policy, join_ranks
+    from nemo_ext.rl.setup import build_policy, build_update, join_ranks
     from nemo_ext.rl.stages import stage_lr_schedule
 
     stage = StageConfig(max_response_len=64, group_size=4, lr=1e-3, steps=1)
@@ -236,11 +235,11 @@ def rl_update(args) -> dict:
         policy = build_policy(cfg, Path(args.model), device)
         policy.reset_optimizer(stage_lr_schedule(stage))  # as a stage begins
         sink = WeightSink()
-        run = RLRun(cfg, policy, sink, None, None, None, Path(args.out).parent, RankShare.current(policy))
+        update = build_update(cfg, policy, sink)
         initial = {name: t.float().cpu().clone() for name, t in policy.hf_weights()}
-        metrics = grpo.update_policy(run, stage, rl_groups(), 1.0, grpo.PhaseTimer())
+        metrics = grpo.update_policy(update, stage, rl_groups(), 1.0, grpo.PhaseTimer())
         return {"metrics": metrics, "weights": sink.weights, "initial": initial,
-                "replicas": run.share.replicas, "device": str(device)}
+                "replicas": update.share.replicas, "device": str(device)}
 
     result = {"megatron": one_update(BackendName.megatron)}
     if dist.get_world_size() == 1:
