@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from nemo_ext.config.rl import StageConfig, Task
+from nemo_ext.config.rl import AdvantageConfig, AdvantageEstimator, StageConfig, Task
 from nemo_ext.data.prompts import render_prompt
-from nemo_ext.rl.experience import Group, attach_old_logprobs, build_micro_batches, contributes, step_tensors
+from nemo_ext.rl.experience import Group, attach_old_logprobs, build_experience, step_tensors
 from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
 
 
@@ -34,9 +34,19 @@ def test_step_tensors():
     assert t.truncated.tolist() == [[False, True]] and t.lengths.tolist() == [[2, 1]]
 
 
-def test_micro_batches_carry_per_token_fields_aligned_with_targets():
-    adv, weights = torch.tensor([[0.5, -0.5]]), torch.tensor([[1.0, 0.0]])
-    first, second = build_micro_batches([group()], adv, weights, micro_batch_tokens=4)  # 4 + 3 > 4: two bins
+def experience(group_: Group, micro_batch_tokens: int, estimator: str = "dr_grpo", overlong_filter: bool = True):
+    """dr_grpo: the advantages are r - mean, easy to write down."""
+    return build_experience([group_], AdvantageConfig(estimator=AdvantageEstimator(estimator)), overlong_filter,
+                            micro_batch_tokens, max_response_len=4)
+
+
+def test_the_experience_batch_is_built_once_from_the_rewards():
+    # rewards [1, 0]: dr_grpo advantages [0.5, -0.5]; the second response is truncated, so overlong
+    # filtering gives it weight 0 (its reward still entered the mean)
+    batch = experience(group(), micro_batch_tokens=4)
+    assert batch.responses.rewards.tolist() == [[1.0, 0.0]]
+    assert batch.advantages_NG.tolist() == [[0.5, -0.5]] and batch.weights_NG.tolist() == [[1.0, 0.0]]
+    (first,), (second,) = batch.trained, batch.untrained  # 4 + 3 > 4 tokens: two bins
     # sequence [1, 2, 3, 4]: position j predicts token j + 1; response tokens 3 and 4 are trained
     assert first.input_ids.tolist() == [1, 2, 3, 4] and first.targets.tolist() == [2, 3, 4, 0]
     assert first.loss_mask.tolist() == [0, 1, 1, 0]
@@ -44,22 +54,27 @@ def test_micro_batches_carry_per_token_fields_aligned_with_targets():
     assert first.token_fields["weights"].tolist() == [0, 1, 1, 0]
     assert torch.allclose(first.token_fields["rollout_logprobs"], torch.tensor([0, -0.1, -0.2, 0]))
     assert second.input_ids.tolist() == [1, 2, 5] and second.token_fields["weights"].tolist() == [0, 0, 0]
-    (both,) = build_micro_batches([group()], adv, torch.ones(1, 2), micro_batch_tokens=7)
-    assert both.cu_seqlens.tolist() == [0, 4, 7]
+    # the normalizer counts every micro-batch's weighted tokens (2 + 0), the metrics only the trained ones
+    assert (batch.normalizer.tokens, batch.normalizer.sequences, batch.normalizer.metric_tokens) == (2.0, 1, 2.0)
+    (both,) = experience(group(), micro_batch_tokens=7, overlong_filter=False).trained
+    assert both.cu_seqlens.tolist() == [0, 4, 7] and both.token_fields["weights"].tolist() == [0, 1, 1, 0, 0, 1, 0]
 
 
 def test_responses_without_a_gradient_term_are_packed_apart():
     # weight 0 (filtered) and advantage 0 (equal rewards) go to their own micro-batch even though
-    # everything fits in one
-    live, dead = build_micro_batches([group()], torch.tensor([[0.5, -0.5]]), torch.tensor([[1.0, 0.0]]), 7)
+    # everything fits in one; they count in the normalizer, not in the metrics' tokens
+    batch = experience(group(), micro_batch_tokens=7)
+    ((live,), (dead,)) = batch.trained, batch.untrained
     assert live.input_ids.tolist() == [1, 2, 3, 4] and dead.input_ids.tolist() == [1, 2, 5]
-    assert contributes(live) and not contributes(dead)
-    live, dead = build_micro_batches([group()], torch.tensor([[0.0, 1.0]]), torch.ones(1, 2), 7)
-    assert live.input_ids.tolist() == [1, 2, 5] and not contributes(dead)
+    equal = Group(PROMPT, [1, 2], group().completions, rewards=[1.0, 1.0], passed=[True, True])
+    batch = experience(equal, micro_batch_tokens=7, overlong_filter=False)
+    assert batch.trained == [] and batch.advantages_NG.tolist() == [[0.0, 0.0]]
+    assert (batch.normalizer.tokens, batch.normalizer.metric_tokens) == (3.0, 0.0)
 
 
 def test_old_logprobs_entropy_and_mismatch():
-    (mb,) = build_micro_batches([group()], torch.zeros(1, 2), torch.ones(1, 2), micro_batch_tokens=7)
+    (mb,) = experience(Group(PROMPT, [1, 2], group().completions, [0.0, 0.0], [False, False]), 7,
+                       overlong_filter=False).untrained
     # trainer log-probs at the 3 response tokens (positions 1, 2, 5): -0.1 (equal), -0.2 + ln 2, -0.3
     trainer = torch.tensor([9.0, -0.1, -0.2 + math.log(2), 9.0, 9.0, -0.3, 9.0])
     entropy = torch.tensor([9.0, 0.2, 0.4, 9.0, 9.0, 0.6, 9.0])

@@ -6,7 +6,7 @@ import torch
 from nemo_ext.config.rl import PromptFilterConfig, PromptFilterMode
 from nemo_ext.rl.advantages import group_advantages
 from nemo_ext.rl.filters import (
-    fill_informative_groups,
+    DynamicSampling,
     filter_prompts,
     overlong_weights,
     record_pass_rates,
@@ -33,22 +33,20 @@ def test_soft_overlong_penalty_is_dapo_eq_13():
         soft_overlong_penalty(lengths, 100, 0)
 
 
-def drawer(pool):
-    """draw(k): the next k groups of ``pool`` (a group is its list of rewards), recording the requests."""
-    requests = []
-
-    def draw(k):
+def fill(pool, target, extra_rounds, enabled=True):
+    """Drive ``DynamicSampling`` as the loop does, drawing the next groups of ``pool`` (a group is its
+    list of rewards); returns the kept groups, the report and the requests made."""
+    sampling, requests = DynamicSampling(target, extra_rounds, lambda g: g, enabled), []
+    while (k := sampling.request()) > 0:
         requests.append(k)
-        out = pool[:k]
+        sampling.add(pool[:k])
         del pool[:k]
-        return out
-    return draw, requests
+    return sampling.kept, sampling.report, requests
 
 
 def test_dynamic_sampling_refills_until_the_target():
     pool = [[1, 1], [0, 1], [0, 0], [1, 0], [1, 1], [0, 1], [1, 0]]
-    draw, requests = drawer(pool)
-    kept, report = fill_informative_groups(draw, lambda g: g, target=3, extra_rounds=2)
+    kept, report, requests = fill(pool, target=3, extra_rounds=2)
     # round 1: 3 drawn, 1 kept (keep rate 1/3) -> ask for min(3, ceil(2 / (1/3))) = 3 more; round 2 keeps 2
     assert kept == [[0, 1], [1, 0], [0, 1]]
     assert requests == [3, 3]
@@ -57,23 +55,25 @@ def test_dynamic_sampling_refills_until_the_target():
 
 
 def test_dynamic_sampling_discards_the_surplus():
-    draw, requests = drawer([[1, 1], [0, 1], [0, 0], [1, 0], [0, 1], [1, 0]])
-    kept, report = fill_informative_groups(draw, lambda g: g, target=3, extra_rounds=2)
+    kept, report, _ = fill([[1, 1], [0, 1], [0, 0], [1, 0], [0, 1], [1, 0]], target=3, extra_rounds=2)
     assert kept == [[0, 1], [1, 0], [0, 1]]
     assert (report.drawn, report.dropped, report.surplus) == (6, 2, 1)
 
 
 def test_dynamic_sampling_is_bounded_and_reports_the_shortfall():
-    draw, requests = drawer([[0, 0]] * 20)
-    kept, report = fill_informative_groups(draw, lambda g: g, target=3, extra_rounds=1)
+    kept, report, requests = fill([[0, 0]] * 20, target=3, extra_rounds=1)
     assert kept == [] and requests == [3, 3]
     assert (report.rounds, report.drawn, report.dropped, report.short) == (2, 6, 6, 3)
 
 
 def test_dynamic_sampling_stops_when_prompts_run_out():
-    draw, requests = drawer([[0, 1]])
-    kept, report = fill_informative_groups(draw, lambda g: g, target=3, extra_rounds=5)
+    kept, report, _ = fill([[0, 1]], target=3, extra_rounds=5)
     assert kept == [[0, 1]] and report.short == 2 and report.rounds == 6
+
+
+def test_without_dynamic_sampling_the_first_draw_is_taken_whole():
+    kept, report, requests = fill([[1, 1], [0, 1], [0, 0], [1, 0]], target=3, extra_rounds=2, enabled=False)
+    assert kept == [[1, 1], [0, 1], [0, 0]] and requests == [3] and report.rounds == 1
 
 
 def test_pass_rate_prompt_filter():

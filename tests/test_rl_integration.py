@@ -21,8 +21,8 @@ from nemo_ext.config.rl import (
     TemperatureMode,
 )
 from nemo_ext.config.schema import CheckpointConfig, LoggingConfig
+from nemo_ext.data.batch import pack_sequences
 from nemo_ext.dist import launch
-from nemo_ext.rl.experience import Group, build_micro_batches
 from nemo_ext.rl.grpo import grpo_step, run_rl, train
 from nemo_ext.rl.prompts import load_stage_prompts
 from nemo_ext.rl.setup import build_run, close_run
@@ -47,11 +47,10 @@ def config(out, stages) -> RLConfig:
 
 def response_logprobs(run, prompt, completion) -> torch.Tensor:
     """The trainer's log-probs (T = 1) of ``completion``'s tokens after ``prompt``."""
-    ones = torch.ones(1, 1)
-    mb = build_micro_batches([Group(prompt, run.rollouts.tokens(prompt), [completion], [0.0], [False])], ones, ones,
-                             4096)
-    logp, _ = run.backend.logprobs(mb, 1.0)[0]
-    return logp[mb[0].loss_mask.bool()]
+    ids, response = run.rollouts.tokens(prompt), list(completion.token_ids)
+    mb = pack_sequences([ids + response], [[0] * len(ids) + [1] * len(response)])
+    logp, _ = run.backend.logprobs([mb], 1.0)[0]
+    return logp[mb.loss_mask.bool()]
 
 
 def test_an_update_reaches_vllm(tmp_path):

@@ -1,10 +1,13 @@
-"""Scored rollout groups -> the packed micro-batches of one GRPO update, and their statistics.
+"""Scored rollout groups -> the experience of one GRPO update (``ExperienceBatch``), and its statistics.
 
-Pure data plumbing between the rollout engine and the backend: every response becomes one packed
-sequence (prompt tokens untrained, response tokens trained) carrying its group advantage, its loss
-weight (0 when overlong filtering removed it) and vLLM's log-probs of its tokens as per-token
-fields; sequences are grouped into micro-batches of at most ``micro_batch_tokens`` tokens by
-first-fit-decreasing. Nothing here knows about vLLM, processes or files.
+The one form the experience takes from the rewards to the loss, built once by ``build_experience``:
+the [N, G] rewards, advantages and loss weights of the step's responses, and the packed micro-batches
+that carry them to the loss. Every response becomes one packed sequence (prompt tokens untrained,
+response tokens trained) with its group advantage, its loss weight (0 when overlong filtering removed
+it) and vLLM's log-probs of its tokens as per-token fields (named in ``losses.py``); sequences are
+grouped into micro-batches of at most ``micro_batch_tokens`` tokens by first-fit-decreasing, those
+with a policy-gradient term apart from those without, and the step's loss normalizer is counted over
+all of them. Nothing here knows about vLLM, processes or files.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from typing import Protocol
 
 import torch
 
+from nemo_ext.config.rl import AdvantageConfig
 from nemo_ext.data.batch import PackedBatch, pack_sequences
 from nemo_ext.data.packing import first_fit_decreasing
-from nemo_ext.rl.losses import ADVANTAGES, OLD_LOGPROBS, ROLLOUT_LOGPROBS, WEIGHTS
+from nemo_ext.rl.advantages import group_advantages
+from nemo_ext.rl.filters import overlong_weights
+from nemo_ext.rl.losses import ADVANTAGES, OLD_LOGPROBS, ROLLOUT_LOGPROBS, WEIGHTS, LossNormalizer, loss_normalizer
 from nemo_ext.rl.prompts import RLPrompt
 
 
@@ -62,41 +68,54 @@ def step_tensors(groups: Sequence[Group]) -> StepTensors:
     )
 
 
-def build_micro_batches(
-    groups: Sequence[Group], advantages_NG: torch.Tensor, weights_NG: torch.Tensor, micro_batch_tokens: int
-) -> list[PackedBatch]:
-    """Pack every response of ``groups`` into micro-batches of at most ``micro_batch_tokens`` tokens
-    (or the longest sequence, if longer). Fields: advantages, weights, rollout_logprobs (0 where vLLM
-    returned none).
+@dataclass(frozen=True)
+class ExperienceBatch:
+    """One update's experience. ``responses``, ``advantages_NG`` and ``weights_NG`` are [N, G] (group,
+    response); ``trained`` are the micro-batches of the responses with a policy-gradient term (advantage
+    and weight both non-zero), ``untrained`` the others, which join the log-prob pass (entropy,
+    mismatch) and the normalizer but not the update, whose gradient they would not change;
+    ``normalizer`` counts every micro-batch, its ``metric_tokens`` the trained ones."""
 
-    Responses whose policy-gradient term is zero (advantage 0, as in a group of equal rewards, or
-    weight 0) are packed apart from the others, so a step can skip their micro-batches
-    (``contributes``) without changing the gradient; they still count in the loss normalizer.
-    """
-    seqs, trained, fields, live = [], [], {ADVANTAGES: [], WEIGHTS: [], ROLLOUT_LOGPROBS: []}, []
+    responses: StepTensors
+    advantages_NG: torch.Tensor  # float32
+    weights_NG: torch.Tensor  # float32 loss weight per response
+    trained: list[PackedBatch]
+    untrained: list[PackedBatch]
+    normalizer: LossNormalizer
+
+
+def build_experience(groups: Sequence[Group], advantage: AdvantageConfig, overlong_filter: bool,
+                     micro_batch_tokens: int, max_response_len: int) -> ExperienceBatch:
+    """The experience of ``groups``: advantages by ``advantage.estimator`` within each group, truncated
+    responses weighted 0 when ``overlong_filter`` (they stay in their group's baseline), micro-batches
+    of at most ``micro_batch_tokens`` tokens (or the longest sequence, if longer)."""
+    responses = step_tensors(groups)
+    advantages = group_advantages(responses.rewards, advantage.estimator, advantage.eps)
+    weights = overlong_weights(responses.truncated, overlong_filter)
+    live = (advantages != 0) & (weights > 0) & (responses.lengths > 0)
+    seqs, trained_mask, fields = [], [], {ADVANTAGES: [], WEIGHTS: [], ROLLOUT_LOGPROBS: []}
     for n, group in enumerate(groups):
         prompt_len = len(group.prompt_ids)
         for g, completion in enumerate(group.completions):
             resp = list(completion.token_ids)
             seqs.append(group.prompt_ids + resp)
-            trained.append([0] * prompt_len + [1] * len(resp))
-            fields[ADVANTAGES].append([0.0] * prompt_len + [float(advantages_NG[n, g])] * len(resp))
-            fields[WEIGHTS].append([0.0] * prompt_len + [float(weights_NG[n, g])] * len(resp))
+            trained_mask.append([0] * prompt_len + [1] * len(resp))
+            fields[ADVANTAGES].append([0.0] * prompt_len + [float(advantages[n, g])] * len(resp))
+            fields[WEIGHTS].append([0.0] * prompt_len + [float(weights[n, g])] * len(resp))
             logprobs = list(completion.logprobs) if completion.logprobs is not None else [0.0] * len(resp)
             fields[ROLLOUT_LOGPROBS].append([0.0] * prompt_len + logprobs)
-            live.append(bool(advantages_NG[n, g] != 0 and weights_NG[n, g] > 0 and resp))
     bin_size = max(micro_batch_tokens, max(len(s) for s in seqs))
-    bins = []
-    for part in ([i for i in range(len(seqs)) if live[i]], [i for i in range(len(seqs)) if not live[i]]):
-        bins += [[part[j] for j in b] for b in first_fit_decreasing([len(seqs[i]) for i in part], bin_size)]
-    return [pack_sequences([seqs[i] for i in b], [trained[i] for i in b],
-                           {k: [v[i] for i in b] for k, v in fields.items()}) for b in bins]
 
+    def pack(part: list[int]) -> list[PackedBatch]:
+        bins = [[part[j] for j in b] for b in first_fit_decreasing([len(seqs[i]) for i in part], bin_size)]
+        return [pack_sequences([seqs[i] for i in b], [trained_mask[i] for i in b],
+                               {k: [v[i] for i in b] for k, v in fields.items()}) for b in bins]
 
-def contributes(batch: PackedBatch) -> bool:
-    """Whether any response token of ``batch`` has a non-zero advantage and loss weight."""
-    f = batch.token_fields
-    return bool((batch.loss_mask * f[WEIGHTS] * f[ADVANTAGES]).ne(0).any())
+    flat = live.flatten().tolist()
+    trained = pack([i for i, on in enumerate(flat) if on])
+    untrained = pack([i for i, on in enumerate(flat) if not on])
+    normalizer = loss_normalizer(trained + untrained, max_response_len, run=trained)
+    return ExperienceBatch(responses, advantages, weights, trained, untrained, normalizer)
 
 
 @dataclass

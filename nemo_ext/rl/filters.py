@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import torch
 
@@ -64,37 +64,48 @@ class DynamicSamplingReport:
         return self.target - self.kept
 
 
-def fill_informative_groups(
-    draw: Callable[[int], list[G]],
-    rewards_of: Callable[[G], Sequence[float]],
-    target: int,
-    extra_rounds: int,
-) -> tuple[list[G], DynamicSamplingReport]:
-    """Draw prompt groups until ``target`` of them have unequal rewards, at most 1 + extra_rounds draws.
+class DynamicSampling(Generic[G]):
+    """Dynamic sampling as a state the loop drives, so that generating stays a phase of the loop:
+    ``request()`` says how many more prompts to roll out (0: done), ``add(groups)`` takes their
+    scored groups. It keeps groups with unequal rewards until ``target`` of them, over at most
+    1 + extra_rounds draws: after the first draw of ``target`` prompts, each further one asks for the
+    missing count divided by the keep rate seen so far (at most ``target``). Disabled, it takes the
+    first draw's groups as they are (equal rewards included: they carry no gradient but count).
 
-    draw(k) rolls out and scores k more prompts (k >= 1) and returns their groups. After the first
-    draw of ``target`` prompts, each further draw asks for the missing count divided by the keep rate
-    seen so far (at most ``target``). Returns the informative groups (at most ``target``, in draw
-    order; fewer if the draws ran out) and the report.
+    rewards_of: a group's rewards. ``kept``: the groups to train on (at most ``target``, in draw
+    order; fewer if the draws ran out); ``report``: what happened.
     """
-    report, kept, want = DynamicSamplingReport(target), [], target
-    while want > 0 and report.rounds <= extra_rounds:
-        groups = draw(want)
-        report.rounds += 1
-        report.drawn += len(groups)
+
+    def __init__(self, target: int, extra_rounds: int, rewards_of: Callable[[G], Sequence[float]],
+                 enabled: bool = True):
+        self.target, self.extra_rounds, self.rewards_of, self.enabled = target, extra_rounds, rewards_of, enabled
+        self.kept: list[G] = []
+        self.report = DynamicSamplingReport(target)
+
+    def request(self) -> int:
+        r = self.report
+        if r.rounds == 0:
+            return self.target
+        missing = self.target - len(self.kept)
+        if not self.enabled or missing == 0 or r.rounds > self.extra_rounds:
+            return 0
+        keep_rate = len(self.kept) / max(r.drawn, 1)
+        return min(self.target, math.ceil(missing / keep_rate)) if keep_rate > 0 else self.target
+
+    def add(self, groups: Sequence[G]) -> None:
+        r = self.report
+        r.rounds += 1
+        r.drawn += len(groups)
         for group in groups:
-            rewards = torch.tensor([list(rewards_of(group))], dtype=torch.float32)
-            if bool(uniform_groups(rewards)[0]):
-                report.dropped += 1
-            elif len(kept) < target:
-                kept.append(group)
+            if not self.enabled:
+                self.kept.append(group)
+            elif bool(uniform_groups(torch.tensor([list(self.rewards_of(group))], dtype=torch.float32))[0]):
+                r.dropped += 1
+            elif len(self.kept) < self.target:
+                self.kept.append(group)
             else:
-                report.surplus += 1
-        missing = target - len(kept)
-        keep_rate = len(kept) / max(report.drawn, 1)
-        want = 0 if missing == 0 else min(target, math.ceil(missing / keep_rate) if keep_rate > 0 else target)
-    report.kept = len(kept)
-    return kept, report
+                r.surplus += 1
+        r.kept = len(self.kept)
 
 
 def record_pass_rates(

@@ -2,11 +2,12 @@
 
 Each step is a sequence of named, timed phases (arXiv 2505.16400 sec. 3; ../shared/PAPER.md RL rows):
 
-    sample prompts -> generate (vLLM: n = group size, the stage's temperature and length limit)
-    -> score (reward pool; each response as soon as it is generated) -> filter (dynamic sampling,
-    overlong) -> advantages
-    -> logprobs (the trainer's, in chunks: entropy, vLLM mismatch, old log-probs)
-    -> train (one on-policy update, packed micro-batches) -> sync (new weights into vLLM) -> log
+    sample (the next prompts) -> generate (vLLM: n = group size, the stage's temperature and length
+    limit; the reward pool scores each response as soon as it is generated) -> score (what is left)
+    -> gather (the ranks' scored groups) -> filter (dynamic sampling: back to sample while short)
+    -> advantages (the step's ExperienceBatch) -> sleep (vLLM frees the GPU) -> logprobs (the
+    trainer's, in chunks: entropy, vLLM mismatch, old log-probs) -> train (one on-policy update,
+    packed micro-batches) -> sync (new weights into vLLM) -> log
 
 Strictly on-policy: one optimizer step per rollout batch, no KL, no entropy bonus. Each stage starts
 from the previous stage's weights with a fresh optimizer at its own learning rate, writes its Hugging
@@ -27,8 +28,8 @@ import os
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,19 +37,11 @@ import torch
 from nemo_ext.config.rl import RLConfig, StageConfig, validate_rl_config
 from nemo_ext.data.prompts import render_prompt
 from nemo_ext.observe import MetricsLogger, plot_curves
-from nemo_ext.rl.advantages import group_advantages, uniform_groups
+from nemo_ext.rl.advantages import uniform_groups
 from nemo_ext.rl.data_parallel import RankShare
-from nemo_ext.rl.experience import (
-    Group,
-    LogprobStats,
-    StepTensors,
-    attach_old_logprobs,
-    build_micro_batches,
-    contributes,
-    step_tensors,
-)
-from nemo_ext.rl.filters import fill_informative_groups, overlong_weights, soft_overlong_penalty
-from nemo_ext.rl.losses import PolicyLoss, loss_normalizer, token_mask
+from nemo_ext.rl.experience import Group, LogprobStats, attach_old_logprobs, build_experience, step_tensors
+from nemo_ext.rl.filters import DynamicSampling, soft_overlong_penalty
+from nemo_ext.rl.losses import PolicyLoss
 from nemo_ext.rl.prompts import RLPrompt, load_eval_problems, load_stage_prompts
 from nemo_ext.rl.run_state import read_eval, write_eval
 from nemo_ext.rl.setup import PolicyUpdate, RLRun, Rollouts, build_run, close_run
@@ -80,19 +73,20 @@ def sample_share(rollouts: Rollouts, texts: list[str], **sampling) -> tuple[list
     return mine, rollouts.engine.sample([texts[i] for i in mine], positions=mine, **sampling)
 
 
-def rollout_groups(run: Rollouts, stage: StageConfig, prompts: list[RLPrompt], temperature: float, seed: int,
+def rollout_groups(rollouts: Rollouts, stage: StageConfig, prompts: list[RLPrompt], temperature: float, seed: int,
                    timer: PhaseTimer) -> list[Group]:
-    """Generate ``group_size`` responses per prompt and score them (rewards include DAPO's length
-    penalty when the stage asks for it). Each rank rolls out its share, and its reward pool scores
-    every response as soon as it is generated: ``time/generate`` covers both, ``time/score`` the
-    scoring left after the last response. All ranks get every group, in order."""
-    mine, G = run.share.indices(len(prompts)), stage.group_size
+    """The generate, score and gather phases: ``group_size`` responses per prompt, scored (rewards
+    include DAPO's length penalty when the stage asks for it). Each rank rolls out its share, and its
+    reward pool scores every response as soon as it is generated: ``time/generate`` covers both,
+    ``time/score`` the scoring left after the last response. All ranks get every group, in order."""
+    mine, G = rollouts.share.indices(len(prompts)), stage.group_size
     completions = [[None] * G for _ in mine]
     scored_at: dict[tuple[int, int], int] = {}  # (prompt k of mine, response j) -> position in the session
-    with run.reward_pool.session(stage.task.value) as session:
+    with rollouts.reward_pool.session(stage.task.value) as session:
         with timer("generate"):
-            for k, j, completion in run.engine.stream([prompts[i].text for i in mine], n=G, temperature=temperature,
-                                                      max_tokens=stage.max_response_len, seed=seed, positions=mine):
+            for k, j, completion in rollouts.engine.stream([prompts[i].text for i in mine], n=G,
+                                                           temperature=temperature, max_tokens=stage.max_response_len,
+                                                           seed=seed, positions=mine):
                 completions[k][j] = completion
                 scored_at[k, j] = session.add(completion.text, prompts[mine[k]].reference)
                 session.poll()
@@ -106,63 +100,67 @@ def rollout_groups(run: Rollouts, stage: StageConfig, prompts: list[RLPrompt], t
             lengths = torch.tensor([len(c.token_ids) for c in cs])
             rewards = rewards + soft_overlong_penalty(lengths, stage.max_response_len,
                                                       stage.overlong.soft_punishment_len)
-        groups.append(Group(prompts[i], run.tokens(prompts[i]), cs, rewards.tolist(),
+        groups.append(Group(prompts[i], rollouts.tokens(prompts[i]), cs, rewards.tolist(),
                             [v.verdict == "accepted" for v in vs]))
     with timer("gather"):
-        return run.share.gather(groups, len(prompts))
+        return rollouts.share.gather(groups, len(prompts))
 
 
-def measure_logprobs(run: PolicyUpdate, mine: list, temperature: float) -> LogprobStats:
+def measure_logprobs(update: PolicyUpdate, mine: list, temperature: float) -> LogprobStats:
     """The trainer's log-probs of this replica's micro-batches, stored as their ``old_logprobs``; the
     statistics summed over the replicas."""
-    stats = attach_old_logprobs(mine, run.backend.logprobs(mine, temperature))
-    return LogprobStats.merge(run.share.replica_gather(stats))
+    stats = attach_old_logprobs(mine, update.backend.logprobs(mine, temperature))
+    return LogprobStats.merge(update.share.replica_gather(stats))
 
 
 def step_seed(base: int, global_step: int, draw: int) -> int:
     return random.Random(f"{base}-{global_step}-{draw}").getrandbits(31)
 
 
-def rollout_metrics(t: StepTensors) -> dict[str, float]:
+def rollout_metrics(drawn: Sequence[Group]) -> dict[str, float]:
     """Statistics of every rollout the step drew (dynamic sampling's dropped groups included)."""
+    t = step_tensors(drawn)
     return {
         "reward/mean": float(t.rewards.mean()), "pass_rate": float(t.passed.float().mean()),
         "response_length/mean": float(t.lengths.float().mean()), "response_length/max": int(t.lengths.max()),
         "truncated_frac": float(t.truncated.float().mean()),
         "groups/uniform": int(uniform_groups(t.rewards).sum()),
+        "generated_tokens": float(t.lengths.sum()),
     }
+
+
+def draw_groups(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temperature: float,
+                timer: PhaseTimer) -> tuple[list[Group], list[Group], dict[str, float]]:
+    """The sample, generate (score, gather) and filter phases, repeated while dynamic sampling asks for
+    more prompts. Returns the groups to train on, every group drawn, and dynamic sampling's metrics."""
+    sched, ds = run.schedule, stage.dynamic_sampling
+    sampling = DynamicSampling(stage.prompts_per_step, ds.max_rounds, lambda g: g.rewards, enabled=ds.enabled)
+    drawn: list[Group] = []
+    while (k := sampling.request()) > 0:
+        with timer("sample"):
+            ids = sched.take(k)
+        groups = []
+        if ids:
+            seed = step_seed(sched.seed, sched.state.global_step, len(drawn))
+            groups = rollout_groups(run.rollouts, stage, [prompts[i] for i in ids], temperature, seed, timer)
+            sched.record_pass_rates(ids, torch.tensor([g.passed for g in groups]))
+            drawn.extend(groups)
+        with timer("filter"):
+            sampling.add(groups)
+    r = sampling.report
+    metrics = {"dynamic_sampling/drawn": r.drawn, "dynamic_sampling/dropped": r.dropped,
+               "dynamic_sampling/rounds": r.rounds, "dynamic_sampling/short": r.short} if ds.enabled else {}
+    return sampling.kept, drawn, metrics
 
 
 def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temperature: float) -> dict | None:
     """One GRPO step; returns its metrics (docs/rl.md names them all), or None if the stage had no
     prompts left to draw (its end)."""
-    sched, timer = run.schedule, PhaseTimer()
-    step_start = time.perf_counter()
-    drawn: list[Group] = []
-
-    def draw(k: int) -> list[Group]:
-        with timer("sample"):
-            ids = sched.take(k)
-        if not ids:
-            return []
-        seed = step_seed(sched.seed, sched.state.global_step, len(drawn))
-        groups = rollout_groups(run.rollouts, stage, [prompts[i] for i in ids], temperature, seed, timer)
-        sched.record_pass_rates(ids, torch.tensor([g.passed for g in groups]))
-        drawn.extend(groups)
-        return groups
-
-    metrics: dict[str, float] = {"temperature": temperature}
-    if stage.dynamic_sampling.enabled:
-        groups, report = fill_informative_groups(draw, lambda g: g.rewards, stage.prompts_per_step,
-                                                 stage.dynamic_sampling.max_rounds)
-        metrics.update({"dynamic_sampling/drawn": report.drawn, "dynamic_sampling/dropped": report.dropped,
-                        "dynamic_sampling/rounds": report.rounds, "dynamic_sampling/short": report.short})
-    else:
-        groups = draw(stage.prompts_per_step)
+    timer, step_start = PhaseTimer(), time.perf_counter()
+    groups, drawn, metrics = draw_groups(run, stage, prompts, temperature, timer)
     if not drawn:
         return None
-    generated = step_tensors(drawn)
-    metrics.update(rollout_metrics(generated))
+    metrics.update(temperature=temperature, **rollout_metrics(drawn))
     metrics["groups/trained"] = len(groups)
     if groups:
         metrics.update(update_policy(run.update, stage, groups, temperature, timer))
@@ -171,45 +169,36 @@ def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temp
     step_seconds = time.perf_counter() - step_start
     metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
     metrics["time/step"] = step_seconds
-    tokens = float(generated.lengths.sum())
+    tokens = metrics.pop("generated_tokens")
     metrics["throughput/tokens_per_s"] = tokens / step_seconds
     metrics["throughput/generate_tokens_per_s"] = tokens / max(timer.seconds["generate"], 1e-9)
     return metrics
 
 
-def update_policy(run: PolicyUpdate, stage: StageConfig, groups: list[Group], temperature: float,
+def update_policy(update: PolicyUpdate, stage: StageConfig, groups: list[Group], temperature: float,
                   timer: PhaseTimer) -> dict[str, float]:
-    """Advantages -> micro-batches -> old log-probs -> one optimizer step -> weights into vLLM.
-
-    Micro-batches without a policy-gradient term (equal-reward groups, filtered responses) join the
-    log-prob pass (entropy, mismatch) and the normalizer but not the update, whose gradient they
-    would not change.
-    """
-    share = run.share
+    """The advantages, sleep, logprobs, train and sync phases: the step's ``ExperienceBatch`` -> old
+    log-probs -> one optimizer step on its trained micro-batches -> weights into vLLM."""
+    share = update.share
     with timer("advantages"):
-        t = step_tensors(groups)
-        advantages = group_advantages(t.rewards, run.advantage.estimator, run.advantage.eps)
-        weights = overlong_weights(t.truncated, stage.overlong.filter)
-        micro_batches = build_micro_batches(groups, advantages, weights, run.micro_batch_tokens)
-        trained, rest = [], []
-        for mb in micro_batches:
-            (trained if contributes(mb) else rest).append(mb)
-        norm = replace(loss_normalizer(micro_batches, stage.max_response_len),
-                       metric_tokens=float(sum(token_mask(mb).sum() for mb in trained)))
+        batch = build_experience(groups, update.advantage, stage.overlong.filter, update.micro_batch_tokens,
+                                 stage.max_response_len)
         # this replica's share: a trained micro-batch gets its old log-probs where it is trained
-        my_trained, my_rest = share.split_micro_batches(trained), share.split_micro_batches(rest)
-    run.engine.sleep()  # GPU: the trainer's passes get the memory of vLLM's weights and KV cache
+        my_trained, my_untrained = share.split_micro_batches(batch.trained), share.split_micro_batches(batch.untrained)
+    with timer("sleep"):  # GPU: the trainer's passes get the memory of vLLM's weights and KV cache
+        update.engine.sleep()
     with timer("logprobs"):
-        metrics = measure_logprobs(run, my_trained + my_rest, temperature).metrics()
+        metrics = measure_logprobs(update, my_trained + my_untrained, temperature).metrics()
+    norm = batch.normalizer
     metrics.update({"loss_tokens": norm.tokens, "update/trained_tokens": norm.metric_tokens})
-    if trained:
+    if batch.trained:
         with timer("train"):
-            out = run.backend.train_step(my_trained, PolicyLoss(run.loss, norm), temperature)
+            out = update.backend.train_step(my_trained, PolicyLoss(update.loss, norm), temperature)
         metrics.update({f"update/{k}": v for k, v in out.items()})
     else:  # nothing to learn from: equal rewards everywhere, or every response filtered
         metrics["update/skipped"] = 1.0
     with timer("sync"):  # wakes vLLM even after a skipped update
-        run.engine.load_weights(run.backend.hf_weights())
+        update.engine.load_weights(update.backend.hf_weights())
     return metrics
 
 
@@ -227,9 +216,8 @@ def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPromp
                                          seed=step_seed(sched.seed, -1, 0))
         groups = run.share.gather([Group(batch[i], rollouts.tokens(batch[i]), cs, [0.0] * len(cs), [False] * len(cs))
                                    for i, cs in zip(mine, completions, strict=True)], len(batch))
-        zeros = torch.zeros(len(groups), stage.group_size)
-        mbs = build_micro_batches(groups, zeros, zeros + 1, update.micro_batch_tokens)
-        stats = measure_logprobs(update, update.share.split_micro_batches(mbs), temperature)
+        batch = build_experience(groups, update.advantage, False, update.micro_batch_tokens, stage.max_response_len)
+        stats = measure_logprobs(update, update.share.split_micro_batches(batch.untrained), temperature)
         measured[temperature] = stats.metrics()["entropy"]
     controller.set_probe(measured)
     return {f"probe/entropy@{t:g}": e for t, e in measured.items()}

@@ -81,14 +81,21 @@ class LossNormalizer:
     metric_tokens: float | None = None
 
 
-def loss_normalizer(micro_batches: Sequence[PackedBatch], max_response_len: int) -> LossNormalizer:
-    """Count over all micro-batches of the step (callers under data parallelism pass every rank's)."""
+def loss_normalizer(micro_batches: Sequence[PackedBatch], max_response_len: int,
+                    run: Sequence[PackedBatch] | None = None) -> LossNormalizer:
+    """Count over all micro-batches of the step (callers under data parallelism pass every rank's).
+
+    run: the micro-batches the update actually runs, when it skips some (their weighted tokens are the
+    metrics' ``metric_tokens``); None: all of them.
+    """
     tokens, sequences = 0.0, 0
     for batch in micro_batches:
         mask = token_mask(batch)
         tokens += float(mask.sum())
         sequences += int((per_sequence_sum(mask, batch.cu_seqlens) > 0).sum())
-    return LossNormalizer(tokens=tokens, sequences=sequences, max_response_len=max_response_len)
+    metric_tokens = None if run is None else float(sum(float(token_mask(b).sum()) for b in run))
+    return LossNormalizer(tokens=tokens, sequences=sequences, max_response_len=max_response_len,
+                          metric_tokens=metric_tokens)
 
 
 def token_mask(batch: PackedBatch) -> torch.Tensor:
