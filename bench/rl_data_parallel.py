@@ -20,8 +20,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from nemo_ext.config.rl import OverlongConfig, PolicyConfig, RLConfig, RLEvalConfig, StageConfig
-from nemo_ext.config.schema import CheckpointConfig, LoggingConfig
+from nemo_ext.config.rl import OverlongConfig, PolicyConfig, RLConfig, StageConfig
+from nemo_ext.config.schema import CheckpointConfig, HeldoutConfig, LoggingConfig
 from nemo_ext.dist import launch, world_from_env
 
 PHASES = ("generate", "score", "gather", "logprobs", "train", "sync", "step")
@@ -32,7 +32,7 @@ def config(out: Path, args, devices: int) -> RLConfig:
                         group_size=8, prompts_per_step=args.prompts, lr=1e-3, steps=args.steps,
                         overlong=OverlongConfig(filter=False, soft_punishment_len=args.max_len))
     cfg = RLConfig(output_dir=str(out), policy=PolicyConfig(init="tiny"), stages=[stage],
-                   checkpoint=CheckpointConfig(save_every=0), eval=RLEvalConfig(num_problems=0),
+                   checkpoint=CheckpointConfig(save_every=0), eval=HeldoutConfig(num_problems=0),
                    logging=LoggingConfig(tensorboard=False, plot=False))
     cfg.trainer.devices = devices
     return cfg

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from nemo_ext.config.schema import SyntheticDataConfig
+from nemo_ext.config.schema import HeldoutConfig, SyntheticDataConfig
 from nemo_ext.data.synthetic import write_split
 from nemo_ext.rl.prompts import DEFAULT_SYNTHETIC_PROMPTS
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, help="directory for the three JSONL files")
     p.add_argument("--num-train", type=int, default=defaults.num_train, help="SFT samples")
-    p.add_argument("--num-eval", type=int, default=defaults.num_eval, help="held-out problems")
+    p.add_argument("--num-eval", type=int, default=HeldoutConfig().num_problems, help="held-out problems")
     p.add_argument("--num-rl", type=int, default=DEFAULT_SYNTHETIC_PROMPTS, help="RL prompts (train split)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     a = p.parse_args(argv)

@@ -122,7 +122,7 @@ def test_missing_column_names_file_row_and_column(tmp_path):
     (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = registry_with_fixtures()["aime24"]
     spec = replace(spec, source=replace(spec.source, path=str(tmp_path / "bad.jsonl")))
-    with pytest.raises(KeyError, match=r"bad.jsonl row 1: missing column 'answer'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl row 1: missing key 'answer'"):
         load_problems("aime24", spec)
 
 

@@ -15,15 +15,14 @@ from nemo_ext.config.rl import (
     OverlongConfig,
     PolicyConfig,
     RLConfig,
-    RLEvalConfig,
     StageConfig,
     TemperatureConfig,
     TemperatureMode,
 )
-from nemo_ext.config.schema import CheckpointConfig, LoggingConfig
+from nemo_ext.config.schema import CheckpointConfig, HeldoutConfig, LoggingConfig
 from nemo_ext.data.batch import pack_sequences
 from nemo_ext.dist import launch
-from nemo_ext.rl.grpo import grpo_step, run_rl, train
+from nemo_ext.rl.grpo import evaluate, grpo_step, run_rl, train
 from nemo_ext.rl.prompts import load_stage_prompts
 from nemo_ext.rl.setup import build_run, close_run
 from nemo_ext.rl.stages import stage_lr_schedule
@@ -42,7 +41,7 @@ def stage(name: str, steps: int, **kw) -> StageConfig:
 def config(out, stages) -> RLConfig:
     return RLConfig(output_dir=str(out), policy=PolicyConfig(init="tiny"), stages=stages,
                     checkpoint=CheckpointConfig(save_every=1, keep_last=2),
-                    logging=LoggingConfig(tensorboard=False, plot=True), eval=RLEvalConfig(num_problems=0))
+                    logging=LoggingConfig(tensorboard=False, plot=True), eval=HeldoutConfig(num_problems=0))
 
 
 def response_logprobs(run, prompt, completion) -> torch.Tensor:
@@ -55,6 +54,7 @@ def response_logprobs(run, prompt, completion) -> torch.Tensor:
 
 def test_an_update_reaches_vllm(tmp_path):
     cfg = config(tmp_path, [stage("a", steps=1)])
+    cfg.eval = HeldoutConfig(num_problems=3, max_new_tokens=10)
     run = build_run(cfg)
     try:
         st = cfg.stages[0]
@@ -68,6 +68,13 @@ def test_an_update_reaches_vllm(tmp_path):
 
         metrics = grpo_step(run, st, prompts, temperature=1.0)
         assert metrics["update/grad_norm"] > 0 and metrics["mismatch/kl"] < 1e-4
+        assert {"time/sample", "time/generate", "time/filter", "time/sleep", "time/sync"} <= metrics.keys()
+
+        # the held-out check runs on the rollout engine through the evaluation runner (rank 0)
+        evaluate(run, "a", tmp_path / "unused_export")
+        heldout = json.loads((tmp_path / "heldout" / "a" / "metrics.json").read_text())["metrics"]
+        assert heldout["num_problems"] == 3 and heldout["mean_response_tokens"] <= 10
+        assert json.loads((tmp_path / "eval.json").read_text())["a"]["accuracy"] == heldout["avg"]["mean"]
 
         trainer_after = response_logprobs(run, probe, before)
         assert (trainer_after - trainer_before).abs().max() > 1e-2  # the trainer's weights moved

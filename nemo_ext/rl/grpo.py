@@ -35,14 +35,14 @@ from pathlib import Path
 import torch
 
 from nemo_ext.config.rl import RLConfig, StageConfig, validate_rl_config
-from nemo_ext.data.prompts import render_prompt
+from nemo_ext.evaluation.heldout import evaluate_heldout
 from nemo_ext.observe import MetricsLogger, plot_curves
 from nemo_ext.rl.advantages import uniform_groups
 from nemo_ext.rl.data_parallel import RankShare
 from nemo_ext.rl.experience import Group, LogprobStats, attach_old_logprobs, build_experience, step_tensors
 from nemo_ext.rl.filters import DynamicSampling, soft_overlong_penalty
 from nemo_ext.rl.losses import PolicyLoss
-from nemo_ext.rl.prompts import RLPrompt, load_eval_problems, load_stage_prompts
+from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
 from nemo_ext.rl.run_state import read_eval, write_eval
 from nemo_ext.rl.setup import PolicyUpdate, RLRun, Rollouts, build_run, close_run
 from nemo_ext.rl.stages import StageSchedule, epoch_order, stage_lr_schedule
@@ -223,19 +223,6 @@ def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPromp
     return {f"probe/entropy@{t:g}": e for t, e in measured.items()}
 
 
-def heldout_accuracy(run: RLRun, problems: list[dict]) -> dict[str, float]:
-    """Greedy (or ``eval.temperature``) accuracy on held-out math problems, scored by the reward."""
-    ev, rollouts = run.eval, run.rollouts
-    mine, completions = sample_share(rollouts, [render_prompt(p["question"], "math") for p in problems], n=1,
-                                     temperature=ev.temperature, max_tokens=ev.max_new_tokens, seed=0, logprobs=False)
-    verdicts = rollouts.reward_pool.score("math", [cs[0].text for cs in completions],
-                                          [problems[i]["answer"] for i in mine])
-    results = run.share.gather([(v.verdict == "accepted", len(cs[0].token_ids))
-                                for v, cs in zip(verdicts, completions, strict=True)], len(problems))
-    return {"accuracy": sum(ok for ok, _ in results) / len(problems),
-            "response_length/mean": sum(n for _, n in results) / len(problems)}
-
-
 def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
     """Train the schedule's current stage to its end and return its summary, or return None once the
     run reaches global step ``stop_at``."""
@@ -284,15 +271,18 @@ def format_step(sched: StageSchedule, m: dict) -> str:
     return f"[rl] {sched.stage.name} step {sched.state.step} (global {sched.state.global_step}) {shown}"
 
 
-def evaluate(run: RLRun, name: str) -> None:
-    """Record held-out accuracy under ``name`` in eval.json (once: skipped if already there)."""
+def evaluate(run: RLRun, name: str, checkpoint: Path) -> None:
+    """Record held-out accuracy under ``name`` in eval.json (once: skipped if already there), on the
+    rollout engine, which holds the weights exported to ``checkpoint``. Rank 0 evaluates (the
+    evaluation runner, nemo_ext/evaluation/heldout.py); the other ranks wait at their next exchange."""
     results = shared_eval(run)
-    if name in results or run.eval.num_problems <= 0:
+    if name in results or run.heldout.num_problems <= 0 or not run.share.is_main:
         return
-    results[name] = heldout_accuracy(run, load_eval_problems(run.eval))
-    if run.share.is_main:
-        print(f"[rl] held-out accuracy after {name}: {results[name]['accuracy']:.3f}", flush=True)
-        write_eval(run.out, results)
+    rollouts = run.rollouts
+    results[name] = evaluate_heldout(run.heldout, checkpoint, run.out / "heldout", name, rollouts.reward_pool,
+                                     llm=rollouts.engine.llm)
+    print(f"[rl] held-out accuracy after {name}: {results[name]['accuracy']:.3f}", flush=True)
+    write_eval(run.out, results)
 
 
 def shared_eval(run: RLRun) -> dict:
@@ -301,12 +291,13 @@ def shared_eval(run: RLRun) -> dict:
 
 
 def finish_stage(run: RLRun, summary: dict) -> None:
-    """Evaluate, export the stage's weights and curves, move to the next stage, checkpoint."""
+    """Export the stage's weights, evaluate them, plot its curves, move to the next stage, checkpoint."""
     name, main = summary["stage"], run.share.is_main
     if main:
         print(f"[rl] stage {name} ended ({summary['end']}) after {summary['steps']} steps", flush=True)
-    evaluate(run, name)
-    run.backend.export_hf(run.out / "stages" / name / "hf")
+    export = run.out / "stages" / name / "hf"
+    run.backend.export_hf(export)
+    evaluate(run, name, export)
     log_dir = run.out / "logs" / name
     if main and run.logging.plot and (log_dir / "metrics.jsonl").exists():
         plot_curves(log_dir / "metrics.jsonl", PLOT_KEYS, log_dir / "curves.png", title=f"RL stage {name}")
@@ -334,7 +325,7 @@ def train(cfg: RLConfig, stop_at: int | None = None) -> dict:
     """
     run = build_run(validate_rl_config(cfg))
     try:
-        evaluate(run, "init")
+        evaluate(run, "init", run.init)
         while not run.schedule.finished:
             summary = run_stage(run, stop_at)
             if summary is None:

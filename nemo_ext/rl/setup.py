@@ -19,11 +19,12 @@ from transformers import PreTrainedTokenizerBase
 from nemo_ext import dist
 from nemo_ext.backends import build_backend
 from nemo_ext.backends.base import Backend
-from nemo_ext.config.rl import AdvantageConfig, LossConfig, RLConfig, RLEvalConfig
-from nemo_ext.config.schema import Accelerator, LoggingConfig
-from nemo_ext.data.prompts import render_prompt
+from nemo_ext.config.rl import AdvantageConfig, LossConfig, RLConfig
+from nemo_ext.config.schema import Accelerator, HeldoutConfig, LoggingConfig
+from nemo_ext.data.problems import problem_prompt
+from nemo_ext.evaluation.heldout import heldout_problems
 from nemo_ext.rl.data_parallel import RankShare
-from nemo_ext.rl.prompts import RLPrompt, load_eval_problems, load_stage_prompts
+from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
 from nemo_ext.rl.rollout import RolloutEngine
 from nemo_ext.rl.run_state import RunCheckpoints
 from nemo_ext.rl.stages import StageSchedule, stage_lr_schedule
@@ -69,9 +70,10 @@ class RLRun:
     update: PolicyUpdate
     schedule: StageSchedule
     checkpoints: RunCheckpoints
-    eval: RLEvalConfig
+    heldout: HeldoutConfig  # the ``eval`` section
     logging: LoggingConfig
     out: Path
+    init: Path  # the starting weights (a Hugging Face directory)
     share: RankShare = field(default_factory=RankShare)  # this process among the ranks and replicas
 
     @property
@@ -123,9 +125,8 @@ def max_model_len(run_cfg: RLConfig, tokenizer) -> int:
     for stage in run_cfg.stages:
         texts = [p.text for p in load_stage_prompts(stage, run_cfg.trainer.seed).values()]
         need = max(need, longest(texts) + stage.max_response_len)
-    if problems := load_eval_problems(run_cfg.eval):
-        texts = [render_prompt(p["question"], "math") for p in problems]
-        need = max(need, longest(texts) + run_cfg.eval.max_new_tokens)
+    if problems := heldout_problems(run_cfg.eval):
+        need = max(need, longest([problem_prompt(p) for p in problems]) + run_cfg.eval.max_new_tokens)
     return need
 
 
@@ -178,7 +179,7 @@ def build_run(cfg: RLConfig) -> RLRun:
             print(f"[rl] resumed from {resumed}", flush=True)
     rollouts = Rollouts(engine, RewardPool(cfg.rollout.reward_workers), backend.tokenizer, share)
     return RLRun(rollouts, build_update(cfg, backend, engine), schedule, checkpoints, cfg.eval, cfg.logging, out,
-                 share)
+                 init, share)
 
 
 def close_run(run: RLRun) -> None:

@@ -7,12 +7,9 @@ exactly the batches the uninterrupted run would have seen, with no sampler state
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from nemo_ext.data.batch import PackedBatch, pack_sequences
-from nemo_ext.data.sources import jsonl_objects
 
 
 def steps_per_epoch(num_bins: int, global_batch_size: int) -> int:
@@ -54,15 +51,3 @@ def micro_batch(bins: list[dict]) -> PackedBatch:
             ids.append(b["input_ids"][lo:hi].tolist())
             masks.append(b["loss_mask"][lo:hi].tolist())
     return pack_sequences(ids, masks)
-
-
-def read_eval_problems(path: str | Path, limit: int) -> list[dict]:
-    """Held-out ``{question, answer}`` rows from a JSONL file, the first ``limit`` of them."""
-    rows = []
-    for where, row in jsonl_objects(path):
-        if "question" not in row or "answer" not in row:
-            raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer' (keys: {sorted(row)})")
-        rows.append({"question": str(row["question"]), "answer": str(row["answer"])})
-        if len(rows) == limit:
-            break
-    return rows

@@ -1,9 +1,11 @@
 """The SFT run: prepare model and data, then a loop of named phases (batch, step, log, checkpoint),
-then export and a held-out check. One function per phase; ``run_sft`` reads top to bottom."""
+then export and a held-out check (nemo_ext/evaluation/heldout.py). One function per phase; ``run_sft``
+reads top to bottom."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +22,13 @@ from nemo_ext.data.pack_job import PackConfig, pack_dataset
 from nemo_ext.data.shards import PackedDataset
 from nemo_ext.data.sources import ChatFields
 from nemo_ext.data.synthetic import write_split
+from nemo_ext.evaluation.heldout import evaluate_heldout
 from nemo_ext.io import atomic_write_json
 from nemo_ext.models.hf_config import num_parameters
 from nemo_ext.models.tiny import build_tiny_checkpoint
 from nemo_ext.observe import MetricsLogger, model_flops, peak_flops, plot_curves, progress
-from nemo_ext.sft.accuracy import heldout_accuracy
-from nemo_ext.sft.data import BatchSchedule, micro_batch, read_eval_problems, steps_per_epoch
+from nemo_ext.rewards import RewardPool
+from nemo_ext.sft.data import BatchSchedule, micro_batch, steps_per_epoch
 from nemo_ext.sft.loss import sft_loss
 
 log = logging.getLogger(__name__)
@@ -62,24 +65,20 @@ def prepare_model(cfg: SFTConfig, paths: RunPaths, world: dist.World) -> str:
     return str(paths.init_model)
 
 
-def prepare_data(cfg: SFTConfig, paths: RunPaths, tokenizer: str, world: dist.World) -> tuple[Path, Path]:
-    """Packed training shards and the held-out JSONL; the synthetic task's when none are given."""
+def prepare_data(cfg: SFTConfig, paths: RunPaths, tokenizer: str, world: dist.World) -> Path:
+    """The packed training shards; the synthetic task's when none are given."""
     train_dir = Path(cfg.data.train_dir) if cfg.data.train_dir else paths.data / "packed"
-    eval_file = Path(cfg.data.eval_file) if cfg.data.eval_file else paths.data / "heldout.jsonl"
-    if world.is_main:
+    if world.is_main and not cfg.data.train_dir:
         syn = cfg.data.synthetic
-        if not cfg.data.train_dir:
-            raw = write_split(paths.data / "train.jsonl", syn.num_train, syn.seed, "train")
-            fields = ChatFields(prompt="question", response="output", task="task")
-            pack_dataset(PackConfig(input=str(raw), output=str(train_dir), tokenizer=tokenizer,
-                                    bin_size=cfg.data.bin_size, fields=fields), progress=False)
-        if not cfg.data.eval_file and not eval_file.exists():
-            write_split(eval_file, syn.num_eval, syn.seed, "test")
+        raw = write_split(paths.data / "train.jsonl", syn.num_train, syn.seed, "train")
+        fields = ChatFields(prompt="question", response="output", task="task")
+        pack_dataset(PackConfig(input=str(raw), output=str(train_dir), tokenizer=tokenizer,
+                                bin_size=cfg.data.bin_size, fields=fields), progress=False)
     dist.barrier()
     if not (train_dir / "metadata.json").exists():
         raise FileNotFoundError(f"data.train_dir={train_dir} holds no finished pack (metadata.json); "
                                 "run data_prep/pack.py first")
-    return train_dir, eval_file
+    return train_dir
 
 
 def total_steps_of(cfg: SFTConfig, num_bins: int) -> int:
@@ -106,14 +105,14 @@ def run_sft(cfg: SFTConfig) -> dict:
     dist.seed_everything(cfg.trainer.seed)
     paths = RunPaths(Path(cfg.output_dir))
     model_path = prepare_model(cfg, paths, world)
-    train_dir, eval_file = prepare_data(cfg, paths, cfg.model.tokenizer or model_path, world)
+    train_dir = prepare_data(cfg, paths, cfg.model.tokenizer or model_path, world)
 
     dataset = PackedDataset(train_dir)
     t = cfg.trainer
     total_steps = total_steps_of(cfg, len(dataset))
     o = cfg.optim
-    schedule = LRSchedule(o.lr, o.warmup_steps, total_steps, o.min_lr)  # cosine from optim.lr to optim.min_lr
-    backend = build_backend(cfg.backend, model_path, cfg.model, cfg.trainer, cfg.optim, schedule, device,
+    lr_schedule = LRSchedule(o.lr, o.warmup_steps, total_steps, o.min_lr)  # cosine from optim.lr to optim.min_lr
+    backend = build_backend(cfg.backend, model_path, cfg.model, cfg.trainer, cfg.optim, lr_schedule, device,
                             batch_sizes=(t.global_batch_size, t.micro_batch_size), tokenizer=cfg.model.tokenizer)
     # by data-parallel rank: the tensor / pipeline / context-parallel ranks of a replica take the same bins
     schedule = BatchSchedule(len(dataset), t.global_batch_size, t.micro_batch_size, t.seed, backend.dp_rank,
@@ -142,7 +141,13 @@ def run_sft(cfg: SFTConfig) -> dict:
             ckpts.save(backend, step + 1, {"step": step + 1, "rng": dist.rng_state()})
     bar.close()
     ckpts.save(backend, total_steps, {"step": total_steps, "rng": dist.rng_state()})
-    return finish(cfg, backend, paths, logger, eval_file, device, world)
+    if cfg.checkpoint.export_hf:
+        backend.export_hf(paths.hf)
+    del backend  # the memory it held (a GPU's) goes to the held-out check's vLLM engine
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    dist.barrier()
+    return finish(cfg, paths, logger, world)
 
 
 def resume(cfg: SFTConfig, backend: Backend, ckpts: CheckpointManager) -> int:
@@ -156,12 +161,8 @@ def resume(cfg: SFTConfig, backend: Backend, ckpts: CheckpointManager) -> int:
     return int(extra["step"])
 
 
-def finish(cfg: SFTConfig, backend: Backend, paths: RunPaths, logger: MetricsLogger, eval_file: Path,
-           device: torch.device, world: dist.World) -> dict:
-    """Export to HF, plot the loss curve, measure held-out exact match (rank 0)."""
-    if cfg.checkpoint.export_hf:
-        backend.export_hf(paths.hf)
-    dist.barrier()
+def finish(cfg: SFTConfig, paths: RunPaths, logger: MetricsLogger, world: dist.World) -> dict:
+    """Plot the loss curve, measure held-out exact match on the export (rank 0), write summary.json."""
     summary: dict = {"output_dir": str(paths.root)}
     if world.is_main:
         logger.close()
@@ -170,10 +171,11 @@ def finish(cfg: SFTConfig, backend: Backend, paths: RunPaths, logger: MetricsLog
                                                     ["train/loss", "train/lr", "train/grad_norm"],
                                                     paths.root / "loss_curve.png", "SFT"))
         if cfg.checkpoint.export_hf and cfg.eval.num_problems > 0:
-            problems = read_eval_problems(eval_file, cfg.eval.num_problems)
-            acc, rows = heldout_accuracy(paths.hf, problems, cfg.eval.max_new_tokens, device)
-            summary.update(heldout_accuracy=acc, heldout_problems=len(rows))
-            print(f"held-out exact match: {acc:.1%} of {len(rows)} problems ({paths.hf})", flush=True)
+            with RewardPool(os.cpu_count() or 1) as pool:
+                result = evaluate_heldout(cfg.eval, paths.hf, paths.root / "heldout", "sft", pool)
+            summary.update(heldout_accuracy=result["accuracy"], heldout_problems=result["problems"])
+            print(f"held-out exact match: {result['accuracy']:.1%} of {result['problems']} problems ({paths.hf})",
+                  flush=True)
         atomic_write_json(paths.root / "summary.json", summary)
     dist.barrier()
     return summary
