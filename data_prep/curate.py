@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nemo_ext.data.cli import add_benchmark_args, benchmark_sources, print_summary, run_job
-from nemo_ext.data.curate import (
+from nemo_ext.data.curate_balance import DEFAULT_EDGES, DEFAULT_FACTORS
+from nemo_ext.data.sources import ChatFields
+from nemo_ext.prep.cli import add_benchmark_args, benchmark_sources, print_summary, run_job
+from nemo_ext.prep.curate import (
     BALANCE_UNITS,
     DATA_DIR,
     DECONTAMINATE,
@@ -23,8 +25,6 @@ from nemo_ext.data.curate import (
     CurateConfig,
     curate,
 )
-from nemo_ext.data.curate_balance import DEFAULT_EDGES, DEFAULT_FACTORS
-from nemo_ext.data.sources import ChatFields
 
 
 def _numbers(kind):

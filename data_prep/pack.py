@@ -12,9 +12,9 @@ import argparse
 import json
 import sys
 
-from nemo_ext.data.cli import run_job
-from nemo_ext.data.pack_job import OVERLONG_POLICIES, PackConfig, pack_dataset
 from nemo_ext.data.sources import ChatFields
+from nemo_ext.prep.cli import run_job
+from nemo_ext.prep.pack_job import OVERLONG_POLICIES, PackConfig, pack_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[PackConfig, bool]:

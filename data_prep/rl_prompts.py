@@ -8,7 +8,7 @@
 Input: a JSONL or Parquet file, a directory of them, a ``datasets.save_to_disk`` directory, or a
 Hugging Face hub name (as data_prep/curate.py). Output: the JSONL (format: nemo_ext/rl/prompts.py)
 and ``<output>.metadata.json`` (every count, per-benchmark drops), both replaced atomically.
-Defaults per task (nemo_ext.data.rl_prompts.TASK_DEFAULTS) and details: docs/rl.md, "RL prompts".
+Defaults per task (nemo_ext.prep.rl_prompts.TASK_DEFAULTS) and details: docs/rl.md, "RL prompts".
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nemo_ext.data.cli import add_benchmark_args, benchmark_sources, print_summary, run_job
-from nemo_ext.data.rl_prompts import TASK_DEFAULTS, UNDATED, RLPromptConfig, build_prompts, metadata_path, task_config
 from nemo_ext.evaluation.registry import TestSelection
+from nemo_ext.prep.cli import add_benchmark_args, benchmark_sources, print_summary, run_job
+from nemo_ext.prep.rl_prompts import TASK_DEFAULTS, UNDATED, RLPromptConfig, build_prompts, metadata_path, task_config
 
 
 def _defaults(key: str) -> str:

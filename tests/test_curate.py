@@ -14,8 +14,6 @@ import pytest
 
 from data_prep.curate import main as curate_main
 from data_prep.pack import main as pack_main
-from nemo_ext.data import curate as curate_job
-from nemo_ext.data.curate import METADATA, BenchmarkSources, CurateConfig, curate
 from nemo_ext.data.curate_balance import approx_tokens, balance, level_of, multiplicities
 from nemo_ext.data.curate_text import (
     POLY,
@@ -27,6 +25,8 @@ from nemo_ext.data.curate_text import (
     normalize_prompt,
 )
 from nemo_ext.data.sources import ChatFields, MalformedRowError
+from nemo_ext.prep import curate as curate_job
+from nemo_ext.prep.curate import METADATA, BenchmarkSources, CurateConfig, curate
 from tests.helpers import write_jsonl
 from tests.test_packing import build_char_tokenizer
 

@@ -19,10 +19,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from data_prep.pack import main
-from nemo_ext.data.pack_job import STATE, PackConfig, pack_dataset
 from nemo_ext.data.shards import HISTOGRAM_PNG, METADATA, PackedDataset, iter_bins, shard_name
 from nemo_ext.data.sources import ChatFields, MalformedRowError, open_rows
 from nemo_ext.data.tokenize import tokenize_chat
+from nemo_ext.prep.pack_job import STATE, PackConfig, pack_dataset
 from tests.helpers import write_jsonl
 from tests.test_packing import build_char_tokenizer
 

@@ -10,7 +10,6 @@ import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from nemo_ext.data.pack_job import fit_to_bin, length_histogram
 from nemo_ext.data.packing import first_fit_decreasing, pack_stream, packing_efficiency
 from nemo_ext.data.prompts import IM_END, SPECIAL_TOKENS, render_prompt, render_response
 from nemo_ext.data.shards import (
@@ -24,6 +23,7 @@ from nemo_ext.data.shards import (
 )
 from nemo_ext.data.tokenize import TokenizedSample, tokenize_chat, tokenize_chats
 from nemo_ext.io import atomic_write_json
+from nemo_ext.prep.pack_job import fit_to_bin, length_histogram
 
 
 def build_char_tokenizer(directory) -> str:

@@ -10,12 +10,12 @@ import pytest
 
 from data_prep.rl_prompts import main as rl_prompts_main
 from nemo_ext.config.rl import StageConfig, Task
-from nemo_ext.data.curate import BenchmarkSources
 from nemo_ext.data.curate_text import normalize_prompt, text_hash64
 from nemo_ext.data.prompts import render_prompt
-from nemo_ext.data.rl_prompts import build_prompts, metadata_path, task_config
 from nemo_ext.data.sources import MalformedRowError
 from nemo_ext.evaluation.livecodebench import encode_private_tests
+from nemo_ext.prep.curate import BenchmarkSources
+from nemo_ext.prep.rl_prompts import build_prompts, metadata_path, task_config
 from nemo_ext.rl.prompts import load_stage_prompts
 from tests.helpers import write_jsonl
 

@@ -18,7 +18,6 @@ from nemo_ext.backends.base import Backend
 from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.checkpoint import CheckpointManager
 from nemo_ext.config.schema import ResumeMode, SFTConfig
-from nemo_ext.data.pack_job import PackConfig, pack_dataset
 from nemo_ext.data.shards import PackedDataset
 from nemo_ext.data.sources import ChatFields
 from nemo_ext.data.synthetic import write_split
@@ -27,6 +26,7 @@ from nemo_ext.io import atomic_write_json
 from nemo_ext.models.hf_config import num_parameters
 from nemo_ext.models.tiny import build_tiny_checkpoint
 from nemo_ext.observe import MetricsLogger, model_flops, peak_flops, plot_curves, progress
+from nemo_ext.prep.pack_job import PackConfig, pack_dataset
 from nemo_ext.rewards import RewardPool
 from nemo_ext.sft.data import BatchSchedule, micro_batch, steps_per_epoch
 from nemo_ext.sft.loss import sft_loss

@@ -37,7 +37,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nemo_ext.data.curate import NORMALIZATION, BenchmarkSources, benchmark_index, benchmark_report, mark_contaminated
 from nemo_ext.data.curate_text import PromptDedup, normalize_prompt, text_hash64
 from nemo_ext.data.sources import TASKS, ChatFields, MalformedRowError, Row, chat_sample, open_rows, skip_malformed
 from nemo_ext.evaluation.livecodebench import parse_date, problem_fields
@@ -45,6 +44,7 @@ from nemo_ext.evaluation.registry import BenchmarkSpec, FieldsSpec, TestSelectio
 from nemo_ext.evaluation.registry import Task as BenchTask
 from nemo_ext.evaluation.runner import reference_of
 from nemo_ext.io import atomic_write, atomic_write_json
+from nemo_ext.prep.curate import NORMALIZATION, BenchmarkSources, benchmark_index, benchmark_report, mark_contaminated
 from nemo_ext.rewards.code import validate_tests
 
 log = logging.getLogger(__name__)

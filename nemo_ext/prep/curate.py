@@ -353,7 +353,7 @@ def curate(cfg: CurateConfig, progress: bool = True) -> dict:
                         overlap_examples={name: [] for name in index.names})
     tokenizer = None
     if cfg.tokenizer:
-        from nemo_ext.data.pack_job import load_tokenizer
+        from nemo_ext.prep.pack_job import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.tokenizer)
     rows, total = open_rows(cfg.input, [cfg.fields.prompt, cfg.fields.response, cfg.fields.task], cfg.split)

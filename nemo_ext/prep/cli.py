@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nemo_ext.data.curate import BenchmarkSources
 from nemo_ext.data.sources import MalformedRowError
 from nemo_ext.evaluation.config import DEFAULT_REGISTRY
+from nemo_ext.prep.curate import BenchmarkSources
 
 INPUT_ERRORS = (MalformedRowError, ValueError, OSError, KeyError, RuntimeError)
 
