@@ -155,7 +155,7 @@ def test_prompts_are_the_papers_templates():
     assert render("acereason_1.1", v5["3300"]) == (
         SYSTEM + "<|im_start|>user\nReturn the sum of a and b.\n\n"
         "Solve the problem starting with the provided function header.\n\nFunction header:\n```\n"
-        "class Solution:\n    def addTwo(self, a: int, b: int) -> int:\n```\n\n"
+        "class Solution:\n    def addTwo(self, a: int, b: int) -> int:\n        \n```\n\n"  # the starter code as given
         "Please place the solution code in the following format:\n"
         "```python\n# Your solution code here\n```<|im_end|>\n<|im_start|>assistant\n<think>\n")
 

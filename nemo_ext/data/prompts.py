@@ -26,13 +26,18 @@ SPECIAL_TOKENS = (IM_START, IM_END, "<|endoftext|>", THINK_OPEN, THINK_CLOSE)
 
 
 def user_message(question: str, task: str, starter_code: str = "") -> str:
-    """The user turn for a math or code question, with the paper's instruction appended."""
+    """The user turn for a math or code question, with the paper's instruction appended.
+
+    As the AceReason evaluation toolkit builds it: the question stripped, a non-empty starter code
+    inserted exactly as given (LiveCodeBench's end in a newline and the body's indentation, which
+    stay), so prompts match the toolkit's byte for byte (tests/test_prompts.py).
+    """
     question = question.strip()
     if task == "math":
         return f"{question}\n\n{MATH_INSTRUCTION}"
     if task == "code":
-        if starter_code.strip():
-            return f"{question}\n\n{CODE_STARTER_INSTRUCTION.format(starter=starter_code.rstrip())}"
+        if starter_code:
+            return f"{question}\n\n{CODE_STARTER_INSTRUCTION.format(starter=starter_code)}"
         return f"{question}\n\n{CODE_INSTRUCTION}"
     raise ValueError(f"task must be 'math' or 'code', got {task!r}")
 
