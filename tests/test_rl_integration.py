@@ -7,6 +7,7 @@ update a non-zero gradient.
 """
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,10 +23,11 @@ from nemo_ext.config.rl import (
 from nemo_ext.config.schema import CheckpointConfig, HeldoutConfig, LoggingConfig
 from nemo_ext.data.batch import pack_sequences
 from nemo_ext.dist import launch
-from nemo_ext.rl.grpo import evaluate, grpo_step, run_rl, train
+from nemo_ext.rl.grpo import evaluate, grpo_step, probe_temperature, run_rl, train
 from nemo_ext.rl.prompts import load_stage_prompts
 from nemo_ext.rl.setup import build_run, close_run
 from nemo_ext.rl.stages import stage_lr_schedule
+from nemo_ext.rl.temperature import TemperatureController
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +71,15 @@ def test_an_update_reaches_vllm(tmp_path):
         metrics = grpo_step(run, st, prompts, temperature=1.0)
         assert metrics["update/grad_norm"] > 0 and metrics["mismatch/kl"] < 1e-4
         assert {"time/sample", "time/generate", "time/filter", "time/sleep", "time/sync"} <= metrics.keys()
+
+        # the probe mode: the entropy of a probe batch at each candidate temperature, the nearest adopted
+        probe_cfg = TemperatureConfig(mode=TemperatureMode.probe, probe_values=[0.5, 1.5], probe_prompts=2,
+                                      target_entropy=10.0, min=0.5, max=1.5)
+        controller = TemperatureController.start(probe_cfg)
+        measured = probe_temperature(run, replace(st, temperature=probe_cfg), prompts, controller)
+        assert list(measured) == ["probe/entropy@0.5", "probe/entropy@1.5"]
+        assert 0 < measured["probe/entropy@0.5"] < measured["probe/entropy@1.5"]  # entropy rises with T
+        assert controller.temperature == 1.5 and not controller.needs_probe
 
         # the held-out check runs on the rollout engine through the evaluation runner (rank 0)
         evaluate(run, "a", tmp_path / "unused_export")

@@ -216,8 +216,9 @@ def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPromp
                                          seed=step_seed(sched.seed, -1, 0))
         groups = run.share.gather([Group(batch[i], rollouts.tokens(batch[i]), cs, [0.0] * len(cs), [False] * len(cs))
                                    for i, cs in zip(mine, completions, strict=True)], len(batch))
-        batch = build_experience(groups, update.advantage, False, update.micro_batch_tokens, stage.max_response_len)
-        stats = measure_logprobs(update, update.share.split_micro_batches(batch.untrained), temperature)
+        experience = build_experience(groups, update.advantage, False, update.micro_batch_tokens,
+                                      stage.max_response_len)  # zero rewards: every micro-batch untrained
+        stats = measure_logprobs(update, update.share.split_micro_batches(experience.untrained), temperature)
         measured[temperature] = stats.metrics()["entropy"]
     controller.set_probe(measured)
     return {f"probe/entropy@{t:g}": e for t, e in measured.items()}
