@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -129,3 +130,18 @@ def test_megatron_model_gives_the_hf_models_loss_and_gradients(hf_reference, tp,
         assert err < 1e-4, f"{name}: relative gradient error {err:.2e}"
     for mine, ref in zip(result["with_entropy"], hf_with_entropy, strict=True):
         torch.testing.assert_close(mine, ref, rtol=0, atol=2e-5)
+
+
+def test_the_megatron_backend_requires_the_temperature_too():
+    """As the torch backend (tests/test_sft_core.py): no default temperature to forget, checked on the
+    class (MegatronBackend itself needs CUDA), in a process that imports megatron-core from the wheel."""
+    import subprocess
+
+    code = ("import inspect; from nemo_ext.backends.megatron.backend import MegatronBackend as B; "
+            "print([inspect.signature(getattr(B, m)).parameters['temperature'].default is inspect.Parameter.empty "
+            "for m in ('train_step', 'logprobs', 'forward_backward')])")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}:{MEGATRON}"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[True, True, True]"
