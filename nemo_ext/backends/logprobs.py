@@ -32,6 +32,14 @@ def _chunk_logprobs_and_entropy(hidden_CH, weight_VH, targets_C, temperature):
     return logp_CV.gather(1, targets_C[:, None]).squeeze(1), entropy_C
 
 
+def compiled_logprobs(trainer_cfg, device: torch.device) -> bool:
+    """Whether the log-prob chunk kernels run under torch.compile: with ``trainer.compile`` (which
+    compiles the decoder layers), and on every GPU run regardless. They are a few elementwise passes
+    over each chunk's logits with no graph breaks; eager, their backward took 85 ms of a 451 ms
+    megatron step at the 1.5B shape (Transformer Engine spec), compiled 43 ms (docs/performance.md)."""
+    return trainer_cfg.compile or device.type == "cuda"
+
+
 @functools.cache
 def compiled_chunk_fn(chunk_fn):
     """``chunk_fn`` under torch.compile with dynamic shapes: the last chunk of a row is shorter and

@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from nemo_ext.backends.attention import VARLEN_ATTENTION, packed_attention_kwargs
 from nemo_ext.backends.base import Backend, LossFn
-from nemo_ext.backends.logprobs import token_logprobs
+from nemo_ext.backends.logprobs import compiled_logprobs, token_logprobs
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 from nemo_ext.data.batch import PackedBatch
 from nemo_ext.io import atomic_dir
@@ -100,7 +100,8 @@ class TorchBackend(Backend):
         self.hf_config = self.hf_model.config
         if trainer_cfg.activation_checkpointing:
             self.hf_model.gradient_checkpointing_enable({"use_reentrant": False})
-        self.module = TokenLogprobModel(self.hf_model, model_cfg.logits_chunk_tokens, trainer_cfg.compile)
+        self.module = TokenLogprobModel(self.hf_model, model_cfg.logits_chunk_tokens,
+                                        compiled_logprobs(trainer_cfg, device))
         self.fsdp = self.distributed and device.type == "cuda" and trainer_cfg.fsdp
         self.model = self._parallelize(self.module, trainer_cfg)
         self.reset_optimizer(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)

@@ -198,7 +198,8 @@ def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperatu
                        metric_tokens=float(sum(token_mask(mb).sum() for mb in trained)))
         # this replica's share: a trained micro-batch gets its old log-probs where it is trained
         my_trained, my_rest = share.split_micro_batches(trained), share.split_micro_batches(rest)
-    run.engine.sleep()  # GPU: the trainer's passes get the memory of vLLM's weights and KV cache
+    with timer("sleep"):  # GPU: the trainer's passes get the memory of vLLM's weights and KV cache
+        run.engine.sleep()
     with timer("logprobs"):
         metrics = measure_logprobs(run, my_trained + my_rest, temperature).metrics()
     metrics.update({"loss_tokens": norm.tokens, "update/trained_tokens": norm.metric_tokens})
@@ -208,8 +209,10 @@ def update_policy(run: RLRun, stage: StageConfig, groups: list[Group], temperatu
         metrics.update({f"update/{k}": v for k, v in out.items()})
     else:  # nothing to learn from: equal rewards everywhere, or every response filtered
         metrics["update/skipped"] = 1.0
-    with timer("sync"):  # wakes vLLM even after a skipped update
+    with timer("sync"):  # wakes vLLM's weights, even after a skipped update
         run.engine.load_weights(run.backend.hf_weights())
+    with timer("wake"):  # and its KV cache
+        run.engine.wake()
     return metrics
 
 

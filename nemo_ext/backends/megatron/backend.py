@@ -38,6 +38,7 @@ from megatron.core.transformer.module import Float16Module
 from transformers import AutoConfig, AutoTokenizer
 
 from nemo_ext.backends.base import Backend, LossFn
+from nemo_ext.backends.logprobs import compiled_logprobs
 from nemo_ext.backends.megatron import checkpoint
 from nemo_ext.backends.megatron.context_parallel import gather_logprobs
 from nemo_ext.backends.megatron.convert import Shape
@@ -144,7 +145,8 @@ class MegatronBackend(Backend):
                       for i, m in enumerate(wrapped)]
         self.pad_multiple = math.lcm(self.layout.pad_multiple(), 16 if model_cfg.fp8 else 1)  # FP8 GEMMs: 16 rows
         self.chunk_tokens = model_cfg.logits_chunk_tokens
-        self.grad_clip, self.bf16, self.compiled = trainer_cfg.grad_clip, bf16, trainer_cfg.compile
+        self.grad_clip, self.bf16 = trainer_cfg.grad_clip, bf16
+        self.compiled_logprobs = compiled_logprobs(trainer_cfg, self.device)
         self.reset_optimizer(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_world_size = parallel_state.get_data_parallel_world_size()
@@ -196,7 +198,7 @@ class MegatronBackend(Backend):
         weight = output_weight if output_weight is not None else output_layer.weight
         return last_stage_logprobs(hidden_states, weight, micro, vocab_size=self.shape.vocab, temperature=temperature,
                                    with_entropy=with_entropy, sequence_parallel=self.config.sequence_parallel,
-                                   chunk_tokens=self.chunk_tokens, compiled=self.compiled)
+                                   chunk_tokens=self.chunk_tokens, compiled=self.compiled_logprobs)
 
     def _micros(self, micro_batches: list[PackedBatch]) -> list[Micro]:
         cp_rank = parallel_state.get_context_parallel_rank() if self.layout.cp > 1 else 0
