@@ -131,7 +131,7 @@ def _configs(args, model_dir: str):
     from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 
     model = ModelConfig(tensor_model_parallel_size=args.tp, sequence_parallel=args.tp > 1,
-                        logits_chunk_tokens=4096)
+                        logits_chunk_tokens=4096, attn_implementation=args.attention)
     trainer = TrainerConfig(precision=Precision.bf16, global_batch_size=args.micro, micro_batch_size=1,
                             activation_checkpointing=args.recompute == "full", fsdp=False)
     return model, trainer, OptimConfig(lr=1e-5, min_lr=1e-6, warmup_steps=2)
@@ -231,6 +231,8 @@ def worker(args) -> None:
     ngpu = args.gpus if args.worker.startswith("megatron") else 1
     total = sum(times)
     label = args.worker + (f"[{setting['fp8_recipe']}]" if setting.get("fp8") else "")
+    if args.worker.startswith("torch") and args.attention != "auto":
+        label += f"[{args.attention}]"
     result = dict(backend=label, **setting, shape=args.shape, layers=cfg.num_hidden_layers,
                   tp=args.tp if ngpu > 1 else 1, gpus=ngpu, bin=args.bin, recompute=args.recompute,
                   optimizer=not args.no_optimizer, params=num_params(cfg), tokens_per_s=tokens / total,
@@ -276,7 +278,7 @@ def run_backend(args, backend: str, model_dir: Path, result: Path, fp8_recipe: s
     cmd += ["--fp8", args.fp8, "--fp8-recipe", fp8_recipe] if fp8_recipe else []
     name = backend + (f".{fp8_recipe}" if fp8_recipe else "")
     for key in ("shape", "layers", "bin", "max_len", "micro", "warmup", "steps", "tp", "gpus", "seed", "memory_budget",
-                "worker_logs"):
+                "worker_logs", "attention"):
         if getattr(args, key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += ["--no-optimizer"] if args.no_optimizer else []
@@ -313,6 +315,8 @@ def main() -> None:
     p.add_argument("--memory-budget", type=float, default=0.5,
                    help="torch_compile* with --recompute selective: trainer.activation_memory_budget")
     p.add_argument("--no-optimizer", action="store_true", help="forward + backward only (megatron)")
+    p.add_argument("--attention", choices=["auto", "varlen", "te"], default="auto",
+                   help="model.attn_implementation of the torch backends (te: Transformer Engine's cuDNN attention)")
     p.add_argument("--fp8", choices=["hybrid", "e4m3"], default="hybrid", help="model.fp8 of the *_fp8 backends")
     p.add_argument("--fp8-recipe", default="tensorwise",
                    help="model.fp8_recipe of the *_fp8 backends, comma-separated: one run each "

@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from nemo_ext.backends.attention import VARLEN_ATTENTION, packed_attention_kwargs
+from nemo_ext.backends.attention import attention_name, packed_attention_kwargs
 from nemo_ext.backends.base import Backend, LossFn
 from nemo_ext.backends.logprobs import compiled_logprobs, token_logprobs
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
@@ -79,7 +79,7 @@ def load_hf_model(model_cfg: ModelConfig, path: str) -> torch.nn.Module:
     config = apply_overrides(AutoConfig.from_pretrained(path), model_cfg.rope_theta,
                              model_cfg.max_position_embeddings)
     return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
-                                                attn_implementation=VARLEN_ATTENTION)
+                                                attn_implementation=attention_name(model_cfg.attn_implementation))
 
 
 class TorchBackend(Backend):

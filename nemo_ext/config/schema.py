@@ -66,7 +66,9 @@ class ModelConfig:
     tokenizer: str | None = None  # defaults to name_or_path
     rope_theta: float | None = None  # override the config's RoPE base (the paper: 1e6 for 128K context)
     max_position_embeddings: int | None = None
-    attn_implementation: str = "auto"  # auto: packed varlen flash attention on GPU, exact masked sdpa on CPU
+    # torch backend's packed attention: auto / varlen = torch's flash-attention varlen kernel on GPU (exact
+    # per-sequence SDPA on CPU); te = Transformer Engine's fused cuDNN attention (GPU, TE installed)
+    attn_implementation: str = "auto"
     logits_chunk_tokens: int = 2048  # tokens per chunk of the chunked cross-entropy
     # megatron backend only
     tensor_model_parallel_size: int = 1
