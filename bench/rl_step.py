@@ -154,6 +154,10 @@ def work_step(args) -> dict:
                                     timer)
             for g in groups:  # every response trains (see the module docstring)
                 g.rewards = [float(j % 2) for j in range(len(g.rewards))]
+            # The update's first phase, done here so that the peak below is the trainer's alone: an awake
+            # engine's KV cache counts in torch's allocator statistics (update_policy's sleep is then a no-op).
+            with timer("sleep"):
+                run.engine.sleep()
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             metrics = update_policy(run, stage, groups, 1.0, timer)
