@@ -51,6 +51,7 @@ from nemo_ext.data.sources import (
 )
 from nemo_ext.evaluation.config import DEFAULT_REGISTRY
 from nemo_ext.io import atomic_dir, atomic_write, atomic_write_json
+from nemo_ext.output_lock import OutputLock
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,13 @@ def _format_of(path: Path) -> str | None:
 
 
 def curate(cfg: CurateConfig, progress: bool = True) -> dict:
-    """Run the curation job of ``cfg``; returns its metadata (also in ``<output>/metadata.json``)."""
+    """Run the curation job of ``cfg``; returns its metadata (also in ``<output>/metadata.json``). Holds
+    the output's lock (``OutputLock``) throughout."""
+    with OutputLock(cfg.output):
+        return _curate(cfg, progress)
+
+
+def _curate(cfg: CurateConfig, progress: bool) -> dict:
     out = _check_output(cfg)
     index = benchmark_index(cfg.benchmarks, cfg.ngram, enabled=cfg.decontaminate != "none")
     stats = CurateStats(contaminated_by_benchmark=dict.fromkeys(index.names, 0),

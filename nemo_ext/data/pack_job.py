@@ -50,6 +50,7 @@ from nemo_ext.data.sources import (
 )
 from nemo_ext.data.tokenize import TokenizedSample, tokenize_chats
 from nemo_ext.io import atomic_write_json
+from nemo_ext.output_lock import OutputLock
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,13 @@ def metadata(cfg: PackConfig, totals: PackStats) -> dict:
 
 
 def pack_dataset(cfg: PackConfig, progress: bool = True) -> dict:
-    """Run (or resume, or find finished) the pack job of ``cfg``; returns its metadata."""
+    """Run (or resume, or find finished) the pack job of ``cfg``; returns its metadata. Holds the output's
+    lock (``OutputLock``) throughout."""
+    with OutputLock(cfg.output):
+        return _pack(cfg, progress)
+
+
+def _pack(cfg: PackConfig, progress: bool) -> dict:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out, cfg)
