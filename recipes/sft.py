@@ -8,7 +8,7 @@ Configs: recipes/conf/sft/*.yaml; schema: nemo_ext/config/schema.py.
 
 import hydra
 
-from nemo_ext.config.load import as_schema, register_schemas
+from nemo_ext.config.load import load_config, register_schemas
 from nemo_ext.config.schema import SFTConfig
 from nemo_ext.dist import launch
 from nemo_ext.sft.loop import run_sft
@@ -18,7 +18,7 @@ register_schemas()
 
 @hydra.main(version_base=None, config_path="conf", config_name="sft/tiny")
 def main(cfg) -> None:
-    sft_cfg = as_schema(cfg, SFTConfig)
+    sft_cfg = load_config(cfg, SFTConfig)
     launch(run_sft, sft_cfg.trainer.devices, sft_cfg)
 
 
