@@ -11,6 +11,7 @@ import hydra
 from nemo_ext.config.load import load_config, register_schemas
 from nemo_ext.config.schema import SFTConfig
 from nemo_ext.dist import launch
+from nemo_ext.output_lock import OutputLocked
 from nemo_ext.sft.loop import run_sft
 
 register_schemas()
@@ -19,7 +20,10 @@ register_schemas()
 @hydra.main(version_base=None, config_path="conf", config_name="sft/tiny")
 def main(cfg) -> None:
     sft_cfg = load_config(cfg, SFTConfig)
-    launch(run_sft, sft_cfg.trainer.devices, sft_cfg)
+    try:
+        launch(run_sft, sft_cfg.trainer.devices, sft_cfg)
+    except (FileNotFoundError, OutputLocked) as e:  # a bad path or a busy output_dir: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from nemo_ext.evaluation import report, runner
 from nemo_ext.evaluation.config import (
     DEFAULT_PUBLISHED,
     DEFAULT_REGISTRY,
+    check_checkpoint,
     parse_args,
     resolve_benchmarks,
 )
@@ -29,6 +30,7 @@ from nemo_ext.output_lock import OutputLock
 def _runs(argv: list[str]):
     """The run's config and its benchmark runs, while this process holds the lock of its output_dir."""
     cfg, registry_overrides = parse_args(argv)
+    check_checkpoint(cfg.checkpoint)
     with OutputLock(cfg.output_dir):
         yield cfg, runner.prepare(cfg, resolve_benchmarks(cfg, registry_overrides))
 
@@ -77,7 +79,9 @@ def report_main(argv: list[str]) -> None:
 
 
 def output_dir(argv: list[str]) -> None:
-    print(parse_args(argv)[0].output_dir)
+    cfg, _ = parse_args(argv)
+    check_checkpoint(cfg.checkpoint)
+    print(cfg.output_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,10 +76,16 @@ def prepare_data(cfg: SFTConfig, paths: RunPaths, tokenizer: str, world: dist.Wo
         if not cfg.data.eval_file and not eval_file.exists():
             write_split(eval_file, syn.num_eval, syn.seed, "test")
     dist.barrier()
-    if not (train_dir / "metadata.json").exists():
-        raise FileNotFoundError(f"data.train_dir={train_dir} holds no finished pack (metadata.json); "
-                                "run data_prep/pack.py first")
     return train_dir, eval_file
+
+
+def check_inputs(cfg: SFTConfig) -> None:
+    """Fail before any work, naming the key, when a configured input does not exist."""
+    if cfg.data.train_dir and not (Path(cfg.data.train_dir) / "metadata.json").exists():
+        raise FileNotFoundError(f"data.train_dir={cfg.data.train_dir} holds no finished pack (metadata.json); "
+                                "run data_prep/pack.py first")
+    if cfg.data.eval_file and cfg.eval.num_problems > 0 and not Path(cfg.data.eval_file).is_file():
+        raise FileNotFoundError(f"data.eval_file={cfg.data.eval_file} does not exist")
 
 
 def total_steps_of(cfg: SFTConfig, num_bins: int) -> int:
@@ -107,6 +113,7 @@ def run_sft(cfg: SFTConfig) -> dict:
 
 
 def train_and_export(cfg: SFTConfig, world: dist.World) -> dict:
+    check_inputs(cfg)
     dist.check_nodes(cfg.trainer.num_nodes)
     device = dist.init_distributed(world, dist.use_cuda(cfg.trainer.accelerator))
     dist.seed_everything(cfg.trainer.seed)
