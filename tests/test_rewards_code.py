@@ -375,7 +375,7 @@ def test_tmp_and_working_directory_are_limited_together():
     assert (error, int(size_mb), filesystems) == ("ENOSPC", 16, "1") and 12 <= int(written_mb) <= 16, reply.output
 
 
-def test_filling_the_disk_gets_output_limit_and_leaves_the_host_alone():
+def test_filling_the_disk_gets_output_limit():
     program = "i = 0\nwhile i < 24:\n    open(f'/tmp/f{i}' if i % 2 else f'f{i}', 'wb').write(b'x' * (4 << 20))\n" \
               "    i += 1\nprint(3)"
     v = score_code(respond(program), stdin_test("", "3"), config=SandboxConfig(disk_mb=16))
