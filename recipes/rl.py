@@ -11,9 +11,10 @@ Configs: recipes/conf/rl/*.yaml; schema: nemo_ext/config/rl.py; the loop: nemo_e
 
 import hydra
 
-from nemo_ext.config.load import as_schema, register_schemas
-from nemo_ext.config.rl import RLConfig
+from nemo_ext.config.load import load_config, register_schemas
+from nemo_ext.config.rl import RLConfig, validate_rl_config
 from nemo_ext.dist import launch
+from nemo_ext.output_lock import OutputLocked
 from nemo_ext.rl.grpo import run_rl
 
 register_schemas({"rl_schema": RLConfig})
@@ -21,8 +22,11 @@ register_schemas({"rl_schema": RLConfig})
 
 @hydra.main(version_base=None, config_path="conf", config_name="rl/tiny")
 def main(cfg) -> None:
-    rl_cfg = as_schema(cfg, RLConfig)
-    launch(run_rl, rl_cfg.trainer.devices, rl_cfg)
+    rl_cfg = load_config(cfg, RLConfig, validate_rl_config)
+    try:
+        launch(run_rl, rl_cfg.trainer.devices, rl_cfg)
+    except (FileNotFoundError, OutputLocked) as e:  # a bad path or a busy output_dir: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

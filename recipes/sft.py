@@ -8,9 +8,10 @@ Configs: recipes/conf/sft/*.yaml; schema: nemo_ext/config/schema.py.
 
 import hydra
 
-from nemo_ext.config.load import as_schema, register_schemas
+from nemo_ext.config.load import load_config, register_schemas
 from nemo_ext.config.schema import SFTConfig
 from nemo_ext.dist import launch
+from nemo_ext.output_lock import OutputLocked
 from nemo_ext.sft.loop import run_sft
 
 register_schemas()
@@ -18,8 +19,11 @@ register_schemas()
 
 @hydra.main(version_base=None, config_path="conf", config_name="sft/tiny")
 def main(cfg) -> None:
-    sft_cfg = as_schema(cfg, SFTConfig)
-    launch(run_sft, sft_cfg.trainer.devices, sft_cfg)
+    sft_cfg = load_config(cfg, SFTConfig)
+    try:
+        launch(run_sft, sft_cfg.trainer.devices, sft_cfg)
+    except (FileNotFoundError, OutputLocked) as e:  # a bad path or a busy output_dir: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

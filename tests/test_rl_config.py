@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from nemo_ext.config.load import as_schema, register_schemas
+from nemo_ext.config.load import ConfigError, as_schema, register_schemas
 from nemo_ext.config.rl import PromptFilterMode, RLConfig, TemperatureMode, validate_rl_config
 
 CONF = Path(__file__).resolve().parents[1] / "recipes" / "conf"
@@ -67,6 +68,14 @@ def test_bad_keys_and_values_name_the_key():
     assert "token_mean, seq_mean, constant" in str(error.value.__cause__)
     with pytest.raises(ValueError, match=r"stages\[1\].group_size"):
         rl_config("rl/tiny", ["stages.1.group_size=1"])
+
+
+def test_added_keys_are_checked_down_to_a_stage():
+    with pytest.raises(ConfigError, match=re.escape("stages.0.tempreature (did you mean stages.0.temperature?)")):
+        rl_config("rl/tiny", ["+stages.0.tempreature.value=1"])
+    nearest = "stages.1.overlong.filtr (did you mean stages.1.overlong.filter?)"
+    with pytest.raises(ConfigError, match=re.escape(nearest)):
+        rl_config("rl/tiny", ["+stages.1.overlong.filtr=false"])
 
 
 def test_the_megatron_backend_is_a_choice_with_its_parallel_layout():

@@ -8,8 +8,25 @@ values live in ``recipes/conf/sft/acereason_7b.yaml`` with their sources.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+Rule = tuple[Callable[[object], bool], str]  # (check of a value, what it must be)
+AT_LEAST_0: Rule = (lambda v: v >= 0, "an integer >= 0")
+AT_LEAST_1: Rule = (lambda v: v >= 1, "an integer >= 1")
+POSITIVE: Rule = (lambda v: v > 0, "> 0")
+NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
+BETA: Rule = (lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def check_values(section: str, config, **rules: Rule) -> None:
+    """Raise ValueError "<section>.<key> must be <what>, got <value>" for the first field of ``config``
+    that breaks its rule: values no run could use fail when the config is loaded, naming the key."""
+    for name, (ok, what) in rules.items():
+        value = getattr(config, name)
+        if value is not None and not ok(value):
+            raise ValueError(f"{section}.{name} must be {what}, got {value!r}")
 
 
 class Accelerator(StrEnum):
@@ -55,8 +72,12 @@ class TrainerConfig:
     eval_every: int = 0  # 0 = only at the end
 
     def __post_init__(self):
-        if not 0 < self.activation_memory_budget <= 1:
-            raise ValueError(f"trainer.activation_memory_budget must be in (0, 1], got {self.activation_memory_budget}")
+        check_values("trainer", self, devices=AT_LEAST_1, num_nodes=AT_LEAST_1, epochs=AT_LEAST_1,
+                     max_steps=(lambda v: v == -1 or v >= 1, "-1 (run `epochs` epochs) or an integer >= 1"),
+                     global_batch_size=AT_LEAST_1, micro_batch_size=AT_LEAST_1, grad_clip=POSITIVE,
+                     eval_every=AT_LEAST_0, activation_memory_budget=(lambda v: 0 < v <= 1, "in (0, 1]"))
+        check_values("trainer", self, micro_batch_size=(lambda v: v <= self.global_batch_size,
+                                                        f"at most global_batch_size={self.global_batch_size}"))
 
 
 @dataclass
@@ -80,12 +101,20 @@ class ModelConfig:
     fp8: str | None = None  # null | hybrid | e4m3
     fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise
 
+    def __post_init__(self):
+        check_values("model", self, logits_chunk_tokens=AT_LEAST_1, tensor_model_parallel_size=AT_LEAST_1,
+                     pipeline_model_parallel_size=AT_LEAST_1, virtual_pipeline_model_parallel_size=AT_LEAST_1,
+                     context_parallel_size=AT_LEAST_1, max_position_embeddings=AT_LEAST_1, rope_theta=POSITIVE)
+
 
 @dataclass
 class SyntheticDataConfig:
     num_train: int = 6000
     num_eval: int = 200
     seed: int = 0
+
+    def __post_init__(self):
+        check_values("data.synthetic", self, num_train=AT_LEAST_1, num_eval=AT_LEAST_0)
 
 
 @dataclass
@@ -95,6 +124,9 @@ class DataConfig:
     eval_file: str | None = None  # JSONL of {question, answer} for held-out exact match; null = synthetic
     bin_size: int = 1024  # tokens per packed bin
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+
+    def __post_init__(self):
+        check_values("data", self, bin_size=AT_LEAST_1)
 
 
 @dataclass
@@ -107,6 +139,10 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 20
 
+    def __post_init__(self):
+        check_values("optim", self, lr=POSITIVE, min_lr=NON_NEGATIVE, weight_decay=NON_NEGATIVE, beta1=BETA,
+                     beta2=BETA, eps=POSITIVE, warmup_steps=AT_LEAST_0)
+
 
 @dataclass
 class CheckpointConfig:
@@ -116,6 +152,9 @@ class CheckpointConfig:
     resume: ResumeMode = ResumeMode.auto
     export_hf: bool = True  # write <output_dir>/hf at the end
 
+    def __post_init__(self):
+        check_values("checkpoint", self, save_every=AT_LEAST_0, keep_last=AT_LEAST_1)
+
 
 @dataclass
 class LoggingConfig:
@@ -124,11 +163,17 @@ class LoggingConfig:
     progress_bar: bool = True
     plot: bool = True
 
+    def __post_init__(self):
+        check_values("logging", self, log_every=AT_LEAST_1)
+
 
 @dataclass
 class EvalConfig:
     num_problems: int = 200  # held-out problems for exact match after training
     max_new_tokens: int = 512
+
+    def __post_init__(self):
+        check_values("eval", self, num_problems=AT_LEAST_0, max_new_tokens=AT_LEAST_1)
 
 
 @dataclass

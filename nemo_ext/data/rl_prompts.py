@@ -45,6 +45,7 @@ from nemo_ext.evaluation.registry import BenchmarkSpec, FieldsSpec, TestSelectio
 from nemo_ext.evaluation.registry import Task as BenchTask
 from nemo_ext.evaluation.runner import reference_of
 from nemo_ext.io import atomic_write, atomic_write_json
+from nemo_ext.output_lock import OutputLock
 from nemo_ext.rewards.code import validate_tests
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,13 @@ def _columns(cfg: RLPromptConfig) -> list[str]:
 
 def build_prompts(cfg: RLPromptConfig, progress: bool = True) -> dict:
     """Run the conversion of ``cfg``: writes ``cfg.output`` and ``<output>.metadata.json`` atomically
-    (the data first); returns the metadata. Raises ValueError when no prompt is left."""
+    (the data first), holding the output's lock (``OutputLock``); returns the metadata. Raises ValueError
+    when no prompt is left."""
+    with OutputLock(cfg.output):
+        return _build_prompts(cfg, progress)
+
+
+def _build_prompts(cfg: RLPromptConfig, progress: bool) -> dict:
     if Path(cfg.output).resolve() == Path(cfg.input).resolve():
         raise ValueError(f"--output {cfg.output} would replace the input")
     index = benchmark_index(cfg.benchmarks, cfg.ngram)

@@ -33,9 +33,11 @@ from pathlib import Path
 
 import torch
 
+from nemo_ext import dist
 from nemo_ext.config.rl import RLConfig, StageConfig, validate_rl_config
 from nemo_ext.data.prompts import render_prompt
 from nemo_ext.observe import MetricsLogger, plot_curves
+from nemo_ext.output_lock import OutputLock
 from nemo_ext.rl import checkpoint
 from nemo_ext.rl.advantages import group_advantages, uniform_groups
 from nemo_ext.rl.data_parallel import RankShare
@@ -345,6 +347,7 @@ def train(cfg: RLConfig, stop_at: int | None = None) -> dict:
     stop_at: checkpoint and return once the run reaches this global step (a time-limited job); the
     next call resumes there.
     """
+    _lock = OutputLock(cfg.output_dir, enabled=dist.is_main_process())  # held until train returns
     run = build_run(validate_rl_config(cfg))
     try:
         evaluate(run, "init")

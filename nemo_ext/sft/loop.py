@@ -23,6 +23,7 @@ from nemo_ext.io import atomic_write_json
 from nemo_ext.models.hf_config import num_parameters
 from nemo_ext.models.tiny import build_tiny_checkpoint
 from nemo_ext.observe import MetricsLogger, model_flops, peak_flops, plot_curves, progress
+from nemo_ext.output_lock import OutputLock
 from nemo_ext.sft.accuracy import heldout_accuracy
 from nemo_ext.sft.data import BatchSchedule, micro_batch, read_eval_problems, steps_per_epoch
 from nemo_ext.sft.loss import sft_loss
@@ -75,10 +76,16 @@ def prepare_data(cfg: SFTConfig, paths: RunPaths, tokenizer: str, world: dist.Wo
         if not cfg.data.eval_file and not eval_file.exists():
             write_split(eval_file, syn.num_eval, syn.seed, "test")
     dist.barrier()
-    if not (train_dir / "metadata.json").exists():
-        raise FileNotFoundError(f"data.train_dir={train_dir} holds no finished pack (metadata.json); "
-                                "run data_prep/pack.py first")
     return train_dir, eval_file
+
+
+def check_inputs(cfg: SFTConfig) -> None:
+    """Fail before any work, naming the key, when a configured input does not exist."""
+    if cfg.data.train_dir and not (Path(cfg.data.train_dir) / "metadata.json").exists():
+        raise FileNotFoundError(f"data.train_dir={cfg.data.train_dir} holds no finished pack (metadata.json); "
+                                "run data_prep/pack.py first")
+    if cfg.data.eval_file and cfg.eval.num_problems > 0 and not Path(cfg.data.eval_file).is_file():
+        raise FileNotFoundError(f"data.eval_file={cfg.data.eval_file} does not exist")
 
 
 def total_steps_of(cfg: SFTConfig, num_bins: int) -> int:
@@ -98,8 +105,15 @@ def train_step(backend: Backend, dataset: PackedDataset, schedule: BatchSchedule
 
 
 def run_sft(cfg: SFTConfig) -> dict:
-    """Train, checkpoint, export and check one SFT run; called once per rank."""
+    """Train, checkpoint, export and check one SFT run; called once per rank. Rank 0 holds the lock of
+    ``output_dir`` throughout: a second run into it is refused at start, naming this one."""
     world = dist.world_from_env() or dist.World(0, 0, 1)
+    with OutputLock(cfg.output_dir, enabled=world.is_main):
+        return train_and_export(cfg, world)
+
+
+def train_and_export(cfg: SFTConfig, world: dist.World) -> dict:
+    check_inputs(cfg)
     dist.check_nodes(cfg.trainer.num_nodes)
     device = dist.init_distributed(world, dist.use_cuda(cfg.trainer.accelerator))
     dist.seed_everything(cfg.trainer.seed)
