@@ -5,9 +5,12 @@ machine's CPU, starting from the SFT recipe's export (``runs/sft_tiny/hf``, writ
 ``python recipes/sft.py``); any other start: ``policy.init=<Hugging Face dir>``. It prints held-out
 accuracy before RL and after every stage. The AceReason-Nemotron 1.1 schedule:
 ``python recipes/rl.py --config-name rl/acereason_7b policy.init=<SFT export>``; ``trainer.devices=N``
-runs N data-parallel ranks on this node (torchrun or SLURM tasks work too).
+runs N data-parallel ranks on this node (torchrun or SLURM tasks work too). Before any rank starts,
+every stage's inputs are checked (nemo_ext/rl/preflight.py); a problem ends the run with exit status 1.
 Configs: recipes/conf/rl/*.yaml; schema: nemo_ext/config/rl.py; the loop: nemo_ext/rl/grpo.py.
 """
+
+import sys
 
 import hydra
 
@@ -15,6 +18,7 @@ from nemo_ext.config.load import as_schema, register_schemas
 from nemo_ext.config.rl import RLConfig
 from nemo_ext.dist import launch
 from nemo_ext.rl.grpo import run_rl
+from nemo_ext.rl.preflight import check_rl_inputs
 
 register_schemas({"rl_schema": RLConfig})
 
@@ -22,6 +26,10 @@ register_schemas({"rl_schema": RLConfig})
 @hydra.main(version_base=None, config_path="conf", config_name="rl/tiny")
 def main(cfg) -> None:
     rl_cfg = as_schema(cfg, RLConfig)
+    try:
+        check_rl_inputs(rl_cfg)
+    except ValueError as e:  # the preflight's report, or a config value out of range
+        sys.exit(f"rl: {e}")
     launch(run_rl, rl_cfg.trainer.devices, rl_cfg)
 
 

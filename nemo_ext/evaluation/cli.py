@@ -14,17 +14,19 @@ import sys
 from pathlib import Path
 
 from nemo_ext.evaluation import report, runner
-from nemo_ext.evaluation.config import DEFAULT_PUBLISHED, DEFAULT_REGISTRY, parse_args, resolve_benchmarks
+from nemo_ext.evaluation.config import DEFAULT_PUBLISHED, DEFAULT_REGISTRY, parse_args
+from nemo_ext.evaluation.preflight import check_eval_inputs
 from nemo_ext.evaluation.registry import load_registry
 
 
-def _runs(argv: list[str]):
+def _runs(argv: list[str], model: bool):
+    """The run config and its benchmarks' problems, after the preflight (``model``: of the checkpoint too)."""
     cfg, registry_overrides = parse_args(argv)
-    return cfg, runner.prepare(cfg, resolve_benchmarks(cfg, registry_overrides))
+    return cfg, runner.prepare(cfg, check_eval_inputs(cfg, registry_overrides, model))
 
 
 def generate(argv: list[str]) -> None:
-    cfg, runs = _runs(argv)
+    cfg, runs = _runs(argv, model=True)
     count = runner.generate_missing(runs, cfg)
     print(f"generated {count} samples into {cfg.output_dir}")
 
@@ -32,7 +34,7 @@ def generate(argv: list[str]) -> None:
 def score(argv: list[str]) -> None:
     from nemo_ext.rewards import RewardPool
 
-    cfg, runs = _runs(argv)
+    cfg, runs = _runs(argv, model=False)
     with RewardPool(cfg.reward_workers or os.cpu_count() or 1) as pool:
         runner.score_missing(runs, pool)
     for run in runs:
