@@ -142,7 +142,9 @@ def _prompt(prompt_id: str | None, question: str, tests: list, starter: str) -> 
     return {**out, "starter_code": starter} if starter.strip() else out
 
 
-def _date(row: Row, key: str | None) -> date | None:
+def row_date(row: Row, key: str | None) -> date | None:
+    """The date in field ``key`` (None when ``key`` is None or the row has none); a value that is no ISO
+    date is malformed."""
     value = row.record.get(key) if key else None
     if value is None or str(value).strip() == "":
         return None
@@ -169,7 +171,7 @@ def _project_row(row: Row, cfg) -> CodeProblem:
                                 f"{type(starter).__name__}")
     solutions, incorrect = _programs(row, "solutions"), _programs(row, "incorrect_solutions")
     return CodeProblem(_prompt(prompt_id, question, tests, starter), f"nemo_ext/{platform_of(record, 'nemo_ext')}",
-                       _date(row, cfg.date_field), solutions, incorrect,
+                       row_date(row, cfg.date_field), solutions, incorrect,
                        validated="solutions" in record or "incorrect_solutions" in record)
 
 
@@ -182,7 +184,7 @@ def _lcb_row(row: Row, cfg) -> CodeProblem:
     question = required_text(row, LCB_FIELDS.question)
     prompt = _prompt(problem["id"], question, reference_of(problem), problem["starter_code"])
     return CodeProblem(prompt, f"livecodebench/{platform_of(row.record, 'livecodebench')}",
-                       _date(row, cfg.date_field))
+                       row_date(row, cfg.date_field))
 
 
 def _class_label(value, names: tuple[str, ...], column: str, where: str) -> str:

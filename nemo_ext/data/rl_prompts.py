@@ -49,6 +49,7 @@ from nemo_ext.data.code_sources import (
     optional_id,
     read_code_row,
     required_text,
+    row_date,
     source_of,
 )
 from nemo_ext.data.code_validation import DROP_REASONS, VALIDATION_MODES, validate
@@ -220,24 +221,13 @@ def math_prompt(row: Row, cfg: RLPromptConfig) -> dict:
     return {"id": optional_id(row, cfg.id_field), "question": question, "answer": str(answer).strip()}
 
 
-def row_date(row: Row, cfg: RLPromptConfig) -> date | None:
-    """A math row's date (None when it has none); a value that is no ISO date is malformed."""
-    value = row.record.get(cfg.date_field) if cfg.date_field else None
-    if value is None or str(value).strip() == "":
-        return None
-    try:
-        return parse_date(value, f"{row.location}: field {cfg.date_field!r}")
-    except ValueError as e:
-        raise MalformedRowError(str(e)) from e
-
-
 def parse_row(row: Row, cfg: RLPromptConfig) -> tuple[dict, date | None, CodeProblem | None]:
     """(prompt, date, code problem or None) of a row, or ``MalformedRowError`` starting with its location."""
     if row.error is not None or not isinstance(row.record, dict):
         why = row.error or f"expected a JSON object, got {type(row.record).__name__}"
         raise MalformedRowError(f"{row.location}: {why}")
     if cfg.task == "math":
-        return math_prompt(row, cfg), row_date(row, cfg), None
+        return math_prompt(row, cfg), row_date(row, cfg.date_field), None
     problem = read_code_row(row, cfg)
     return problem.prompt, problem.day, problem
 

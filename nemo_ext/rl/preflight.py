@@ -25,10 +25,9 @@ import json
 from collections import defaultdict
 
 from nemo_ext.config.rl import RLConfig, StageConfig, Task, validate_rl_config
-from nemo_ext.preflight import Checks, check_jsonl_file, check_model_and_tokenizer, without_prefix
+from nemo_ext.preflight import Checks, check_heldout_file, check_jsonl_file, check_model_and_tokenizer, without_prefix
 from nemo_ext.rewards.code import validate_tests
 from nemo_ext.rl.prompts import load_stage_prompts
-from nemo_ext.sft.data import read_eval_problems
 
 BUILD_HINT = "write it with data_prep/rl_prompts.py --task {task}; docs/rl.md, \"RL prompts\""
 
@@ -50,11 +49,7 @@ def check_rl_inputs(cfg: RLConfig) -> None:
         where = (f"stage {names}" if len(stages) == 1 else f"stages {names}") + \
             f" ({', '.join(f'stages[{i}].data' for i in indices)}, task {stages[0].task.value})"
         check_stage_data(stages[0], cfg.trainer.seed, where, checks)
-    if cfg.eval.num_problems > 0 and cfg.eval.file:
-        if check_jsonl_file(cfg.eval.file, "eval.file", checks, "held-out {question, answer} JSONL"):
-            with checks.catch("eval.file", cfg.eval.file):
-                if not read_eval_problems(cfg.eval.file, cfg.eval.num_problems):
-                    raise ValueError("holds no problems")
+    check_heldout_file(cfg.eval.file, cfg.eval.num_problems, "eval.file", checks)
     checks.raise_if_any("RL")
 
 

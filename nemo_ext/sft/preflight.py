@@ -24,8 +24,7 @@ import pyarrow.parquet as pq
 
 from nemo_ext.config.schema import SFTConfig
 from nemo_ext.data.shards import SCHEMA, read_metadata
-from nemo_ext.preflight import Checks, check_jsonl_file, check_model_and_tokenizer, load_tokenizer
-from nemo_ext.sft.data import read_eval_problems
+from nemo_ext.preflight import Checks, check_heldout_file, check_model_and_tokenizer, load_tokenizer
 
 
 def check_sft_inputs(cfg: SFTConfig) -> None:
@@ -34,11 +33,7 @@ def check_sft_inputs(cfg: SFTConfig) -> None:
     model_config = _check_model(cfg, checks)
     if cfg.data.train_dir:
         check_packed_shards(Path(cfg.data.train_dir), cfg, model_config, checks)
-    if cfg.eval.num_problems > 0 and cfg.data.eval_file:
-        if check_jsonl_file(cfg.data.eval_file, "data.eval_file", checks, "held-out {question, answer} JSONL"):
-            with checks.catch("data.eval_file", cfg.data.eval_file):
-                if not read_eval_problems(cfg.data.eval_file, cfg.eval.num_problems):
-                    raise ValueError("holds no problems")
+    check_heldout_file(cfg.data.eval_file, cfg.eval.num_problems, "data.eval_file", checks)
     checks.raise_if_any("SFT")
 
 
