@@ -5,7 +5,8 @@ machine's CPU, starting from the SFT recipe's export (``runs/sft_tiny/hf``, writ
 ``python recipes/sft.py``); any other start: ``policy.init=<Hugging Face dir>``. It prints held-out
 accuracy before RL and after every stage. The AceReason-Nemotron 1.1 schedule:
 ``python recipes/rl.py --config-name rl/acereason_7b policy.init=<SFT export>``; ``trainer.devices=N``
-runs N data-parallel ranks on this node (torchrun or SLURM tasks work too).
+runs N data-parallel ranks on this node (torchrun or SLURM tasks work too). Before any rank starts,
+every stage's inputs are checked (nemo_ext/rl/preflight.py); a problem ends the run with exit status 1.
 Configs: recipes/conf/rl/*.yaml; schema: nemo_ext/config/rl.py; the loop: nemo_ext/rl/grpo.py.
 """
 
@@ -15,7 +16,9 @@ from nemo_ext.config.load import load_config, register_schemas
 from nemo_ext.config.rl import RLConfig, validate_rl_config
 from nemo_ext.dist import launch
 from nemo_ext.output_lock import OutputLocked
+from nemo_ext.preflight import PreflightError
 from nemo_ext.rl.grpo import run_rl
+from nemo_ext.rl.preflight import check_rl_inputs
 
 register_schemas({"rl_schema": RLConfig})
 
@@ -24,8 +27,9 @@ register_schemas({"rl_schema": RLConfig})
 def main(cfg) -> None:
     rl_cfg = load_config(cfg, RLConfig, validate_rl_config)
     try:
+        check_rl_inputs(rl_cfg)  # every input, before any rank or model is built
         launch(run_rl, rl_cfg.trainer.devices, rl_cfg)
-    except (FileNotFoundError, OutputLocked) as e:  # a bad path or a busy output_dir: one line, no traceback
+    except (PreflightError, FileNotFoundError, OutputLocked) as e:  # bad inputs or a busy output_dir: no traceback
         raise SystemExit(f"error: {e}") from None
 
 

@@ -13,6 +13,7 @@ import getpass
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -291,6 +292,37 @@ def test_real_launcher_yaml_renders_the_7b_pipeline():
         assert script.startswith("#!/bin/bash\n") and "set -euo pipefail" in script
         assert "-m nemo_ext.launch.marker done" in script
         subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # valid bash
+
+
+def _data_prep_commands() -> list[list[str]]:
+    """The data_prep stage's commands (split at ``&&``), each as argv after ``$PYTHON``."""
+    _, script = _scripts(None)["data_prep"]
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    shell = shlex.split(srun)[-1]  # bash -euo pipefail -c '<commands>'
+    return [shlex.split(part)[1:] for part in shell.split("&&")]
+
+
+def test_data_prep_writes_the_rl_prompt_files_the_rl_configs_read():
+    from data_prep.rl_prompts import parse_args
+    from tests.test_rl_config import rl_config
+
+    commands = _data_prep_commands()
+    prompt_runs = [parse_args(argv[1:])[0] for argv in commands if argv[0] == "data_prep/rl_prompts.py"]
+    written = {cfg.task: cfg.output for cfg in prompt_runs}
+    assert written == {"math": "data/rl/acereason_math.jsonl", "code": "data/rl/acereason_code.jsonl"}
+    for name in ("rl/acereason_7b", "rl/acereason_7b_megatron"):
+        stages = rl_config(name).stages
+        assert {(s.task.value, s.data) for s in stages} == set(written.items()), name
+    code = next(cfg for cfg in prompt_runs if cfg.task == "code")
+    lcb_dir = "runs/acereason_7b/data/livecodebench"
+    assert code.input == ("deepmind/code_contests", lcb_dir)
+    # PAPER.md "RL data": the three judges, problems from 2024-08-01 dropped, 14-gram decontamination
+    assert (code.platforms, code.before, code.ngram, code.validation) == (
+        ("atcoder", "aizu", "leetcode"), "2024-08-01", 14, "full")
+    assert {"lcb_v5", "lcb_v6", "aime24", "aime25", "hmmt_feb25", "brumo25", "math500"} == set(code.benchmarks.names)
+    download = next(argv for argv in commands if argv[:3] == ["-m", "huggingface_hub.cli.hf", "download"])
+    assert download[3] == "livecodebench/code_generation_lite" and download[-1] == lcb_dir
+    assert [f for f in download if f.endswith(".jsonl")] == ["test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl"]
 
 
 def test_tiny_profile_renders_the_embedded_default():

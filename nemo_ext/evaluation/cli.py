@@ -15,28 +15,25 @@ import sys
 from pathlib import Path
 
 from nemo_ext.evaluation import report, runner
-from nemo_ext.evaluation.config import (
-    DEFAULT_PUBLISHED,
-    DEFAULT_REGISTRY,
-    check_checkpoint,
-    parse_args,
-    resolve_benchmarks,
-)
+from nemo_ext.evaluation.config import DEFAULT_PUBLISHED, DEFAULT_REGISTRY, check_checkpoint, parse_args
+from nemo_ext.evaluation.preflight import check_eval_inputs
 from nemo_ext.evaluation.registry import load_registry
 from nemo_ext.output_lock import OutputLock
 
 
 @contextlib.contextmanager
-def _runs(argv: list[str]):
-    """The run's config and its benchmark runs, while this process holds the lock of its output_dir."""
+def _runs(argv: list[str], model: bool):
+    """The run's config and its benchmark runs, after the preflight (``model``: of the checkpoint too),
+    while this process holds the lock of its output_dir."""
     cfg, registry_overrides = parse_args(argv)
     check_checkpoint(cfg.checkpoint)
+    specs = check_eval_inputs(cfg, registry_overrides, model)
     with OutputLock(cfg.output_dir):
-        yield cfg, runner.prepare(cfg, resolve_benchmarks(cfg, registry_overrides))
+        yield cfg, runner.prepare(cfg, specs)
 
 
 def generate(argv: list[str]) -> None:
-    with _runs(argv) as (cfg, runs):
+    with _runs(argv, model=True) as (cfg, runs):
         count = runner.generate_missing(runs, cfg)
     print(f"generated {count} samples into {cfg.output_dir}")
 
@@ -44,7 +41,7 @@ def generate(argv: list[str]) -> None:
 def score(argv: list[str]) -> None:
     from nemo_ext.rewards import RewardPool
 
-    with _runs(argv) as (cfg, runs):
+    with _runs(argv, model=False) as (cfg, runs):
         with RewardPool(cfg.reward_workers or os.cpu_count() or 1) as pool:
             runner.score_missing(runs, pool)
         for run in runs:
