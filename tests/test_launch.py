@@ -1,24 +1,20 @@
 """launcher.yaml -> sbatch jobs, run by a real SLURM (slurmctld + slurmd on localhost, Debian's
-slurm-wlm, installed by `make sysdeps`), not a mock.
+slurm-wlm with munge, installed by `make sysdeps`), not a mock.
 
-The module fixture writes a one-node slurm.conf in a temporary directory (auth/none: no munge,
-proctrack/linuxproc, task/none, select/cons_tres), starts both daemons in the foreground, waits for
-the node to be idle and stops them at the end. The tests submit small pipelines through
-``nemo_ext.launch`` and check order, dependencies, srun ranks, failure handling and resume.
+The module fixture starts a one-node cluster (tests/slurm_cluster.py: slurm.conf in a temporary
+directory, proctrack/linuxproc, task/none, select/cons_tres, the daemons in the foreground) and
+stops it at the end. The tests submit small pipelines through ``nemo_ext.launch`` and check order,
+dependencies, srun ranks, failure handling and resume; the rest render launcher.yaml without SLURM.
+Across two nodes: tests/test_launch_multinode.py.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -26,110 +22,17 @@ import pytest
 from nemo_ext.launch.render import plan, render_script, sbatch_argv
 from nemo_ext.launch.schema import LaunchConfigError, load_launcher
 from nemo_ext.launch.submit import StageState, decide, status, submit, wait
+from tests import slurm_cluster
+from tests.slurm_cluster import write_launcher_config
 
 REPO = Path(__file__).resolve().parents[1]
-SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel")
-
-
-def _which(name: str) -> str | None:
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _slurm_conf(d: Path, host: str, user: str) -> str:
-    return textwrap.dedent(f"""\
-        ClusterName=nemotest
-        SlurmctldHost={host}(127.0.0.1)
-        SlurmUser={user}
-        SlurmdUser={user}
-        AuthType=auth/none
-        CredType=cred/none
-        SlurmctldPort={_free_port()}
-        SlurmdPort={_free_port()}
-        StateSaveLocation={d}/state
-        SlurmdSpoolDir={d}/spool
-        SlurmctldPidFile={d}/slurmctld.pid
-        SlurmdPidFile={d}/slurmd.pid
-        SlurmctldLogFile={d}/slurmctld.log
-        SlurmdLogFile={d}/slurmd.log
-        ProctrackType=proctrack/linuxproc
-        TaskPlugin=task/none
-        SelectType=select/cons_tres
-        SelectTypeParameters=CR_CPU
-        SchedulerType=sched/builtin
-        AccountingStorageType=accounting_storage/none
-        JobAcctGatherType=jobacct_gather/none
-        JobCompType=jobcomp/none
-        MpiDefault=none
-        ReturnToService=2
-        SlurmdParameters=config_overrides
-        NodeName={host} NodeAddr=127.0.0.1 CPUs=4 State=UNKNOWN
-        PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
-        """)
 
 
 @pytest.fixture(scope="module")  # the daemons stop when this file's tests are done, not at session end
 def slurm(tmp_path_factory):
     """A running one-node SLURM cluster; SLURM_CONF points every client (and the launcher) at it."""
-    missing = [b for b in SLURM_BINARIES if _which(b) is None]
-    assert not missing, f"SLURM missing ({', '.join(missing)}): `make sysdeps` installs slurm-wlm as root"
-    d = tmp_path_factory.mktemp("slurm")
-    (d / "state").mkdir()
-    (d / "spool").mkdir()
-    host = socket.gethostname().split(".")[0]  # `hostname -s`: slurmd finds its NodeName by it
-    conf = d / "slurm.conf"
-    conf.write_text(_slurm_conf(d, host, getpass.getuser()))
-    saved = {k: v for k, v in os.environ.items() if k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
-    for k in saved:
-        del os.environ[k]
-    os.environ["SLURM_CONF"] = str(conf)
-    daemons = [subprocess.Popen([_which("slurmctld"), "-D", "-i", "-f", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=open(d / "slurmctld.err", "w"))]
-    daemons.append(subprocess.Popen([_which("slurmd"), "-D", "-f", str(conf)], stdout=subprocess.DEVNULL,
-                                    stderr=open(d / "slurmd.err", "w")))
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            out = subprocess.run([_which("sinfo"), "-h", "-o", "%t"], capture_output=True, text=True)
-            if out.stdout.strip() == "idle":
-                break
-            dead = [p.args[0] for p in daemons if p.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                logs = "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}" for f in sorted(d.glob("*.[el][ro][rg]")))
-                pytest.fail(f"SLURM did not come up (exited: {dead}; sinfo: {out.stdout!r} {out.stderr!r})\n{logs}")
-            time.sleep(0.2)
-        yield d
-    finally:
-        subprocess.run([_which("scancel"), "--user", getpass.getuser()], capture_output=True)
-        for p in reversed(daemons):
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        os.environ.pop("SLURM_CONF", None)
-        os.environ.update(saved)
-
-
-def _write_config(tmp_path: Path, pipeline: str, profiles: str = "") -> Path:
-    cfg = tmp_path / "launcher.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
-        cluster:
-          gpus_per_node: 0
-          time: "00:05:00"
-          python: {sys.executable}
-          output_root: {tmp_path}/out
-          workdir: {REPO}
-          job_prefix: t
-        pipeline:
-        """) + textwrap.indent(textwrap.dedent(pipeline).rstrip() + "\n", "  ") + textwrap.dedent(profiles))
-    return cfg
+    with slurm_cluster.running(tmp_path_factory.mktemp("slurm"), nodes=1) as cluster:
+        yield cluster
 
 
 RANKS_PY = """\
@@ -146,7 +49,7 @@ with open(os.path.join(out, f"rank{env['SLURM_PROCID']}.json"), "w") as f:
 
 def test_pipeline_runs_in_order_with_ranks_and_rerun_submits_nothing(slurm, tmp_path):
     (tmp_path / "ranks.py").write_text(RANKS_PY)
-    cfg = _write_config(tmp_path, f"""\
+    cfg = write_launcher_config(tmp_path, f"""\
         write:
           shell: mkdir -p ${{pipeline.write.output}} && echo hello > ${{pipeline.write.output}}/data.txt
             && date +%s.%N > ${{pipeline.write.output}}/t
@@ -195,7 +98,7 @@ def test_pipeline_runs_in_order_with_ranks_and_rerun_submits_nothing(slurm, tmp_
 
 def test_failed_stage_cancels_dependents_is_reported_and_resumes(slurm, tmp_path):
     flag = tmp_path / "fixed"
-    cfg = _write_config(tmp_path, f"""\
+    cfg = write_launcher_config(tmp_path, f"""\
         ok:
           shell: sleep 2 && mkdir -p {tmp_path}/out/ok && echo ok > {tmp_path}/out/ok/x
         bad:
@@ -244,14 +147,14 @@ def test_failed_stage_cancels_dependents_is_reported_and_resumes(slurm, tmp_path
     ("a: {script: x.py, overrides: [trainer.devices=8], tasks_per_node: 2}", "pipeline.a.overrides"),
 ])
 def test_schema_errors_name_the_key(tmp_path, stage, key):
-    cfg = _write_config(tmp_path, stage)
+    cfg = write_launcher_config(tmp_path, stage)
     with pytest.raises(LaunchConfigError, match=key.replace(".", r"\.").replace("*", r"\*")) as err:
         plan(load_launcher(cfg))
     assert f"key '{key}'" in str(err.value)
 
 
 def test_profile_errors_name_the_key(tmp_path):
-    cfg = _write_config(tmp_path, "a: {shell: 'true'}\n", "profiles:\n  p: {cluster: {gpus: 1}}\n")
+    cfg = write_launcher_config(tmp_path, "a: {shell: 'true'}\n", "profiles:\n  p: {cluster: {gpus: 1}}\n")
     with pytest.raises(LaunchConfigError, match=r"profile 'p'.*cluster\.gpus.*allowed keys: partition"):
         load_launcher(cfg, "p")
     with pytest.raises(LaunchConfigError, match=r"profiles\.q.*defined: \['p'\]"):
@@ -306,7 +209,7 @@ def test_tiny_profile_renders_the_embedded_default():
 
 
 def test_only_needs_its_dependencies_complete_or_queued(tmp_path):
-    jobs = plan(load_launcher(_write_config(tmp_path, "a: {shell: 'true'}\nb: {shell: 'true'}\n")))
+    jobs = plan(load_launcher(write_launcher_config(tmp_path, "a: {shell: 'true'}\nb: {shell: 'true'}\n")))
     fresh = {"a": StageState(), "b": StageState()}
     with pytest.raises(LaunchConfigError, match="depends on 'a', which is neither complete nor queued"):
         decide(jobs, fresh, only=["b"])
