@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,26 @@ def test_failed_stage_cancels_dependents_is_reported_and_resumes(slurm, tmp_path
     assert not (tmp_path / "out" / "launch" / "bad" / "FAILED").exists()
 
 
+def test_a_job_slurm_ends_is_marked_failed(slurm, tmp_path):
+    """scancel (as the time limit and a node failure) ends a job with SIGTERM: the stage is FAILED,
+    with the signal's exit code, not left looking as if it had never run."""
+    started = tmp_path / "started"
+    cfg = write_launcher_config(tmp_path, f"long: {{shell: 'touch {started} && sleep 120'}}\n")
+    launcher = load_launcher(cfg)
+    jobs = plan(launcher)
+    ids = submit(launcher, jobs, echo=lambda _: None)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline, "the stage did not start"
+        time.sleep(0.1)
+    subprocess.run(["scancel", ids["long"]], check=True)
+    wait(jobs, poll_s=0.3, timeout_s=30)
+    failed = json.loads((tmp_path / "out" / "launch" / "long" / "FAILED").read_text())
+    assert failed["job"] == ids["long"] and failed["exit_code"] == 143  # 128 + SIGTERM
+    lines, complete = status(jobs)
+    assert not complete and "FAILED" in lines[0] and "exit 143" in lines[0]
+
+
 @pytest.mark.parametrize("stage, key", [
     ("a: {shell: 'true', nodez: 2}", "pipeline.a.nodez"),
     ("a: {shell: 'true', nodes: two}", "pipeline.a.nodes"),
@@ -179,7 +200,8 @@ def test_real_launcher_yaml_renders_the_7b_pipeline():
     assert list(scripts) == ["data_prep", "sft", "rl", "eval_sft", "eval_rl", "report"]
     argv, sft = scripts["sft"]
     assert {"--nodes=8", "--ntasks-per-node=8", "--gpus-per-node=8", "--time=2-00:00:00", "--partition=batch",
-            "--exclusive", "--kill-on-invalid-dep=yes", "--job-name=acereason-sft"} <= _sbatch_lines(sft)
+            "--exclusive", "--kill-on-invalid-dep=yes", "--no-requeue",
+            "--job-name=acereason-sft"} <= _sbatch_lines(sft)
     srun = next(line for line in sft.splitlines() if line.startswith("srun "))
     assert "--config-name=sft/acereason_7b" in srun and srun.endswith("trainer.num_nodes=8 trainer.devices=8")
     assert "data.train_dir=runs/acereason_7b/data/packed_32k" in srun
