@@ -152,7 +152,7 @@ def test_a_job_slurm_ends_is_marked_failed(slurm, tmp_path):
     failed = json.loads((tmp_path / "out" / "launch" / "long" / "FAILED").read_text())
     assert failed["job"] == ids["long"] and failed["exit_code"] == 143  # 128 + SIGTERM
     lines, complete = status(jobs)
-    assert not complete and "FAILED" in lines[0] and "exit 143" in lines[0]
+    assert not complete and "FAILED" in lines[0] and "exit 143, SLURM: CANCELLED" in lines[0]
 
 
 @pytest.mark.parametrize("stage, key", [
