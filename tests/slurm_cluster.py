@@ -37,14 +37,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel", "scontrol", "munged")
+NAMESPACE_BINARIES = ("ip", "unshare", "nsenter")  # the two-node cluster's
 
 
 def which(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
 
 
-def missing_binaries() -> list[str]:
-    return [b for b in SLURM_BINARIES if which(b) is None]
+def missing_binaries(nodes: int) -> list[str]:
+    return [b for b in SLURM_BINARIES + (NAMESPACE_BINARIES if nodes > 1 else ()) if which(b) is None]
 
 
 def free_port() -> int:
@@ -277,9 +278,12 @@ def running(d: Path, nodes: int) -> Iterator[Cluster]:
     """A running cluster of ``nodes`` (1: on localhost; 2: in namespaces), every node idle, with
     ``SLURM_CONF`` pointing at it and no ``SLURM_*`` variables of an enclosing job; stopped (jobs
     cancelled, daemons and namespaces gone) and the environment restored on exit."""
-    missing = missing_binaries()
+    missing = missing_binaries(nodes)
     if missing:
-        raise RuntimeError(f"SLURM missing ({', '.join(missing)}): `make sysdeps` installs slurm-wlm and munge as root")
+        raise RuntimeError(f"missing {', '.join(missing)}: `make sysdeps` installs slurm-wlm, munge and iproute2 "
+                           "as root")
+    if nodes > 1 and os.geteuid() != 0:
+        raise RuntimeError("the two-node SLURM cluster needs root (network namespaces, veth pairs, bind mounts)")
     saved = {k: v for k, v in os.environ.items() if k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
     for k in saved:
         del os.environ[k]
