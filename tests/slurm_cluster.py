@@ -1,21 +1,24 @@
 """Real SLURM clusters for the launcher tests (Debian's slurm-wlm 22.05 and munge, `make sysdeps`).
 
-``one_node``: ``slurmctld`` and one ``slurmd`` on localhost, the node named after this host.
+``running(dir, nodes=1)``: ``slurmctld`` and one ``slurmd`` on localhost, the node named after this
+host.
 
-``two_nodes``: one ``slurmctld`` on this host and two ``slurmd``, ``node1`` and ``node2``, each in
-its own network, UTS and mount namespaces (``unshare``): its own hostname, its own ``/etc/hosts``
-(bind-mounted inside its mount namespace only) and its own address on a private /24 that the
-cluster creates. A bridge in a third namespace (the "switch") joins a veth from each node and one
-from this host, the only interface the cluster adds here (it carries the address slurmctld listens
-on); the nodes have no route anywhere else, so every packet stays between addresses made here, and
-when the namespaces' last processes exit the kernel deletes the veths with them. Both nodes share
-this host's file system, as cluster nodes share theirs.
+``running(dir, nodes=2)``: one ``slurmctld`` on this host and two ``slurmd``, ``node1`` and
+``node2``, each in its own network, UTS and mount namespaces (``unshare``, so root): its own
+hostname, its own ``/etc/hosts`` (bind-mounted inside its mount namespace only) and its own address
+on a private /24 that the cluster creates. A bridge in a third namespace (the "switch") joins a veth
+from each node and one from this host, the only interface the cluster adds here (it carries the
+address slurmctld listens on); the nodes have no route anywhere else, so every packet stays between
+addresses made here, and when the namespaces' last processes exit the kernel deletes the veths with
+them. Both nodes share this host's file system, as cluster nodes share theirs.
 
 Both clusters authenticate with munge (one ``munged`` with a fresh key, on a socket in a temporary
 directory, which every daemon and client reaches through ``AuthInfo``). ``SLURM_CONF`` points every
-client, and the launcher, at the cluster while it runs.
-"""
+client, and the launcher, at the cluster while it runs. The daemons run in sessions of their own, so
+a Ctrl-C at the terminal reaches only the Python process, which then stops them in order.
 
+By hand (as root): ``python -m tests.slurm_cluster DIR`` (docs/launch.md, "Tests").
+"""
 from __future__ import annotations
 
 import getpass
@@ -108,7 +111,7 @@ class Cluster:
             _wire_node(self, node)
             argv = ["nsenter", "-t", str(node.holder.pid), "-n", "-u", "-m", *argv, "-N", name]
         err = open(self.dir / f"slurmd-{name}.err", "a")
-        node.slurmd = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        node.slurmd = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
 
     def kill_node(self, name: str) -> list[int]:
         """The node dies: SIGKILL to every process in its namespaces (slurmd, slurmstepd, the job's
@@ -127,7 +130,8 @@ class Cluster:
         return pids
 
     def stop(self) -> None:
-        subprocess.run([which("scancel"), "--user", getpass.getuser()], capture_output=True)
+        if all(p.poll() is None for p in self.daemons):
+            subprocess.run([which("scancel"), "--user", getpass.getuser()], capture_output=True, timeout=30)
         for node in self.nodes.values():
             if node.slurmd is not None and node.slurmd.poll() is None:
                 _terminate(node.slurmd)
@@ -174,7 +178,7 @@ def _run(*argv: str) -> None:
 def _namespace_holder(flags: list[str]) -> subprocess.Popen:
     """``sleep`` in new namespaces; returns once they exist (so nothing is ever entered too early,
     which would configure this host instead)."""
-    p = subprocess.Popen(["unshare", *flags, "sleep", "infinity"])
+    p = subprocess.Popen(["unshare", *flags, "sleep", "infinity"], start_new_session=True)
     kinds = ["net"] + (["uts", "mnt"] if "--uts" in flags else [])
     deadline = time.monotonic() + 10
     while any(os.readlink(f"/proc/{p.pid}/ns/{k}") == os.readlink(f"/proc/self/ns/{k}") for k in kinds):
@@ -264,7 +268,7 @@ def _start_munge(cluster: Cluster) -> Path:
         [which("munged"), "--foreground", f"--key-file={key}", f"--socket={sock}",
          f"--pid-file={cluster.munge_dir}/munged.pid", f"--seed-file={cluster.munge_dir}/munged.seed",
          f"--log-file={cluster.dir}/munged.log"],
-        stdout=subprocess.DEVNULL, stderr=open(cluster.dir / "munged.err", "w")))
+        stdout=subprocess.DEVNULL, stderr=open(cluster.dir / "munged.err", "w"), start_new_session=True))
     deadline = time.monotonic() + 10
     while not sock.exists():
         if cluster.daemons[-1].poll() is not None or time.monotonic() > deadline:
@@ -320,7 +324,8 @@ def start(d: Path, nodes: int) -> Cluster:
         cluster.conf.write_text(slurm_conf(d, ctld, list(cluster.nodes.values()), 4 if nodes == 1 else 2, sock))
         os.environ["SLURM_CONF"] = str(cluster.conf)
         cluster.daemons.append(subprocess.Popen([which("slurmctld"), "-D", "-i", "-f", str(cluster.conf)],
-                                                stdout=subprocess.DEVNULL, stderr=open(d / "slurmctld.err", "w")))
+                                                stdout=subprocess.DEVNULL, stderr=open(d / "slurmctld.err", "w"),
+                                                start_new_session=True))
         for name in cluster.nodes:
             cluster.start_node(name)
         cluster.wait_state(list(cluster.nodes), ("idle",), timeout_s=60)
@@ -358,3 +363,30 @@ def write_launcher_config(tmp_path: Path, pipeline: str, profiles: str = "") -> 
         pipeline:
         """) + textwrap.indent(textwrap.dedent(pipeline).rstrip() + "\n", "  ") + textwrap.dedent(profiles))
     return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.slurm_cluster DIR [--nodes 2]``: start a test cluster by hand (as root),
+    print how to reach it, and run until interrupted (Ctrl-C stops and removes it)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tests.slurm_cluster", description=main.__doc__)
+    p.add_argument("dir", type=Path, help="an empty or new directory for slurm.conf, state and logs")
+    p.add_argument("--nodes", type=int, choices=(1, 2), default=2)
+    a = p.parse_args(argv)
+    a.dir.mkdir(parents=True, exist_ok=True)
+    with running(a.dir.resolve(), a.nodes) as cluster:
+        print(f"export SLURM_CONF={cluster.conf}    # then sinfo, sbatch, python -m nemo_ext.launch ...")
+        for node in cluster.nodes.values():
+            if node.holder is not None:
+                print(f"{node.name} ({node.addr}): a shell there: nsenter -t {node.holder.pid} -n -u -m bash")
+        print(f"logs: {cluster.dir}/*.log; Ctrl-C stops the cluster", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
