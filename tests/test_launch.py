@@ -255,3 +255,24 @@ def test_cli_dry_run_writes_scripts_and_submits_nothing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "scripts").iterdir()) == [f"{n}.sbatch" for n in names]
     assert "# rl: sbatch --parsable --dependency=afterok:<sft>" in out.stdout and "submitted" not in out.stdout
     assert not (tmp_path / "runs").exists()  # nothing written under the output root
+
+
+PAPER_RL = REPO / "tests" / "fixtures" / "launch" / "paper_rl_16_nodes.txt"
+
+
+def test_paper_rl_profile_runs_rl_on_16_nodes(tmp_path):
+    """The paper's RL layout (128 H100s as 16 nodes x 8 GPUs): the dry run's rl job, as checked in
+    (tests/fixtures/launch/paper_rl_16_nodes.txt, the work dir written <workdir>)."""
+    shutil.copy(REPO / "launcher.yaml", tmp_path / "launcher.yaml")  # workdir = tmp_path: no markers there
+    out = subprocess.run([sys.executable, "-m", "nemo_ext.launch", "launcher.yaml", "--profile", "paper_rl_16_nodes",
+                          "--dry-run"], capture_output=True, text=True, cwd=tmp_path, timeout=30)
+    assert out.returncode == 0, out.stderr
+    blocks = dict(re.findall(r"^# (\w+): (sbatch .*?)(?=^# \w+: sbatch |\Z)", out.stdout, re.M | re.S))
+    assert list(blocks) == ["data_prep", "sft", "rl", "eval_sft", "eval_rl", "report"]
+    rl = blocks["rl"].replace(str(tmp_path), "<workdir>")
+    assert rl == PAPER_RL.read_text(), f"the rl job changed; if that is intended, update {PAPER_RL} with:\n{rl}"
+    lines = _sbatch_lines(rl)
+    assert {"--nodes=16", "--ntasks-per-node=8", "--gpus-per-node=8", "--exclusive"} <= lines  # 128 GPUs
+    srun = next(line for line in rl.splitlines() if line.startswith("srun "))
+    assert "--nodes=16 --ntasks-per-node=8" in srun and srun.endswith("trainer.num_nodes=16 trainer.devices=8")
+    assert "--nodes=8" in blocks["sft"] and "--nodes=1" in blocks["eval_rl"]  # the other stages as without it
