@@ -111,7 +111,7 @@ me = {"rank": world.rank, "host": host, "addr": socket.gethostbyname(host), "net
       "master": os.environ["MASTER_ADDR"]}
 everyone = [None] * world.world_size
 td.all_gather_object(everyone, me)
-out = sys.argv[1].split("=", 1)[1]
+out = sys.argv[1].removeprefix("output_dir=")  # then the launcher's trainer.num_nodes=2 trainer.devices=1
 os.makedirs(out, exist_ok=True)
 json.dump(everyone, open(os.path.join(out, f"rank{world.rank}.json"), "w"))
 """
@@ -119,8 +119,7 @@ json.dump(everyone, open(os.path.join(out, f"rank{world.rank}.json"), "w"))
 
 def test_tasks_run_on_two_hosts_and_join_one_process_group(cluster, tmp_path):
     (tmp_path / "ranks.py").write_text(RANKS_PY)
-    cfg = write_launcher_config(tmp_path, stage("ranks", str(tmp_path / "ranks.py"), [], tmp_path / "out", 2, 1)
-                                .replace("output_dir=", "out="))
+    cfg = write_launcher_config(tmp_path, stage("ranks", str(tmp_path / "ranks.py"), [], tmp_path / "out", 2, 1))
     out = launch(cfg, "--wait", timeout=120)
     job = re.search(r"ranks: submitted job (\d+)", out.stdout).group(1)
     assert f"job {job} on node[1-2]" in job_log(cfg, "ranks", job)
@@ -194,7 +193,7 @@ def test_a_dead_node_fails_the_stage_and_the_relaunch_resumes(cluster, sft_runs,
     assert not complete and "FAILED" in lines[0] and "SLURM: NODE_FAIL" in lines[0], lines
     assert f"slurm-{first}.out" in lines[0]
     assert cluster.sinfo()["node2"].startswith("down")
-    assert (run / "hf").exists() is False  # the run did not finish before the node died
+    assert not (run / "hf").exists()  # the run did not finish before the node died
 
     cluster.start_node("node2")  # the node is back (ReturnToService=2)
     cluster.wait_state(["node2"], ("idle",))
