@@ -367,7 +367,7 @@ def write_launcher_config(tmp_path: Path, pipeline: str, profiles: str = "") -> 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.slurm_cluster DIR [--nodes 2]``: start a test cluster by hand (as root),
-    print how to reach it, and run until interrupted (Ctrl-C stops and removes it)."""
+    print how to reach it, and run until interrupted (Ctrl-C or SIGTERM stops and removes it)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m tests.slurm_cluster", description=main.__doc__)
@@ -375,12 +375,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, choices=(1, 2), default=2)
     a = p.parse_args(argv)
     a.dir.mkdir(parents=True, exist_ok=True)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background (SIGINT ignored there)
+        signal.signal(sig, interrupt)
     with running(a.dir.resolve(), a.nodes) as cluster:
         print(f"export SLURM_CONF={cluster.conf}    # then sinfo, sbatch, python -m nemo_ext.launch ...")
         for node in cluster.nodes.values():
             if node.holder is not None:
                 print(f"{node.name} ({node.addr}): a shell there: nsenter -t {node.holder.pid} -n -u -m bash")
-        print(f"logs: {cluster.dir}/*.log; Ctrl-C stops the cluster", flush=True)
+        print(f"logs: {cluster.dir}/*.log; Ctrl-C (or kill {os.getpid()}) stops the cluster", flush=True)
         try:
             signal.pause()
         except KeyboardInterrupt:
