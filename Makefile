@@ -29,11 +29,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m zipfile -e $(VENV)/wheels/megatron_core-0.19.2-*.whl $(VENV)/megatron-core
 	touch $@
 
-# bubblewrap isolates the code sandbox (nemo_ext/rewards/sandbox.py); slurm-wlm runs tests/test_launch.py
-# (a one-node SLURM it starts itself). Installed when missing and root.
+# bubblewrap isolates the code sandbox (nemo_ext/rewards/sandbox.py); slurm-wlm (with munge) runs
+# tests/test_launch.py and tests/test_launch_multinode.py (SLURM clusters of one and two nodes they start
+# themselves, the two nodes in network namespaces: iproute2's ip, util-linux's unshare and nsenter, root).
+# Installed when missing and root.
 sysdeps:
 	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || echo "warning: bubblewrap missing; the code sandbox falls back to resource limits only"; }
-	@{ PATH="$$PATH:/usr/sbin"; command -v slurmctld && command -v slurmd && command -v sbatch; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm >/dev/null) || echo "warning: slurm-wlm missing; tests/test_launch.py needs slurmctld, slurmd and sbatch (it starts a one-node SLURM)"; }
+	@{ PATH="$$PATH:/usr/sbin:/sbin"; command -v slurmctld && command -v slurmd && command -v sbatch && command -v munged && command -v ip && command -v nsenter; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge iproute2 util-linux >/dev/null) || echo "warning: slurm-wlm, munge or iproute2 missing; tests/test_launch*.py need slurmctld, slurmd, sbatch, munged and ip (they start SLURM clusters, as root)"; }
 
 demo: venv
 	bash scripts/demo.sh

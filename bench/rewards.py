@@ -1,6 +1,6 @@
 """Reward throughput: math samples/s on long R1-style responses, and the code sandbox's overhead.
 
-    PYTHONPATH=. .venv/bin/python bench/rewards.py [--problems 64] [--rollouts 16] [--workers 2]
+    PYTHONPATH=. .venv/bin/python bench/rewards.py [--problems 64] [--rollouts 16] [--workers 2] [--code | --overlap]
 
 Math: a synthetic RL batch (problems x rollouts, ~8K-character responses with a think block holding
 decoy boxes, half of the final answers right, written in varied equivalent forms, each problem's answer
@@ -186,10 +186,12 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=16)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--overlap", action="store_true", help="only the scoring-overlap measurement")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--code", action="store_true", help="only the code sandbox's overhead")
+    only.add_argument("--overlap", action="store_true", help="only the scoring-overlap measurement")
     args = parser.parse_args()
-    if args.overlap:
-        bench_overlap(args.workers)
+    if args.code or args.overlap:
+        bench_code(args.repeats) if args.code else bench_overlap(args.workers)
         return
     bench_math(args.problems, args.rollouts, args.workers)
     bench_code(args.repeats)

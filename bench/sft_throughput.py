@@ -12,9 +12,13 @@ ratio to the first backend listed.
 
 Model FLOPs = 6 x params x tokens + 6 x layers x hidden x sum(len^2) (causal attention, recompute not
 counted); MFU = model FLOP/s per GPU / 989 TFLOP/s (H100 SXM dense bf16).
-Backends: megatron; megatron_compile (``trainer.compile=true``); torch (eager); torch_compile
-(``trainer.compile=true``); torch_compile_fsdp (the same with FSDP2's bf16 parameters on one rank);
-hf_baseline. On running out of memory a backend is retried with more recompute (``oom_fallbacks``).
+Backends: ``megatron[_te|_local][_compile][_fp8]``: the layer spec (default: Transformer Engine's
+where it imports, as ``backend=megatron`` picks; ``_te`` / ``_local`` force one), ``trainer.compile=true``
+(each decoder layer under torch.compile), and FP8 in the format ``--fp8`` with each recipe of
+``--fp8-recipe`` (comma-separated: one run per recipe; TE 2.20 on Hopper has delayed, tensorwise
+and blockwise); torch (eager); torch_compile (``trainer.compile=true``); torch_compile_fsdp (the same
+with FSDP2's bf16 parameters on one rank); hf_baseline. On running out of memory a backend is
+retried with more recompute (``oom_fallbacks``).
 hf_baseline is the plain Hugging Face way: each sequence alone (a padded batch of 1), sdpa attention,
 gradient checkpointing, fp32 master weights + bf16 autocast, fused AdamW, one optimizer step per bin.
 """
@@ -108,8 +112,19 @@ def _timed(args, steps, run_step) -> list[float]:
             run_step(steps[-1])
             torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
-        (Path(args.worker_logs) / f"{args.worker}.profile.txt").write_text(table)
+        name = args.worker + (f".{args.fp8_recipe}" if "fp8" in args.worker.split("_") else "")
+        (Path(args.worker_logs) / f"{name}.profile.txt").write_text(table)
     return times
+
+
+def megatron_variant(name: str) -> dict:
+    """``megatron[_te|_local][_compile][_fp8]`` -> the layer spec, layer compilation, FP8 on or off."""
+    parts = name.split("_")
+    flags = set(parts[1:])
+    if parts[0] != "megatron" or not flags <= {"te", "local", "compile", "fp8"} or {"te", "local"} <= flags:
+        raise ValueError(f"backend {name!r}: expected megatron[_te|_local][_compile][_fp8]")
+    impl = "transformer_engine" if "te" in flags else "local" if "local" in flags else "auto"
+    return {"impl": impl, "compile_layers": "compile" in flags, "fp8": "fp8" in flags}
 
 
 def _configs(args, model_dir: str):
@@ -117,28 +132,29 @@ def _configs(args, model_dir: str):
     from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
 
     model = ModelConfig(tensor_model_parallel_size=args.tp, sequence_parallel=args.tp > 1,
-                        logits_chunk_tokens=4096)
+                        logits_chunk_tokens=4096, attn_implementation=args.attention)
     trainer = TrainerConfig(precision=Precision.bf16, activation_checkpointing=args.recompute == "full", fsdp=False)
     return model, trainer, OptimConfig(), LRSchedule(1e-5, 2, 100, 1e-6)
 
 
-def work_megatron(args, model_dir: str, bins, compile_layers: bool = False) -> list[float]:
+def work_megatron(args, model_dir: str, bins, impl: str = "auto", compile_layers: bool = False,
+                  fp8: bool = False) -> tuple[list[float], dict]:
+    """A ``megatron_variant``; also returns the spec it ran and its FP8 setting."""
     from nemo_ext.backends.megatron.backend import MegatronBackend
     from nemo_ext.sft.loss import sft_loss
 
     model, trainer, optim, schedule = _configs(args, model_dir)
+    model.transformer_impl = impl
+    if fp8:
+        model.fp8, model.fp8_recipe = args.fp8, args.fp8_recipe
     trainer.compile = compile_layers
     recompute = None if args.recompute == "none" else args.recompute
     be = MegatronBackend(model_dir, model, trainer, optim, schedule, load_weights=False, recompute=recompute,
                          batch_sizes=(args.micro, 1))
     run = be.forward_backward if args.no_optimizer else be.train_step
-    return _timed(args, _steps(args, _packed(bins)),
-                  lambda mbs: run(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs)), temperature=1.0))
-
-
-def work_megatron_compile(args, model_dir: str, bins) -> list[float]:
-    """megatron with ``trainer.compile=true``: each decoder layer under torch.compile (dynamic shapes)."""
-    return work_megatron(args, model_dir, bins, compile_layers=True)
+    times = _timed(args, _steps(args, _packed(bins)),
+                   lambda mbs: run(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs)), temperature=1.0))
+    return times, {"impl": be.impl, "fp8": model.fp8, "fp8_recipe": model.fp8_recipe if model.fp8 else None}
 
 
 def work_torch(args, model_dir: str, bins, compile_layers: bool = False, fsdp: bool = False) -> list[float]:
@@ -205,15 +221,23 @@ def worker(args) -> None:
     bins = make_bins(args, cfg.vocab_size)
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     torch.cuda.reset_peak_memory_stats()
-    times = globals()[f"work_{args.worker}"](args, args.model_dir, bins)
+    setting = {}
+    if args.worker.startswith("megatron"):
+        times, setting = work_megatron(args, args.model_dir, bins, **megatron_variant(args.worker))
+    else:
+        times = globals()[f"work_{args.worker}"](args, args.model_dir, bins)
     timed_bins = bins[args.warmup * args.micro:]
     flops = model_flops(cfg, timed_bins)
     tokens = sum(len(s) for b in timed_bins for s in b)
     ngpu = args.gpus if args.worker.startswith("megatron") else 1
     total = sum(times)
-    result = dict(backend=args.worker, shape=args.shape, layers=cfg.num_hidden_layers, tp=args.tp if ngpu > 1 else 1,
-                  gpus=ngpu, bin=args.bin, recompute=args.recompute, optimizer=not args.no_optimizer,
-                  params=num_params(cfg), tokens_per_s=tokens / total, median_step_s=statistics.median(times),
+    label = args.worker + (f"[{setting['fp8_recipe']}]" if setting.get("fp8") else "")
+    if args.worker.startswith("torch") and args.attention != "auto":
+        label += f"[{args.attention}]"
+    result = dict(backend=label, **setting, shape=args.shape, layers=cfg.num_hidden_layers,
+                  tp=args.tp if ngpu > 1 else 1, gpus=ngpu, bin=args.bin, recompute=args.recompute,
+                  optimizer=not args.no_optimizer, params=num_params(cfg), tokens_per_s=tokens / total,
+                  median_step_s=statistics.median(times),
                   tflops_per_gpu=flops / total / ngpu / 1e12, mfu=flops / total / ngpu / PEAK_FLOPS,
                   peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30, card=torch.cuda.get_device_name())
     if int(os.environ.get("RANK", 0)) == 0:
@@ -248,12 +272,14 @@ def oom_fallbacks(backend: str) -> list[str]:
     return ["full"] if backend == "torch" else ["selective", "full"]
 
 
-def run_backend(args, backend: str, model_dir: Path, result: Path) -> dict | None:
+def run_backend(args, backend: str, model_dir: Path, result: Path, fp8_recipe: str | None = None) -> dict | None:
     nproc = args.gpus if backend.startswith("megatron") else 1
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__,
            "--worker", backend, "--model-dir", str(model_dir), "--result", str(result)]
+    cmd += ["--fp8", args.fp8, "--fp8-recipe", fp8_recipe] if fp8_recipe else []
+    name = backend + (f".{fp8_recipe}" if fp8_recipe else "")
     for key in ("shape", "layers", "bin", "max_len", "micro", "warmup", "steps", "tp", "gpus", "seed", "memory_budget",
-                "worker_logs"):
+                "worker_logs", "attention"):
         if getattr(args, key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += ["--no-optimizer"] if args.no_optimizer else []
@@ -263,11 +289,11 @@ def run_backend(args, backend: str, model_dir: Path, result: Path) -> dict | Non
         print("+", " ".join(run_cmd), flush=True)
         proc = subprocess.run(run_cmd, capture_output=True, text=True)
         if args.worker_logs:
-            Path(args.worker_logs, f"{backend}.{recompute}.log").write_text(proc.stdout + proc.stderr)
+            Path(args.worker_logs, f"{name}.{recompute}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode == 0:
             return json.loads(result.read_text())
         oom = "OutOfMemoryError" in proc.stderr or "out of memory" in proc.stderr
-        print(f"{backend} (recompute {recompute}): {'OUT OF MEMORY' if oom else 'FAILED'}\n{proc.stderr[-3000:]}",
+        print(f"{name} (recompute {recompute}): {'OUT OF MEMORY' if oom else 'FAILED'}\n{proc.stderr[-3000:]}",
               flush=True)
         if not oom:
             break
@@ -290,7 +316,13 @@ def main() -> None:
     p.add_argument("--memory-budget", type=float, default=0.5,
                    help="torch_compile* with --recompute selective: trainer.activation_memory_budget")
     p.add_argument("--no-optimizer", action="store_true", help="forward + backward only (megatron)")
-    p.add_argument("--worker-logs", default=None, help="a directory for each worker's log and kernel profile")
+    p.add_argument("--attention", choices=["auto", "varlen", "te"], default="auto",
+                   help="model.attn_implementation of the torch backends (te: Transformer Engine's cuDNN attention)")
+    p.add_argument("--fp8", choices=["hybrid", "e4m3"], default="hybrid", help="model.fp8 of the *_fp8 backends")
+    p.add_argument("--fp8-recipe", default="tensorwise",
+                   help="model.fp8_recipe of the *_fp8 backends, comma-separated: one run each "
+                        "(delayed, tensorwise, blockwise)")
+    p.add_argument("--worker-logs", default=None, help="a directory for each worker's log and kernel profile (created)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="append the results as JSON lines here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -300,12 +332,20 @@ def main() -> None:
     if args.worker:
         return worker(args)
     backends = args.backend.split(",")
+    for b in backends:
+        if b.startswith("megatron"):
+            megatron_variant(b)  # a bad name fails here, before any model is built
+        elif f"work_{b}" not in globals():
+            raise SystemExit(f"--backend {b!r}: unknown (see the module docstring)")
+    runs = [(b, r) for b in backends for r in (args.fp8_recipe.split(",") if "fp8" in b.split("_") else [None])]
+    if args.worker_logs:
+        Path(args.worker_logs).mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         write_model_dir(args, model_dir, weights=any(not b.startswith("megatron") for b in backends))
-        for b in backends:
-            r = run_backend(args, b, model_dir, Path(tmp) / f"{b}.json")
+        for b, recipe in runs:
+            r = run_backend(args, b, model_dir, Path(tmp) / f"{b}.{recipe}.json", recipe)
             if r:
                 results.append(r)
                 print(json.dumps(r), flush=True)

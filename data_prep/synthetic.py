@@ -37,11 +37,17 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     out = Path(a.output)
-    files = {
-        "sft_train": write_split(out / "sft_train.jsonl", a.num_train, a.seed, "train"),
-        "heldout": write_split(out / "heldout.jsonl", a.num_eval, a.seed, "test"),
-        "rl_math": write_split(out / "rl_math.jsonl", a.num_rl, a.seed, "train", rl_format=True),
-    }
+    if out.exists() and not out.is_dir():
+        p.error(f"--output {out} exists and is not a directory")
+    try:
+        files = {
+            "sft_train": write_split(out / "sft_train.jsonl", a.num_train, a.seed, "train"),
+            "heldout": write_split(out / "heldout.jsonl", a.num_eval, a.seed, "test"),
+            "rl_math": write_split(out / "rl_math.jsonl", a.num_rl, a.seed, "train", rl_format=True),
+        }
+    except OSError as e:  # an unwritable --output (a parent that is a file, no permission, a full disk)
+        print(f"synthetic: error: cannot write {out}: {e}", file=sys.stderr)
+        return 1
     print(json.dumps({name: str(path) for name, path in files.items()}))
     return 0
 

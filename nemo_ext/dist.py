@@ -43,6 +43,12 @@ def world_from_env() -> World | None:
     return None
 
 
+def is_main_process() -> bool:
+    """Whether this is rank 0 of the world torchrun or SLURM started, or a process on its own."""
+    world = world_from_env()
+    return world is None or world.is_main
+
+
 def _slurm_master_addr() -> str:
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if not nodelist:

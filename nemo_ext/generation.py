@@ -138,11 +138,13 @@ def iter_generate(
     max_tokens: int,
     seed: int | Sequence[int],
     logprobs: bool = False,
+    ignore_eos: bool = False,
 ) -> Iterator[tuple[int, int, Completion]]:
     """Yield ``(prompt_index, sample_index, completion)`` in order of completion.
 
     prompts: full prompt texts (chat template already applied, see ``nemo_ext.data.prompts``).
     seed: one base seed for all prompts, or one per prompt; sample j of prompt i uses seed_i + j.
+    ignore_eos: every sample runs to ``max_tokens`` (benchmarks: the worst case for memory).
     Closing the iterator early aborts the requests still running.
     """
     from vllm import SamplingParams
@@ -157,7 +159,7 @@ def iter_generate(
         return
     params = [
         SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=s,
-                       logprobs=0 if logprobs else None)
+                       logprobs=0 if logprobs else None, ignore_eos=ignore_eos)
         for _, _, s in jobs
     ]
     internal_ids = llm.enqueue([prompts[i] for i, _, _ in jobs], params, use_tqdm=False)
@@ -185,10 +187,12 @@ def generate(
     max_tokens: int,
     seed: int | Sequence[int],
     logprobs: bool = False,
+    ignore_eos: bool = False,
 ) -> list[list[Completion]]:
     """``n`` completions per prompt: ``result[i][j]`` is sample j of prompt i (seed ``seed_i + j``)."""
     result: list[list[Completion | None]] = [[None] * n for _ in prompts]
     for i, j, completion in iter_generate(llm, prompts, n=n, temperature=temperature, top_p=top_p,
-                                          max_tokens=max_tokens, seed=seed, logprobs=logprobs):
+                                          max_tokens=max_tokens, seed=seed, logprobs=logprobs,
+                                          ignore_eos=ignore_eos):
         result[i][j] = completion
     return result  # type: ignore[return-value]

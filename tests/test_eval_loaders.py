@@ -199,9 +199,10 @@ def test_command_line_overrides_and_cpu_default():
         resolve_benchmarks(parse_args(["ckpt", "aime26"])[0], [])
 
 
-def test_unreachable_hub_says_so_and_how_to_use_a_local_file(tmp_path):
+def test_unreachable_hub_says_so_and_how_to_use_a_local_file(tmp_path, tiny_model_dir):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "nemo_ext.evaluation.cli", "generate", str(tmp_path / "ckpt"), "aime24",
+    # a real checkpoint, so the preflight passes and the hub source is what fails (before the engine)
+    cmd = [sys.executable, "-m", "nemo_ext.evaluation.cli", "generate", str(tiny_model_dir), "aime24",
            f"output_dir={tmp_path / 'out'}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr

@@ -1,23 +1,21 @@
 """launcher.yaml -> sbatch jobs, run by a real SLURM (slurmctld + slurmd on localhost, Debian's
-slurm-wlm, installed by `make sysdeps`), not a mock.
+slurm-wlm with munge, installed by `make sysdeps`), not a mock.
 
-The module fixture writes a one-node slurm.conf in a temporary directory (auth/none: no munge,
-proctrack/linuxproc, task/none, select/cons_tres), starts both daemons in the foreground, waits for
-the node to be idle and stops them at the end. The tests submit small pipelines through
-``nemo_ext.launch`` and check order, dependencies, srun ranks, failure handling and resume.
+The module fixture starts a one-node cluster (tests/slurm_cluster.py: slurm.conf in a temporary
+directory, proctrack/linuxproc, task/none, select/cons_tres, the daemons in the foreground) and
+stops it at the end. The tests submit small pipelines through ``nemo_ext.launch`` and check order,
+dependencies, srun ranks, failure handling and resume; the rest render launcher.yaml without SLURM.
+Across two nodes: tests/test_launch_multinode.py.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import re
+import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -26,110 +24,17 @@ import pytest
 from nemo_ext.launch.render import plan, render_script, sbatch_argv
 from nemo_ext.launch.schema import LaunchConfigError, load_launcher
 from nemo_ext.launch.submit import StageState, decide, status, submit, wait
+from tests import slurm_cluster
+from tests.slurm_cluster import write_launcher_config
 
 REPO = Path(__file__).resolve().parents[1]
-SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel")
-
-
-def _which(name: str) -> str | None:
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _slurm_conf(d: Path, host: str, user: str) -> str:
-    return textwrap.dedent(f"""\
-        ClusterName=nemotest
-        SlurmctldHost={host}(127.0.0.1)
-        SlurmUser={user}
-        SlurmdUser={user}
-        AuthType=auth/none
-        CredType=cred/none
-        SlurmctldPort={_free_port()}
-        SlurmdPort={_free_port()}
-        StateSaveLocation={d}/state
-        SlurmdSpoolDir={d}/spool
-        SlurmctldPidFile={d}/slurmctld.pid
-        SlurmdPidFile={d}/slurmd.pid
-        SlurmctldLogFile={d}/slurmctld.log
-        SlurmdLogFile={d}/slurmd.log
-        ProctrackType=proctrack/linuxproc
-        TaskPlugin=task/none
-        SelectType=select/cons_tres
-        SelectTypeParameters=CR_CPU
-        SchedulerType=sched/builtin
-        AccountingStorageType=accounting_storage/none
-        JobAcctGatherType=jobacct_gather/none
-        JobCompType=jobcomp/none
-        MpiDefault=none
-        ReturnToService=2
-        SlurmdParameters=config_overrides
-        NodeName={host} NodeAddr=127.0.0.1 CPUs=4 State=UNKNOWN
-        PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
-        """)
 
 
 @pytest.fixture(scope="module")  # the daemons stop when this file's tests are done, not at session end
 def slurm(tmp_path_factory):
     """A running one-node SLURM cluster; SLURM_CONF points every client (and the launcher) at it."""
-    missing = [b for b in SLURM_BINARIES if _which(b) is None]
-    assert not missing, f"SLURM missing ({', '.join(missing)}): `make sysdeps` installs slurm-wlm as root"
-    d = tmp_path_factory.mktemp("slurm")
-    (d / "state").mkdir()
-    (d / "spool").mkdir()
-    host = socket.gethostname().split(".")[0]  # `hostname -s`: slurmd finds its NodeName by it
-    conf = d / "slurm.conf"
-    conf.write_text(_slurm_conf(d, host, getpass.getuser()))
-    saved = {k: v for k, v in os.environ.items() if k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
-    for k in saved:
-        del os.environ[k]
-    os.environ["SLURM_CONF"] = str(conf)
-    daemons = [subprocess.Popen([_which("slurmctld"), "-D", "-i", "-f", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=open(d / "slurmctld.err", "w"))]
-    daemons.append(subprocess.Popen([_which("slurmd"), "-D", "-f", str(conf)], stdout=subprocess.DEVNULL,
-                                    stderr=open(d / "slurmd.err", "w")))
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            out = subprocess.run([_which("sinfo"), "-h", "-o", "%t"], capture_output=True, text=True)
-            if out.stdout.strip() == "idle":
-                break
-            dead = [p.args[0] for p in daemons if p.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                logs = "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}" for f in sorted(d.glob("*.[el][ro][rg]")))
-                pytest.fail(f"SLURM did not come up (exited: {dead}; sinfo: {out.stdout!r} {out.stderr!r})\n{logs}")
-            time.sleep(0.2)
-        yield d
-    finally:
-        subprocess.run([_which("scancel"), "--user", getpass.getuser()], capture_output=True)
-        for p in reversed(daemons):
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        os.environ.pop("SLURM_CONF", None)
-        os.environ.update(saved)
-
-
-def _write_config(tmp_path: Path, pipeline: str, profiles: str = "") -> Path:
-    cfg = tmp_path / "launcher.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
-        cluster:
-          gpus_per_node: 0
-          time: "00:05:00"
-          python: {sys.executable}
-          output_root: {tmp_path}/out
-          workdir: {REPO}
-          job_prefix: t
-        pipeline:
-        """) + textwrap.indent(textwrap.dedent(pipeline).rstrip() + "\n", "  ") + textwrap.dedent(profiles))
-    return cfg
+    with slurm_cluster.running(tmp_path_factory.mktemp("slurm"), nodes=1) as cluster:
+        yield cluster
 
 
 RANKS_PY = """\
@@ -146,7 +51,7 @@ with open(os.path.join(out, f"rank{env['SLURM_PROCID']}.json"), "w") as f:
 
 def test_pipeline_runs_in_order_with_ranks_and_rerun_submits_nothing(slurm, tmp_path):
     (tmp_path / "ranks.py").write_text(RANKS_PY)
-    cfg = _write_config(tmp_path, f"""\
+    cfg = write_launcher_config(tmp_path, f"""\
         write:
           shell: mkdir -p ${{pipeline.write.output}} && echo hello > ${{pipeline.write.output}}/data.txt
             && date +%s.%N > ${{pipeline.write.output}}/t
@@ -195,7 +100,7 @@ def test_pipeline_runs_in_order_with_ranks_and_rerun_submits_nothing(slurm, tmp_
 
 def test_failed_stage_cancels_dependents_is_reported_and_resumes(slurm, tmp_path):
     flag = tmp_path / "fixed"
-    cfg = _write_config(tmp_path, f"""\
+    cfg = write_launcher_config(tmp_path, f"""\
         ok:
           shell: sleep 2 && mkdir -p {tmp_path}/out/ok && echo ok > {tmp_path}/out/ok/x
         bad:
@@ -231,6 +136,26 @@ def test_failed_stage_cancels_dependents_is_reported_and_resumes(slurm, tmp_path
     assert not (tmp_path / "out" / "launch" / "bad" / "FAILED").exists()
 
 
+def test_a_job_slurm_ends_is_marked_failed(slurm, tmp_path):
+    """scancel (as the time limit and a node failure) ends a job with SIGTERM: the stage is FAILED,
+    with the signal's exit code, not left looking as if it had never run."""
+    started = tmp_path / "started"
+    cfg = write_launcher_config(tmp_path, f"long: {{shell: 'touch {started} && sleep 120'}}\n")
+    launcher = load_launcher(cfg)
+    jobs = plan(launcher)
+    ids = submit(launcher, jobs, echo=lambda _: None)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline, "the stage did not start"
+        time.sleep(0.1)
+    subprocess.run(["scancel", ids["long"]], check=True)
+    wait(jobs, poll_s=0.3, timeout_s=30)
+    failed = json.loads((tmp_path / "out" / "launch" / "long" / "FAILED").read_text())
+    assert failed["job"] == ids["long"] and failed["exit_code"] == 143  # 128 + SIGTERM
+    lines, complete = status(jobs)
+    assert not complete and "FAILED" in lines[0] and "exit 143, SLURM: CANCELLED" in lines[0]
+
+
 @pytest.mark.parametrize("stage, key", [
     ("a: {shell: 'true', nodez: 2}", "pipeline.a.nodez"),
     ("a: {shell: 'true', nodes: two}", "pipeline.a.nodes"),
@@ -244,14 +169,14 @@ def test_failed_stage_cancels_dependents_is_reported_and_resumes(slurm, tmp_path
     ("a: {script: x.py, overrides: [trainer.devices=8], tasks_per_node: 2}", "pipeline.a.overrides"),
 ])
 def test_schema_errors_name_the_key(tmp_path, stage, key):
-    cfg = _write_config(tmp_path, stage)
+    cfg = write_launcher_config(tmp_path, stage)
     with pytest.raises(LaunchConfigError, match=key.replace(".", r"\.").replace("*", r"\*")) as err:
         plan(load_launcher(cfg))
     assert f"key '{key}'" in str(err.value)
 
 
 def test_profile_errors_name_the_key(tmp_path):
-    cfg = _write_config(tmp_path, "a: {shell: 'true'}\n", "profiles:\n  p: {cluster: {gpus: 1}}\n")
+    cfg = write_launcher_config(tmp_path, "a: {shell: 'true'}\n", "profiles:\n  p: {cluster: {gpus: 1}}\n")
     with pytest.raises(LaunchConfigError, match=r"profile 'p'.*cluster\.gpus.*allowed keys: partition"):
         load_launcher(cfg, "p")
     with pytest.raises(LaunchConfigError, match=r"profiles\.q.*defined: \['p'\]"):
@@ -276,7 +201,8 @@ def test_real_launcher_yaml_renders_the_7b_pipeline():
     assert list(scripts) == ["data_prep", "sft", "rl", "eval_sft", "eval_rl", "report"]
     argv, sft = scripts["sft"]
     assert {"--nodes=8", "--ntasks-per-node=8", "--gpus-per-node=8", "--time=2-00:00:00", "--partition=batch",
-            "--exclusive", "--kill-on-invalid-dep=yes", "--job-name=acereason-sft"} <= _sbatch_lines(sft)
+            "--exclusive", "--kill-on-invalid-dep=yes", "--no-requeue",
+            "--job-name=acereason-sft"} <= _sbatch_lines(sft)
     srun = next(line for line in sft.splitlines() if line.startswith("srun "))
     assert "--config-name=sft/acereason_7b" in srun and srun.endswith("trainer.num_nodes=8 trainer.devices=8")
     assert "data.train_dir=runs/acereason_7b/data/packed_32k" in srun
@@ -293,6 +219,37 @@ def test_real_launcher_yaml_renders_the_7b_pipeline():
         subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # valid bash
 
 
+def _data_prep_commands() -> list[list[str]]:
+    """The data_prep stage's commands (split at ``&&``), each as argv after ``$PYTHON``."""
+    _, script = _scripts(None)["data_prep"]
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    shell = shlex.split(srun)[-1]  # bash -euo pipefail -c '<commands>'
+    return [shlex.split(part)[1:] for part in shell.split("&&")]
+
+
+def test_data_prep_writes_the_rl_prompt_files_the_rl_configs_read():
+    from data_prep.rl_prompts import parse_args
+    from tests.test_rl_config import rl_config
+
+    commands = _data_prep_commands()
+    prompt_runs = [parse_args(argv[1:])[0] for argv in commands if argv[0] == "data_prep/rl_prompts.py"]
+    written = {cfg.task: cfg.output for cfg in prompt_runs}
+    assert written == {"math": "data/rl/acereason_math.jsonl", "code": "data/rl/acereason_code.jsonl"}
+    for name in ("rl/acereason_7b", "rl/acereason_7b_megatron"):
+        stages = rl_config(name).stages
+        assert {(s.task.value, s.data) for s in stages} == set(written.items()), name
+    code = next(cfg for cfg in prompt_runs if cfg.task == "code")
+    lcb_dir = "runs/acereason_7b/data/livecodebench"
+    assert code.input == ("deepmind/code_contests", lcb_dir)
+    # PAPER.md "RL data": the three judges, problems from 2024-08-01 dropped, 14-gram decontamination
+    assert (code.platforms, code.before, code.ngram, code.validation) == (
+        ("atcoder", "aizu", "leetcode"), "2024-08-01", 14, "full")
+    assert {"lcb_v5", "lcb_v6", "aime24", "aime25", "hmmt_feb25", "brumo25", "math500"} == set(code.benchmarks.names)
+    download = next(argv for argv in commands if argv[:3] == ["-m", "huggingface_hub.cli.hf", "download"])
+    assert download[3] == "livecodebench/code_generation_lite" and download[-1] == lcb_dir
+    assert [f for f in download if f.endswith(".jsonl")] == ["test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl"]
+
+
 def test_tiny_profile_renders_the_embedded_default():
     scripts = _scripts("tiny")
     assert list(scripts) == ["sft", "rl", "eval_sft", "eval_rl", "report"]  # data_prep disabled
@@ -306,7 +263,7 @@ def test_tiny_profile_renders_the_embedded_default():
 
 
 def test_only_needs_its_dependencies_complete_or_queued(tmp_path):
-    jobs = plan(load_launcher(_write_config(tmp_path, "a: {shell: 'true'}\nb: {shell: 'true'}\n")))
+    jobs = plan(load_launcher(write_launcher_config(tmp_path, "a: {shell: 'true'}\nb: {shell: 'true'}\n")))
     fresh = {"a": StageState(), "b": StageState()}
     with pytest.raises(LaunchConfigError, match="depends on 'a', which is neither complete nor queued"):
         decide(jobs, fresh, only=["b"])
@@ -330,3 +287,24 @@ def test_cli_dry_run_writes_scripts_and_submits_nothing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "scripts").iterdir()) == [f"{n}.sbatch" for n in names]
     assert "# rl: sbatch --parsable --dependency=afterok:<sft>" in out.stdout and "submitted" not in out.stdout
     assert not (tmp_path / "runs").exists()  # nothing written under the output root
+
+
+PAPER_RL = REPO / "tests" / "fixtures" / "launch" / "paper_rl_16_nodes.txt"
+
+
+def test_paper_rl_profile_runs_rl_on_16_nodes(tmp_path):
+    """The paper's RL layout (128 H100s as 16 nodes x 8 GPUs): the dry run's rl job, as checked in
+    (tests/fixtures/launch/paper_rl_16_nodes.txt, the work dir written <workdir>)."""
+    shutil.copy(REPO / "launcher.yaml", tmp_path / "launcher.yaml")  # workdir = tmp_path: no markers there
+    out = subprocess.run([sys.executable, "-m", "nemo_ext.launch", "launcher.yaml", "--profile", "paper_rl_16_nodes",
+                          "--dry-run"], capture_output=True, text=True, cwd=tmp_path, timeout=30)
+    assert out.returncode == 0, out.stderr
+    blocks = dict(re.findall(r"^# (\w+): (sbatch .*?)(?=^# \w+: sbatch |\Z)", out.stdout, re.M | re.S))
+    assert list(blocks) == ["data_prep", "sft", "rl", "eval_sft", "eval_rl", "report"]
+    rl = blocks["rl"].replace(str(tmp_path), "<workdir>")
+    assert rl == PAPER_RL.read_text(), f"the rl job changed; if that is intended, update {PAPER_RL} with:\n{rl}"
+    lines = _sbatch_lines(rl)
+    assert {"--nodes=16", "--ntasks-per-node=8", "--gpus-per-node=8", "--exclusive"} <= lines  # 128 GPUs
+    srun = next(line for line in rl.splitlines() if line.startswith("srun "))
+    assert "--nodes=16 --ntasks-per-node=8" in srun and srun.endswith("trainer.num_nodes=16 trainer.devices=8")
+    assert "--nodes=8" in blocks["sft"] and "--nodes=1" in blocks["eval_rl"]  # the other stages as without it

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -156,9 +157,9 @@ def test_parquet_directory_and_saved_dataset_inputs_pack_like_jsonl(tmp_path, to
 
     pq.write_table(pa.Table.from_pylist([{"question": "q"}]), tmp_path / "bad.parquet")
     cfg = PackConfig(str(tmp_path / "bad.parquet"), str(tmp_path / "bad"), tok_path, 1024, fields=fields)
-    assert pack_dataset(cfg, progress=False)["malformed_examples"] == [
-        f"{tmp_path}/bad.parquet row 0: missing field 'answer' (expected a string; fields present: question)"
-    ]
+    why = f"{tmp_path}/bad.parquet row 0: missing field 'answer' (expected a string; columns of the file: question)"
+    with pytest.raises(ValueError, match="first malformed: " + re.escape(why)):
+        pack_dataset(cfg, progress=False)
 
 
 def test_resumed_reads_skip_to_the_same_rows_in_every_format(tmp_path):

@@ -1,5 +1,6 @@
 """The shipped configs: the real SFT recipe builds the paper's model (Qwen2.5-Math-7B, RoPE base 1e6),
-and every key of every shipped YAML is read by the code."""
+the RL ones read the prompt files launcher.yaml's data stage writes, and every key of every shipped
+YAML is read by the code."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ import ast
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
 from nemo_ext.models.catalog import qwen2_config
 from nemo_ext.models.hf_config import rope_theta_of
+from nemo_ext.preflight import PreflightError
+from nemo_ext.prep.rl_prompts import build_prompts, task_config
+from nemo_ext.rl.preflight import check_rl_inputs
+from tests.helpers import write_jsonl
+from tests.test_rl_code_set import CODE_CONTESTS, LCB
+from tests.test_rl_config import rl_config
 from tests.test_sft_run import sft_config
 
 
@@ -107,3 +115,24 @@ def test_the_key_check_sees_a_dead_key():
 
     assert [key for key, name in schema_keys(WithDeadKey()) if name not in attributes_read()] == \
         ["attn_implementation_never_read"]
+
+
+def test_the_7b_rl_config_reads_the_files_data_prep_writes(tiny_model_dir, tmp_path, monkeypatch):
+    """rl/acereason_7b's stages name data/rl/*.jsonl under the working directory: the preflight names each
+    missing one with its stages, and passes once they are written (the code file from the fixture sources)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("rl/acereason_7b", "rl/acereason_7b_megatron"):
+        with pytest.raises(PreflightError) as err:
+            check_rl_inputs(rl_config(name, [f"policy.init={tmp_path / 'sft' / 'hf'}"]))
+        assert [(p.where, p.file) for p in err.value.problems] == [
+            ("policy.init", str(tmp_path / "sft" / "hf")),
+            ("stages 'math_8k', 'math_16k', 'math_24k', 'math_32k' (stages[0].data, stages[1].data, stages[2].data, "
+             "stages[5].data, task math)", "data/rl/acereason_math.jsonl"),
+            ("stages 'code_24k', 'code_32k' (stages[3].data, stages[4].data, task code)",
+             "data/rl/acereason_code.jsonl"),
+        ]
+    (tmp_path / "data" / "rl").mkdir(parents=True)
+    write_jsonl(tmp_path / "data" / "rl" / "acereason_math.jsonl", [{"id": "m", "question": "1+1?", "answer": "2"}])
+    build_prompts(task_config("code", (str(CODE_CONTESTS), str(LCB)), "data/rl/acereason_code.jsonl",
+                              validation="off"), progress=False)
+    check_rl_inputs(rl_config("rl/acereason_7b", [f"policy.init={tiny_model_dir}"]))

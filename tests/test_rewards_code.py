@@ -4,9 +4,12 @@ Every adversarial program runs in a real sandbox (bubblewrap here; the Makefile'
 it) and must end with the verdict written next to it, after which an honest program still passes.
 """
 
+import json
 import os
 import socket
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -175,7 +178,7 @@ ADVERSARIAL = {
     "infinite loop": ("while True:\n    pass", "time_limit"),
     "memory bomb": ("x = bytearray(8 * 2**30)", "memory_limit"),
     "memory bomb, gradual": ("x = []\nwhile True:\n    x.append(' ' * 2**24)", "memory_limit"),
-    "gigabytes of output": ("s = 'x' * 2**20\nwhile True:\n    sys.stdout.write(s)", "runtime_error"),
+    "gigabytes of output": ("s = 'x' * 2**20\nwhile True:\n    sys.stdout.write(s)", "output_limit"),
     "sys.exit before printing": ("import sys\nsys.exit(0)\nprint(3)", "wrong_answer"),
     "deep recursion": ("def f(n):\n    return f(n + 1)\nf(0)", "runtime_error"),
     "deep C recursion": ("import functools\nsys.setrecursionlimit(10**9)\n@functools.lru_cache(None)\n"
@@ -253,25 +256,144 @@ def test_isolation_probes(tmp_path, monkeypatch):
     assert_scorer_alive()
 
 
-def test_working_directory_is_fresh_and_removed():
+@pytest.mark.parametrize("isolation", ["auto", "rlimits"])
+def test_working_directory_is_fresh_and_removed(isolation):
     program = "import os\nprint(len(os.listdir('.')))\nopen('left-behind', 'w').write('x')"
-    with Sandbox(program, fn_name=None, total_s=20) as box:
+    config = SandboxConfig(isolation=isolation)
+    with Sandbox(program, fn_name=None, total_s=20, config=config) as box:
         workdir = box.workdir
+        # bubblewrap: in the sandbox's own /tmp, nothing on the host; the fallback: a host temp dir
+        assert (workdir is None) == (isolation == "auto")
         assert box.load(5).status == "ok"
         assert box.run(5, stdin="").output == "0\n"
         assert box.run(5, stdin="").output == "1\n"  # the same sample's tests share it ...
-        assert os.path.isdir(workdir)
-    assert not os.path.exists(workdir)  # ... and it is gone afterwards
-    assert score_code(respond(program), stdin_test("", "0")).verdict == "accepted"  # a new sample: empty
+    assert workdir is None or not os.path.exists(workdir)  # ... and it is gone afterwards
+    v = score_code(respond(program), stdin_test("", "0"), config=config)
+    assert v.verdict == "accepted"  # a new sample: empty
+
+
+# --- what the sandbox shows, and how much it may write -------------------------------------------
+
+SEARCH_HOST = textwrap.dedent("""
+    import json, os
+    token = input().strip()
+    system = {"/proc", "/sys", "/dev", "/usr", "/lib", "/lib64", "/lib32", "/libx32"}  # nothing of ours there
+    skip = {".git", "__pycache__", "site-packages", ".pyenv", ".cache", "node_modules"}
+    for root, dirs, files in os.walk("/"):
+        dirs[:] = [d for d in dirs if d not in skip and os.path.join(root, d) not in system]
+        for name in files:
+            try:
+                with open(os.path.join(root, name), "rb") as f:
+                    data = f.read(1 << 20)
+            except OSError:
+                continue
+            for line in data.splitlines():
+                if token.encode() in line:
+                    try:
+                        print(json.loads(line)["tests"][0]["output"])
+                        sys.exit(0)
+                    except (ValueError, KeyError, IndexError, TypeError):
+                        pass
+    print("not found")
+""")
+
+
+def plant_prompt_files(tmp_path) -> tuple[str, str, list[Path]]:
+    """An RL prompt row with a fresh test (token in, secret out), written where such files live: the
+    project checkout, the home directory, a temp dir. Returns (token, secret, paths)."""
+    token, secret = f"probe-{os.urandom(8).hex()}", os.urandom(8).hex()
+    row = json.dumps({"id": token, "question": "echo", "tests": [{"input": token + "\n", "output": secret,
+                                                                  "testtype": "stdin"}]})
+    project = Path(__file__).resolve().parents[1]
+    paths = [project / f".{token}.jsonl", Path.home() / f".{token}.jsonl", tmp_path / f"{token}.jsonl"]
+    for path in paths:
+        path.write_text(row + "\n")
+    return token, secret, paths
+
+
+def test_a_program_that_searches_the_host_for_its_tests_finds_nothing(tmp_path):
+    token, secret, planted = plant_prompt_files(tmp_path)
+    try:
+        v = score_code(respond(SEARCH_HOST), stdin_test(token + "\n", secret), timeout_s=120.0)
+        assert (v.reward, v.verdict) == (0.0, "wrong_answer"), v.meta
+        listing = "import os\nfor p in sys.stdin.read().split():\n    print(os.path.exists(p))"
+        project = Path(__file__).resolve().parents[1]
+        hidden = [*planted, project / "nemo_ext", project / "tests", Path(json.__file__)]
+        with Sandbox(listing, fn_name=None, total_s=20) as box:
+            assert box.load(5).status == "ok"
+            seen = box.run(5, stdin=" ".join(map(str, hidden))).output.split()
+        visible = [str(p) for p, shown in zip(hidden, seen, strict=True) if shown == "True"]
+        assert visible == [json.__file__]  # only the interpreter's files (the stdlib's json, say) exist
+    finally:
+        for path in planted:
+            path.unlink()
+
+
+def test_only_the_interpreter_and_the_libraries_are_visible():
+    from nemo_ext.rewards.sandbox import SYSTEM_LIBRARIES, interpreter_paths
+
+    # every file outside the bound trees (which are not entered) and /proc, /dev
+    walk = textwrap.dedent("""
+        import os
+        bound = set(sys.stdin.read().split())
+        for root, dirs, files in os.walk("/"):
+            dirs[:] = [d for d in dirs if os.path.join(root, d) not in bound]
+            print(*(os.path.join(root, f) for f in files if os.path.join(root, f) not in bound), sep="\\n")
+    """)
+    bound = [*SYSTEM_LIBRARIES, *interpreter_paths(), "/proc", "/dev"]
+    with Sandbox(walk, fn_name=None, total_s=60) as box:
+        assert box.load(5).status == "ok"
+        reply = box.run(50, stdin=" ".join(bound))
+    assert reply.status == "ok", reply.error
+    assert reply.output.split() == []
+    assert os.path.realpath(sys.executable) in interpreter_paths()  # the binary is bound, nothing around it
+
+
+FILL = textwrap.dedent("""
+    import errno, os
+    written, chunk, error = 0, b"x" * (4 << 20), "none"
+    mounts = {os.stat(d).st_dev for d in ("/tmp", ".", os.environ["HOME"])}
+    try:
+        for i in range(24):  # at most 96 MiB, in 4 MiB files spread over /tmp, the working dir and $HOME
+            with open(("/tmp", ".", os.environ["HOME"])[i % 3] + f"/fill{i}", "wb") as f:
+                f.write(chunk)
+            written += len(chunk)
+    except OSError as e:
+        error = errno.errorcode[e.errno]
+    st = os.statvfs("/tmp")
+    print(written >> 20, error, st.f_blocks * st.f_frsize >> 20, len(mounts))
+""")
+
+
+def test_tmp_and_working_directory_are_limited_together():
+    config = SandboxConfig(disk_mb=16)
+    with Sandbox(FILL, fn_name=None, total_s=60, config=config) as box:
+        assert box.load(10).status == "ok"
+        reply = box.run(50, stdin="")
+    written_mb, error, size_mb, filesystems = reply.output.split()
+    # one 16 MiB tmpfs holds /tmp, the working dir and $HOME: at most 16 MiB written, then the disk is full
+    assert (error, int(size_mb), filesystems) == ("ENOSPC", 16, "1") and 12 <= int(written_mb) <= 16, reply.output
+
+
+def test_filling_the_disk_gets_output_limit():
+    program = "i = 0\nwhile i < 24:\n    open(f'/tmp/f{i}' if i % 2 else f'f{i}', 'wb').write(b'x' * (4 << 20))\n" \
+              "    i += 1\nprint(3)"
+    v = score_code(respond(program), stdin_test("", "3"), config=SandboxConfig(disk_mb=16))
+    assert (v.verdict, v.meta["error"]) == ("output_limit", "disk limit exceeded (/tmp and the working "
+                                                            "directory are full)"), v.meta
 
 
 def test_without_bwrap_falls_back_to_rlimits_loudly(caplog):
     config = SandboxConfig(isolation="rlimits")
     v = score_code(respond(ADD_PROGRAM), ADD, config=config)
     assert (v.verdict, v.meta["isolation"]) == ("accepted", "rlimits")
-    assert v.meta["warning"].startswith("SANDBOX DEGRADED")
+    warning = v.meta["warning"]
+    assert warning.startswith("SANDBOX DEGRADED")
+    # it says what it cannot hide: the host's files (the tests among them), the network, the disk
+    for exposed in ("read every file", "the tests with their expected outputs", "network", "host's disk"):
+        assert exposed in warning
     for name in ("infinite loop", "memory bomb", "fork bomb"):
         program, verdict = ADVERSARIAL[name]
         v = score_code(respond(program), stdin_test("", "3"), timeout_s=1.0, config=config)
-        assert v.verdict == verdict, v.meta
+        assert (v.verdict, v.meta["warning"]) == (verdict, warning), v.meta  # in every verdict
     assert_scorer_alive()

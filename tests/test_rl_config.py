@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from nemo_ext.config.load import register_schemas
+from nemo_ext.config.load import ConfigError, register_schemas
 from nemo_ext.config.rl import RL_HYDRA_SCHEMA, PromptFilterMode, RLConfig, TemperatureMode, as_rl_config
 
 CONF = Path(__file__).resolve().parents[1] / "recipes" / "conf"
@@ -76,6 +76,14 @@ def test_top_p_below_one_is_refused_with_the_reason():
     with pytest.raises(ValueError, match=r"rollout.top_p: expected 1.0: the trainer's log-probs .* without top-p"):
         rl_config("rl/tiny", ["rollout.top_p=0.95"])
     assert rl_config("rl/tiny", ["rollout.top_p=1.0"]).rollout.top_p == 1.0
+
+
+def test_added_keys_are_checked_down_to_a_stage():
+    with pytest.raises(ConfigError, match=re.escape("stages.0.tempreature (did you mean stages.0.temperature?)")):
+        rl_config("rl/tiny", ["+stages.0.tempreature.value=1"])
+    nearest = "stages.1.overlong.filtr (did you mean stages.1.overlong.filter?)"
+    with pytest.raises(ConfigError, match=re.escape(nearest)):
+        rl_config("rl/tiny", ["+stages.1.overlong.filtr=false"])
 
 
 def test_the_megatron_backend_is_a_choice_with_its_parallel_layout():

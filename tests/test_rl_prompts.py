@@ -15,7 +15,7 @@ from nemo_ext.data.prompts import render_prompt
 from nemo_ext.data.sources import MalformedRowError
 from nemo_ext.evaluation.livecodebench import encode_private_tests
 from nemo_ext.prep.curate import BenchmarkSources
-from nemo_ext.prep.rl_prompts import build_prompts, metadata_path, task_config
+from nemo_ext.prep.rl_prompts import DROPS, build_prompts, metadata_path, task_config
 from nemo_ext.rl.prompts import load_stage_prompts
 from tests.helpers import write_jsonl
 
@@ -23,6 +23,10 @@ STDIN = [{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]
 # 20 distinct words: a benchmark problem whose 14-grams contaminate
 BENCH_WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
                "oscar papa quebec romeo sierra tango").split()
+
+
+# every count of metadata.json, all zero
+ZEROS = dict.fromkeys(("read", *DROPS, "written", "undated_kept", "validated", "not_validated"), 0)
 
 
 def hash_id(question: str) -> str:
@@ -68,8 +72,8 @@ def test_math_rows_converted_deduplicated_and_ids_hashed(tmp_path):
         {"id": hash_id("Find x if 3x = 12."), "question": "Find x if 3x = 12.", "answer": "4"},
         {"id": hash_id("Compute 1/2 + 1/4."), "question": "Compute 1/2 + 1/4.", "answer": "\\frac{3}{4}"},
     ]
-    assert meta["counts"] == {"read": 4, "malformed": 0, "after_cutoff": 0, "undated_dropped": 0, "undated_kept": 0,
-                              "no_tests": 0, "duplicates": 1, "contaminated": 0, "written": 3}
+    assert meta["counts"] == {**ZEROS, "read": 4, "duplicates": 1, "written": 3}
+    assert meta["counts_by_source"] == {"math": meta["counts"]} and "validation" not in meta
     assert meta["settings"]["ngram"] == 9 and meta["benchmarks"] == {}
 
     # the id from a field; a repeated id is a malformed row naming both places

@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from nemo_ext.config.load import as_schema, register_schemas
+from nemo_ext.config.load import ConfigError, as_schema, register_schemas
 from nemo_ext.config.schema import SFTConfig
 from nemo_ext.sft import loop
 
@@ -103,6 +103,47 @@ def test_out_of_range_values_fail_before_any_training(tmp_path):
     proc = run_recipe(["trainer.activation_memory_budget=1.5", f"output_dir={run}"])
     assert proc.returncode != 0
     assert "trainer.activation_memory_budget must be in (0, 1], got 1.5" in proc.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["hydra"]  # only Hydra's record of the command line
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+trainer.max_stpes=5", "unknown config key: trainer.max_stpes (did you mean trainer.max_steps?)"),
+    ("+optim.warmup=5", "unknown config key: optim.warmup (did you mean optim.warmup_steps?)"),
+    ("+epochs=2", "unknown config key: epochs (the top level has: output_dir, backend, trainer, model, data, "
+                  "optim, checkpoint, logging, eval)"),
+])
+def test_added_keys_are_checked_like_any_other(override, message):
+    with pytest.raises(ConfigError) as error:
+        sft_config([override])
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["trainer.devices=0"], "trainer.devices must be an integer >= 1, got 0"),
+    (["trainer.num_nodes=-1"], "trainer.num_nodes must be an integer >= 1, got -1"),
+    (["trainer.max_steps=0"], "trainer.max_steps must be -1 (run `epochs` epochs) or an integer >= 1, got 0"),
+    (["trainer.global_batch_size=2", "trainer.micro_batch_size=4"],
+     "trainer.micro_batch_size must be at most global_batch_size=2, got 4"),
+    (["optim.lr=0"], "optim.lr must be > 0, got 0.0"),
+    (["optim.beta2=1.0"], "optim.beta2 must be in [0, 1), got 1.0"),
+    (["data.bin_size=0"], "data.bin_size must be an integer >= 1, got 0"),
+    (["model.tensor_model_parallel_size=0"], "model.tensor_model_parallel_size must be an integer >= 1, got 0"),
+    (["checkpoint.keep_last=0"], "checkpoint.keep_last must be an integer >= 1, got 0"),
+    (["logging.log_every=0"], "logging.log_every must be an integer >= 1, got 0"),
+    (["eval.max_new_tokens=0"], "eval.max_new_tokens must be an integer >= 1, got 0"),
+])
+def test_impossible_values_fail_at_config_load(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        sft_config(overrides)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("override", ["+trainer.max_stpes=5", "trainer.devices=0"])
+def test_the_recipe_reports_a_bad_config_in_one_line_and_starts_nothing(tmp_path, override):
+    run = tmp_path / "run"
+    proc = run_recipe([override, f"output_dir={run}"])
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
     assert sorted(p.name for p in run.iterdir()) == ["hydra"]  # only Hydra's record of the command line
 
 

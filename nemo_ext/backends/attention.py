@@ -12,23 +12,38 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
-from nemo_ext.backends.varlen import packed_causal_attention
+from nemo_ext.backends.varlen import packed_causal_attention, te_packed_causal_attention
 
 VARLEN_ATTENTION = "nemo_varlen"
+TE_ATTENTION = "nemo_te"
+# model.attn_implementation -> the registered name: torch's flash-attention varlen kernel (FA2 class;
+# the exact per-sequence SDPA on CPU), or Transformer Engine's fused cuDNN attention (GPU, TE needed)
+ATTENTION = {"auto": VARLEN_ATTENTION, "varlen": VARLEN_ATTENTION, "te": TE_ATTENTION}
 
 
-def varlen_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """query [1, Hq, T, D], key/value [1, Hkv, T, D] -> ([1, T, Hq, D], None)."""
-    cu_seqlens = kwargs.get("cu_seq_lens_q")
-    if cu_seqlens is None or query.shape[0] != 1:
-        raise ValueError("nemo_varlen attention needs a packed batch of one row and cu_seq_lens_q")
-    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
-    out = packed_causal_attention(q, k, v, cu_seqlens, int(kwargs["max_length_q"]), scale=scaling)
-    return out.unsqueeze(0), None
+def _packed_forward(kernel):
+    def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        """query [1, Hq, T, D], key/value [1, Hkv, T, D] -> ([1, T, Hq, D], None)."""
+        cu_seqlens = kwargs.get("cu_seq_lens_q")
+        if cu_seqlens is None or query.shape[0] != 1:
+            raise ValueError("packed attention needs a packed batch of one row and cu_seq_lens_q")
+        q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, H, D]
+        out = kernel(q, k, v, cu_seqlens, int(kwargs["max_length_q"]), scale=scaling)
+        return out.unsqueeze(0), None
+
+    return forward
 
 
-AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
-AttentionMaskInterface.register(VARLEN_ATTENTION, flash_attention_mask)
+for _name, _kernel in ((VARLEN_ATTENTION, packed_causal_attention), (TE_ATTENTION, te_packed_causal_attention)):
+    AttentionInterface.register(_name, _packed_forward(_kernel))
+    AttentionMaskInterface.register(_name, flash_attention_mask)
+
+
+def attention_name(attn_implementation: str) -> str:
+    """The registered attention of ``model.attn_implementation``; an unknown value names the key."""
+    if attn_implementation not in ATTENTION:
+        raise ValueError(f"model.attn_implementation={attn_implementation!r}; expected one of {sorted(ATTENTION)}")
+    return ATTENTION[attn_implementation]
 
 
 def packed_attention_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int) -> dict:

@@ -25,9 +25,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from transformers import AutoModelForCausalLM
 
-from nemo_ext.backends.attention import VARLEN_ATTENTION, packed_attention_kwargs
+from nemo_ext.backends.attention import attention_name, packed_attention_kwargs
 from nemo_ext.backends.base import Backend, LossFn
-from nemo_ext.backends.compile import compile_layers
+from nemo_ext.backends.compile import compile_layers, compiled_logprobs
 from nemo_ext.backends.logprobs import token_logprobs
 from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
@@ -65,7 +65,7 @@ def load_hf_model(model_cfg: ModelConfig, path: str) -> torch.nn.Module:
     """The HF model at ``path`` in fp32, with the config overrides of ``model_cfg`` applied."""
     config = load_hf_config(path, model_cfg.rope_theta, model_cfg.max_position_embeddings)
     return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
-                                                attn_implementation=VARLEN_ATTENTION)
+                                                attn_implementation=attention_name(model_cfg.attn_implementation))
 
 
 class TorchBackend(Backend):
@@ -86,7 +86,8 @@ class TorchBackend(Backend):
         self.hf_config = self.hf_model.config
         if trainer_cfg.activation_checkpointing:
             self.hf_model.gradient_checkpointing_enable({"use_reentrant": False})
-        self.module = TokenLogprobModel(self.hf_model, model_cfg.logits_chunk_tokens, trainer_cfg.compile)
+        self.module = TokenLogprobModel(self.hf_model, model_cfg.logits_chunk_tokens,
+                                        compiled_logprobs(trainer_cfg, device))
         self.fsdp = self.distributed and device.type == "cuda" and trainer_cfg.fsdp
         self.model = self._parallelize(self.module, trainer_cfg)
         self.reset_optimizer(schedule)

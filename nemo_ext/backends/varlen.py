@@ -17,6 +17,7 @@ separate key boundaries (``megatron/context_parallel.py``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -74,6 +75,32 @@ def packed_causal_attention(q_THD: torch.Tensor, k_TGD: torch.Tensor, v_TGD: tor
         return varlen_attn(q_THD, k_TGD, v_TGD, cu_seqlens.to(torch.int32), cu_k.to(torch.int32), max_seqlen, max_k,
                            scale=scale, window_size=(-1, 0), **_VARLEN_KWARGS)
     return _reference(q_THD, k_TGD, v_TGD, cu_seqlens, cu_k, scale)
+
+
+def te_packed_causal_attention(q_THD: torch.Tensor, k_TGD: torch.Tensor, v_TGD: torch.Tensor,
+                               cu_seqlens: torch.Tensor, max_seqlen: int, scale: float | None = None) -> torch.Tensor:
+    """``packed_causal_attention`` through Transformer Engine's fused attention (cuDNN's Hopper
+    kernels; the shapes and dtypes as there, bf16 / fp16 on CUDA). Outside torch.compile's graphs:
+    TE's modules do not trace."""
+    if q_THD.is_cuda and torch.is_autocast_enabled("cuda"):
+        q_THD, k_TGD, v_TGD = (x.to(torch.get_autocast_dtype("cuda")) for x in (q_THD, k_TGD, v_TGD))
+    return _te_call(q_THD, k_TGD, v_TGD, cu_seqlens.to(torch.int32), max_seqlen, scale)
+
+
+@torch.compiler.disable
+def _te_call(q, k, v, cu, max_seqlen, scale):
+    attention = _te_attention(q.shape[1], k.shape[1], q.shape[2], scale)
+    out = attention(q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                    max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
+    return out.view(q.shape)
+
+
+@functools.cache
+def _te_attention(heads: int, kv_heads: int, head_dim: int, scale: float | None):
+    from transformer_engine.pytorch import DotProductAttention
+
+    return DotProductAttention(heads, head_dim, num_gqa_groups=kv_heads, attention_dropout=0.0, qkv_format="thd",
+                               attn_mask_type="padding_causal", softmax_scale=scale)
 
 
 def _reference(q_THD, k_TGD, v_TGD, cu_q, cu_k, scale):

@@ -11,8 +11,25 @@ reads (``SFT*Config``). Every default here is the embedded CPU demo's; the paper
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+Rule = tuple[Callable[[object], bool], str]  # (check of a value, what it must be)
+AT_LEAST_0: Rule = (lambda v: v >= 0, "an integer >= 0")
+AT_LEAST_1: Rule = (lambda v: v >= 1, "an integer >= 1")
+POSITIVE: Rule = (lambda v: v > 0, "> 0")
+NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
+BETA: Rule = (lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def check_values(section: str, config, **rules: Rule) -> None:
+    """Raise ValueError "<section>.<key> must be <what>, got <value>" for the first field of ``config``
+    that breaks its rule: values no run could use fail when the config is loaded, naming the key."""
+    for name, (ok, what) in rules.items():
+        value = getattr(config, name)
+        if value is not None and not ok(value):
+            raise ValueError(f"{section}.{name} must be {what}, got {value!r}")
 
 
 class Accelerator(StrEnum):
@@ -55,8 +72,8 @@ class TrainerConfig:
     activation_memory_budget: float = 1.0
 
     def __post_init__(self):
-        if not 0 < self.activation_memory_budget <= 1:
-            raise ValueError(f"trainer.activation_memory_budget must be in (0, 1], got {self.activation_memory_budget}")
+        check_values("trainer", self, devices=AT_LEAST_1, num_nodes=AT_LEAST_1, grad_clip=POSITIVE,
+                     activation_memory_budget=(lambda v: 0 < v <= 1, "in (0, 1]"))
 
 
 @dataclass
@@ -68,6 +85,13 @@ class SFTTrainerConfig(TrainerConfig):
     global_batch_size: int = 16  # packed bins per optimizer step, over all data-parallel ranks
     micro_batch_size: int = 1  # packed bins per forward/backward
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_values("trainer", self, epochs=AT_LEAST_1, global_batch_size=AT_LEAST_1, micro_batch_size=AT_LEAST_1,
+                     max_steps=(lambda v: v == -1 or v >= 1, "-1 (run `epochs` epochs) or an integer >= 1"))
+        check_values("trainer", self, micro_batch_size=(lambda v: v <= self.global_batch_size,
+                                                        f"at most global_batch_size={self.global_batch_size}"))
+
 
 @dataclass
 class ModelConfig:
@@ -76,6 +100,9 @@ class ModelConfig:
 
     rope_theta: float | None = None  # override the config's RoPE base (the paper: 1e6 for 128K context)
     max_position_embeddings: int | None = None
+    # torch backend's packed attention: auto / varlen = torch's flash-attention varlen kernel on GPU (exact
+    # per-sequence SDPA on CPU); te = Transformer Engine's fused cuDNN attention (GPU, TE installed)
+    attn_implementation: str = "auto"
     logits_chunk_tokens: int = 2048  # tokens per chunk of the chunked cross-entropy
     # megatron backend only
     tensor_model_parallel_size: int = 1
@@ -86,6 +113,11 @@ class ModelConfig:
     transformer_impl: str = "auto"  # auto | transformer_engine | local
     fp8: str | None = None  # null | hybrid | e4m3
     fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise
+
+    def __post_init__(self):
+        check_values("model", self, logits_chunk_tokens=AT_LEAST_1, tensor_model_parallel_size=AT_LEAST_1,
+                     pipeline_model_parallel_size=AT_LEAST_1, virtual_pipeline_model_parallel_size=AT_LEAST_1,
+                     context_parallel_size=AT_LEAST_1, max_position_embeddings=AT_LEAST_1, rope_theta=POSITIVE)
 
 
 @dataclass
@@ -100,6 +132,9 @@ class SyntheticDataConfig:
     num_train: int = 6000
     seed: int = 0  # of the train split (the held-out problems are eval.seed's test split)
 
+    def __post_init__(self):
+        check_values("data.synthetic", self, num_train=AT_LEAST_1)
+
 
 @dataclass
 class DataConfig:
@@ -107,6 +142,9 @@ class DataConfig:
     train_dir: str | None = None
     bin_size: int = 1024  # tokens per packed bin
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+
+    def __post_init__(self):
+        check_values("data", self, bin_size=AT_LEAST_1)
 
 
 @dataclass
@@ -118,6 +156,9 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
 
+    def __post_init__(self):
+        check_values("optim", self, weight_decay=NON_NEGATIVE, beta1=BETA, beta2=BETA, eps=POSITIVE)
+
 
 @dataclass
 class SFTOptimConfig(OptimConfig):
@@ -127,6 +168,10 @@ class SFTOptimConfig(OptimConfig):
     min_lr: float = 3e-4
     warmup_steps: int = 20
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_values("optim", self, lr=POSITIVE, min_lr=NON_NEGATIVE, warmup_steps=AT_LEAST_0)
+
 
 @dataclass
 class CheckpointConfig:
@@ -134,6 +179,9 @@ class CheckpointConfig:
     save_every: int = 100  # optimizer steps; 0 = only at the end
     keep_last: int = 2
     resume: ResumeMode = ResumeMode.auto
+
+    def __post_init__(self):
+        check_values("checkpoint", self, save_every=AT_LEAST_0, keep_last=AT_LEAST_1)
 
 
 @dataclass
@@ -152,6 +200,9 @@ class SFTLoggingConfig(LoggingConfig):
     log_every: int = 10
     progress_bar: bool = True
 
+    def __post_init__(self):
+        check_values("logging", self, log_every=AT_LEAST_1)
+
 
 @dataclass
 class HeldoutConfig:
@@ -163,6 +214,9 @@ class HeldoutConfig:
     seed: int = 0  # of the synthetic test split
     temperature: float = 0.0  # 0 = greedy
     max_new_tokens: int = 512
+
+    def __post_init__(self):
+        check_values("eval", self, num_problems=AT_LEAST_0, max_new_tokens=AT_LEAST_1)
 
 
 @dataclass

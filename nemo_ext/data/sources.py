@@ -44,22 +44,34 @@ def skip_malformed(error: MalformedRowError, strict: bool, stats) -> None:
         stats.malformed_examples.append(str(error))
 
 
+def text_lines(path: str | Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """``(line number, text, None)`` for each non-blank line of a UTF-8 file, or ``(line number, None,
+    why)`` for a line that is not valid UTF-8: one bad line never stops the reading of the others."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield line_no, raw.decode("utf-8"), None
+            except UnicodeDecodeError as e:
+                yield line_no, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+
+
 def jsonl_objects(path: str | Path) -> Iterator[tuple[str, dict]]:
     """``(location, object)`` for each non-blank line of a JSON Lines file, ``location`` being
     ``path:line``. Strict: a line that is not a JSON object raises ValueError naming its location
     (the lenient, skip-and-count reading of data jobs is ``open_rows``)."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            yield where, obj
+    for line_no, line, bad_text in text_lines(path):
+        where = f"{path}:{line_no}"
+        if bad_text:
+            raise ValueError(f"{where}: {bad_text}")
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        yield where, obj
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class Row:
     location: str
     record: dict | None
     error: str | None = None
+    columns: tuple[str, ...] | None = None  # a Parquet file's columns (its records hold only those asked)
 
 
 @dataclass(frozen=True)
@@ -94,9 +107,10 @@ def chat_sample(row: Row, fields: ChatFields) -> tuple[str, str, str]:
 
     def text(key: str) -> str:
         if key not in record:
+            present = "columns of the file" if row.columns is not None else "fields present"
             raise MalformedRowError(
-                f"{row.location}: missing field {key!r} (expected a string; fields present: "
-                f"{', '.join(map(str, record)) or 'none'})"
+                f"{row.location}: missing field {key!r} (expected a string; {present}: "
+                f"{', '.join(map(str, record if row.columns is None else row.columns)) or 'none'})"
             )
         value = record[key]
         if not isinstance(value, str):
@@ -123,7 +137,7 @@ def open_rows(
     """Rows of ``source`` from row ``skip`` on, and the total row count when it is known cheaply.
 
     columns: the fields the caller reads (Parquet reads only these; ones a file lacks are reported
-             per row as missing by ``chat_sample``).
+             per row as missing by ``chat_sample``, with the columns the file has).
     Raises ``FileNotFoundError`` / ``ValueError`` / ``ConnectionError`` naming the source before
     any row is read.
     """
@@ -160,29 +174,29 @@ def _concat(files: list[Path], columns: list[str], skip: int) -> Iterator[Row]:
 def _count_rows(path: Path) -> int:
     if path.suffix == ".parquet":
         return pq.ParquetFile(path).metadata.num_rows
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         return sum(1 for line in f if line.strip())
 
 
 def _jsonl_rows(path: Path, skip: int) -> Iterator[Row]:
-    """Non-blank lines as rows (a blank line holds no sample and is not counted)."""
-    with open(path, encoding="utf-8") as f:
-        seen = 0
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            seen += 1
-            if seen <= skip:
-                continue
-            try:
-                yield Row(f"{path}:{line_no}", json.loads(line))
-            except json.JSONDecodeError as e:
-                yield Row(f"{path}:{line_no}", None, f"not valid JSON ({e})")
+    """Non-blank lines as rows (a blank line holds no sample and is not counted); a line that is not
+    UTF-8 or not JSON is a row with an error."""
+    for seen, (line_no, line, bad_text) in enumerate(text_lines(path), start=1):
+        if seen <= skip:
+            continue
+        if bad_text:
+            yield Row(f"{path}:{line_no}", None, bad_text)
+            continue
+        try:
+            yield Row(f"{path}:{line_no}", json.loads(line))
+        except json.JSONDecodeError as e:
+            yield Row(f"{path}:{line_no}", None, f"not valid JSON ({e})")
 
 
 def _parquet_rows(path: Path, columns: list[str], skip: int) -> Iterator[Row]:
     pf = pq.ParquetFile(path)
-    present = [c for c in columns if c in pf.schema_arrow.names]
+    names = tuple(pf.schema_arrow.names)
+    present = [c for c in columns if c in names]
     row = 0
     for rg in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(rg).num_rows
@@ -192,7 +206,7 @@ def _parquet_rows(path: Path, columns: list[str], skip: int) -> Iterator[Row]:
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=present):
             for record in batch.to_pylist():
                 if row >= skip:
-                    yield Row(f"{path} row {row}", record)
+                    yield Row(f"{path} row {row}", record, columns=names)
                 row += 1
 
 

@@ -9,37 +9,46 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 from nemo_ext.evaluation import report, runner
-from nemo_ext.evaluation.config import DEFAULT_PUBLISHED, DEFAULT_REGISTRY, parse_args, resolve_benchmarks
+from nemo_ext.evaluation.config import DEFAULT_PUBLISHED, DEFAULT_REGISTRY, check_checkpoint, parse_args
+from nemo_ext.evaluation.preflight import check_eval_inputs
 from nemo_ext.evaluation.registry import load_registry
+from nemo_ext.output_lock import OutputLock
 
 
-def _runs(argv: list[str]):
+@contextlib.contextmanager
+def _runs(argv: list[str], model: bool):
+    """The run's config and its benchmark runs, after the preflight (``model``: of the checkpoint too),
+    while this process holds the lock of its output_dir."""
     cfg, registry_overrides = parse_args(argv)
-    return cfg, runner.prepare(cfg, resolve_benchmarks(cfg, registry_overrides))
+    check_checkpoint(cfg.checkpoint)
+    specs = check_eval_inputs(cfg, registry_overrides, model)
+    with OutputLock(cfg.output_dir):
+        yield cfg, runner.prepare(cfg, specs)
 
 
 def generate(argv: list[str]) -> None:
-    cfg, runs = _runs(argv)
-    count = runner.generate_missing(runs, cfg)
+    with _runs(argv, model=True) as (cfg, runs):
+        count = runner.generate_missing(runs, cfg)
     print(f"generated {count} samples into {cfg.output_dir}")
 
 
 def score(argv: list[str]) -> None:
     from nemo_ext.rewards import RewardPool
 
-    cfg, runs = _runs(argv)
-    with RewardPool(cfg.reward_workers or os.cpu_count() or 1) as pool:
-        runner.score_missing(runs, pool)
-    for run in runs:
-        m = runner.benchmark_metrics(run, cfg.model_name)["metrics"]
-        avg = m["avg"]
-        print(f"{run.name}: avg@{avg['k']} {100 * avg['mean']:.1f} ± {100 * avg['se']:.1f} (se) over "
-              f"{m['num_problems']} problems, truncated {100 * m['truncation_rate']:.1f}%")
+    with _runs(argv, model=False) as (cfg, runs):
+        with RewardPool(cfg.reward_workers or os.cpu_count() or 1) as pool:
+            runner.score_missing(runs, pool)
+        for run in runs:
+            m = runner.benchmark_metrics(run, cfg.model_name)["metrics"]
+            avg = m["avg"]
+            print(f"{run.name}: avg@{avg['k']} {100 * avg['mean']:.1f} ± {100 * avg['se']:.1f} (se) over "
+                  f"{m['num_problems']} problems, truncated {100 * m['truncation_rate']:.1f}%")
 
 
 def report_main(argv: list[str]) -> None:
@@ -66,16 +75,21 @@ def report_main(argv: list[str]) -> None:
     print(f"wrote {out / 'report.md'} and {out / 'report.png'}")
 
 
+def output_dir(argv: list[str]) -> None:
+    cfg, _ = parse_args(argv)
+    check_checkpoint(cfg.checkpoint)
+    print(cfg.output_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"generate": generate, "score": score, "report": report_main,
-                "output-dir": lambda a: print(parse_args(a)[0].output_dir)}
+    commands = {"generate": generate, "score": score, "report": report_main, "output-dir": output_dir}
     if not argv or argv[0] not in commands:
         print(__doc__, file=sys.stderr)
         return 2
     try:
         commands[argv[0]](argv[1:])
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
         # Bad input is reported as one readable message (which names the file, key or row), not a traceback.
         print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 1

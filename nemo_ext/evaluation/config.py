@@ -73,6 +73,19 @@ def parse_args(argv: list[str]) -> tuple[EvalConfig, list[str]]:
     return cfg, registry_overrides
 
 
+def check_checkpoint(checkpoint: str) -> None:
+    """Fail naming ``checkpoint`` unless it is a Hugging Face model directory, or a hub name
+    (``org/model``, which only a machine with hub access can load)."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint}: not a Hugging Face model directory (no config.json)")
+        return
+    if path.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1:
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (expected a Hugging Face model directory, "
+                                "such as runs/sft_tiny/hf, or a hub name org/model)")
+
+
 def resolve_benchmarks(cfg: EvalConfig, registry_overrides: list[str]) -> dict[str, BenchmarkSpec]:
     """The selected registry entries with this run's overrides applied, in the order asked."""
     registry = load_registry(cfg.benchmarks_file, registry_overrides)

@@ -126,7 +126,8 @@ def sbatch_header(cfg: LauncherConfig, job: Job) -> list[str]:
     if job.gpus_per_node:
         opts.append(f"--gpus-per-node={job.gpus_per_node}")
     opts += [f"--time={job.time}", f"--chdir={c.workdir}", f"--output={job.log_path('%j')}",
-             "--kill-on-invalid-dep=yes"]  # a failed dependency cancels this job instead of leaving it pending
+             "--kill-on-invalid-dep=yes",  # a failed dependency cancels this job instead of leaving it pending
+             "--no-requeue"]  # a node failure ends the job (FAILED marker; re-run resumes), not a silent rerun
     opts += list(c.sbatch_args) + list(job.stage.sbatch_args)
     return [f"#SBATCH {o}" for o in opts]
 
@@ -148,8 +149,13 @@ def render_script(cfg: LauncherConfig, job: Job, source: str = "launcher.yaml") 
         f"export PYTHON={q(cfg.cluster.python)}",
         'export MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"  # torch.distributed rendezvous',
         *env,
-        f"trap 'rc=$?; [ $rc -eq 0 ] || {py} -m nemo_ext.launch.marker failed \"$STATE\" "
+        # The marker writer ignores SIGTERM: after a node failure srun exits and SLURM's SIGTERM
+        # follows at once, which would kill it mid-write (a dead node left no marker).
+        f"trap 'rc=$?; trap \"\" TERM; [ $rc -eq 0 ] || {py} -m nemo_ext.launch.marker failed \"$STATE\" "
         "--job \"$SLURM_JOB_ID\" --code $rc || true' EXIT",
+        # SLURM ends a job with SIGTERM (scancel, time limit, node failure), after which bash would run
+        # the EXIT trap with $? = 0. Runs once srun (signalled too) has exited, within KillWait.
+        "trap 'exit 143' TERM",
         f'echo "== stage {job.name}: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, $(date -Is)"',
         srun_line(cfg, job),
         f'{py} -m nemo_ext.launch.marker done "$STATE" --job "$SLURM_JOB_ID"',

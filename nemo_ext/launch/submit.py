@@ -145,7 +145,8 @@ def status_line(job: Job, st: StageState) -> str:
     if st.alive:
         return f"{job.name:<12} {st.slurm[0].lower():<10} job {st.job} ({st.slurm[1]})"
     if st.failed is not None and st.failed.get("job") == st.job:
-        return (f"{job.name:<12} FAILED     job {st.job} exit {st.failed.get('exit_code')}; "
+        why = f", SLURM: {st.slurm[0]} ({st.slurm[1]})" if st.slurm and st.slurm[0] != "FAILED" else ""
+        return (f"{job.name:<12} FAILED     job {st.job} exit {st.failed.get('exit_code')}{why}; "
                 f"log {job.log_path(st.job)}")
     if st.job is not None:
         state = f"{st.slurm[0]} ({st.slurm[1]})" if st.slurm else "finished without DONE"

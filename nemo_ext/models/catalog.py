@@ -27,3 +27,27 @@ def qwen2_config(name: str, **overrides) -> Qwen2Config:
     shape = dict(QWEN2_SHAPES[name])
     rope_theta = overrides.pop("rope_theta", shape.pop("rope_theta"))
     return apply_overrides(Qwen2Config(**{**shape, "rms_norm_eps": 1e-6, **overrides}), rope_theta=rope_theta)
+
+
+def random_checkpoint(config: Qwen2Config, out_dir, seed: int = 0):
+    """Write random bf16 weights of ``config`` (made on the GPU when there is one) with the project's
+    tiny tokenizer as a Hugging Face directory: throughput benchmarks and GPU tests at real shapes,
+    nothing downloaded. The random model rarely emits an id the tokenizer knows, which vLLM
+    detokenizes as nothing. Returns the directory."""
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from nemo_ext.data import prompts
+    from nemo_ext.models.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    config.eos_token_id = tokenizer.convert_tokens_to_ids(prompts.EOS_TOKEN)
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)

@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config
 
 from nemo_ext.data import prompts
 from nemo_ext.data.synthetic import make_problems
+from nemo_ext.io import atomic_dir
 
 TINY_VOCAB_SIZE = 512
 THINK_TOKENS = (prompts.THINK_OPEN, prompts.THINK_CLOSE)
@@ -82,7 +83,9 @@ def tiny_config(vocab_size: int) -> Qwen2Config:
 
 
 def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a randomly initialised tiny Qwen2 and its tokenizer as a Hugging Face directory."""
+    """Write a randomly initialised tiny Qwen2 and its tokenizer as a Hugging Face directory, atomically
+    (built beside ``out_dir``, then renamed into place): a killed build leaves no ``out_dir``, so runs
+    may trust one that exists (``sft/loop.py`` and ``rl/setup.py`` check its ``config.json``)."""
     import torch
     from transformers import Qwen2ForCausalLM
 
@@ -94,6 +97,7 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id = config.eos_token_id
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return out

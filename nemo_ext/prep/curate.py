@@ -51,6 +51,7 @@ from nemo_ext.data.sources import (
 )
 from nemo_ext.evaluation.config import DEFAULT_REGISTRY
 from nemo_ext.io import atomic_dir, atomic_write, atomic_write_json
+from nemo_ext.output_lock import OutputLock
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,14 @@ def _format_of(path: Path) -> str | None:
 
 
 def curate(cfg: CurateConfig, progress: bool = True) -> dict:
-    """Run the curation job of ``cfg``; returns its metadata (also in ``<output>/metadata.json``)."""
+    """Run the curation job of ``cfg``; returns its metadata (also in ``<output>/metadata.json``). Holds
+    the output's lock (``OutputLock``) throughout. Raises ValueError, leaving any old output as it was,
+    when no row survives."""
+    with OutputLock(cfg.output):
+        return _curate(cfg, progress)
+
+
+def _curate(cfg: CurateConfig, progress: bool) -> dict:
     out = _check_output(cfg)
     index = benchmark_index(cfg.benchmarks, cfg.ngram, enabled=cfg.decontaminate != "none")
     stats = CurateStats(contaminated_by_benchmark=dict.fromkeys(index.names, 0),
@@ -369,6 +377,10 @@ def curate(cfg: CurateConfig, progress: bool = True) -> dict:
     stats.resampled = int(np.maximum(copies - 1, 0).sum())
     stats.written = int(copies.sum())
     stats.unique_prompts = len(np.unique(keys[copies > 0]))
+    if stats.written == 0:
+        counts = ", ".join(f"{k} {v}" for k, v in asdict(stats).items() if isinstance(v, int) and v)
+        first = f"; first malformed: {stats.malformed_examples[0]}" if stats.malformed_examples else ""
+        raise ValueError(f"{cfg.input}: no row left to write, {cfg.output} not written ({counts or 'no rows'}){first}")
     with atomic_dir(out) as tmp:
         parts = write_rows(cfg, tmp, ordinals, copies, progress)
         unit = "tokens" if tokenizer is not None else "approx tokens (characters / 4)"

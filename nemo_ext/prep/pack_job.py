@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -50,6 +51,7 @@ from nemo_ext.data.sources import (
 )
 from nemo_ext.data.tokenize import TokenizedSample, tokenize_chats
 from nemo_ext.io import atomic_write_json
+from nemo_ext.output_lock import OutputLock
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +210,13 @@ def _bin(samples: list[TokenizedSample], indices: list[int]) -> dict[str, np.nda
     return make_bin([samples[i].input_ids for i in indices], [samples[i].loss_mask for i in indices])
 
 
+def nothing_packed(totals: PackStats) -> str:
+    """Why a run packed no sample: its counts, and the first malformed row's message if any."""
+    why = (f"{totals.read} rows read, {totals.malformed} malformed, {totals.dropped} dropped as longer than "
+           "the bin (--overlong drop, or a prompt that fills the bin)")
+    return why + (f"; first malformed: {totals.malformed_examples[0]}" if totals.malformed_examples else "")
+
+
 def metadata(cfg: PackConfig, totals: PackStats) -> dict:
     """The ``metadata.json`` of a finished run."""
     counts = {k: getattr(totals, k) for k in ("read", "packed", "truncated", "dropped", "malformed")}
@@ -235,9 +244,15 @@ def metadata(cfg: PackConfig, totals: PackStats) -> dict:
 
 
 def pack_dataset(cfg: PackConfig, progress: bool = True) -> dict:
-    """Run (or resume, or find finished) the pack job of ``cfg``; returns its metadata."""
+    """Run (or resume, or find finished) the pack job of ``cfg``; returns its metadata. Holds the output's
+    lock (``OutputLock``) throughout. Raises ValueError, leaving no output directory, when no sample
+    could be packed."""
+    with OutputLock(cfg.output):
+        return _pack(cfg, progress)
+
+
+def _pack(cfg: PackConfig, progress: bool) -> dict:
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out, cfg)
     if state and state["complete"]:
         log.info("%s is already packed", out)
@@ -247,6 +262,7 @@ def pack_dataset(cfg: PackConfig, progress: bool = True) -> dict:
     columns = [cfg.fields.prompt, cfg.fields.response, cfg.fields.task]
     rows, total = open_rows(cfg.input, columns, cfg.split, skip=buffer * cfg.buffer_samples)
     tokenizer = load_tokenizer(cfg.tokenizer)
+    out.mkdir(parents=True, exist_ok=True)  # only once the input and the tokenizer opened
     with tqdm(rows, total=total, initial=totals.read, unit="row", disable=not progress) as bar:
         rows = iter(bar)  # one iterator: each iter(bar) would start a new tqdm generator
         while (samples := read_buffer(rows, cfg, tokenizer, stats := PackStats())) is not None:
@@ -265,6 +281,10 @@ def pack_dataset(cfg: PackConfig, progress: bool = True) -> dict:
             buffer, skip_shards = buffer + 1, 0
             _save_state(out, cfg, buffer, 0, totals)
             bar.set_postfix(bins=totals.bins, malformed=totals.malformed)
+    if totals.bins == 0:
+        if {p.name for p in out.iterdir()} <= {STATE}:
+            shutil.rmtree(out)
+        raise ValueError(f"{cfg.input}: nothing to pack, {cfg.output} not written: {nothing_packed(totals)}")
     meta = metadata(cfg, totals)
     hist = meta["length_histogram"]
     write_histogram_png(out / HISTOGRAM_PNG, hist["edges"], hist["counts"], hist["over_bin_size"])

@@ -18,7 +18,7 @@ class Verdict:
 
     reward: 1.0 or 0.0 (the paper's rewards are binary, without format or length terms).
     verdict: one word; math: accepted, wrong_answer, no_answer, time_limit, error; code: accepted,
-        wrong_answer, time_limit, memory_limit, runtime_error, syntax_error, no_code, error.
+        wrong_answer, time_limit, memory_limit, output_limit, runtime_error, syntax_error, no_code, error.
     extracted: the final answer that was judged (boxed content or program text); None if none was found.
     seconds: wall-clock seconds spent scoring this response.
     meta: details (failing test, error message, isolation used, ...); JSON-serializable.

@@ -63,9 +63,14 @@ def preamble(names: set, exports: dict) -> dict:
     return namespace
 
 
+LIMITS_HIT = {errno.EFBIG: "output limit exceeded",  # RLIMIT_FSIZE: a test's output or one file
+              errno.ENOSPC: "disk limit exceeded (/tmp and the working directory are full)",  # the tmpfs size
+              errno.EDQUOT: "disk limit exceeded (quota)"}
+
+
 def describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
-        return "output limit exceeded"
+    if isinstance(exc, OSError) and exc.errno in LIMITS_HIT:
+        return LIMITS_HIT[exc.errno]
     try:
         return f"{type(exc).__name__}: {exc}"[:500]
     except BaseException:  # a hostile __str__
@@ -130,6 +135,14 @@ def collect(kept: int, scope: dict) -> str:
         os.close(kept)
 
 
+def failure(exc: BaseException) -> dict:
+    """The reply for an exception the program raised."""
+    if isinstance(exc, MemoryError):
+        return {"status": "memory_limit", "error": "MemoryError"}
+    limit_hit = isinstance(exc, OSError) and exc.errno in LIMITS_HIT
+    return {"status": "output_limit" if limit_hit else "runtime_error", "error": describe(exc)}
+
+
 def guarded(call):
     """Run ``call()``; return (value, reply). A process the program forked never gets past here."""
     pid = os.getpid()
@@ -139,10 +152,8 @@ def guarded(call):
         value = call()
     except SystemExit:
         pass
-    except MemoryError:
-        reply = {"status": "memory_limit", "error": "MemoryError"}
     except BaseException as exc:
-        reply = {"status": "runtime_error", "error": describe(exc)}
+        reply = failure(exc)
     if os.getpid() != pid:
         os._exit(0)
     reply["seconds"] = time.perf_counter() - start
@@ -158,9 +169,11 @@ def load(code, job: dict, base: dict):
             scope.update(stdin=sys.stdin, stdout=sys.stdout)
             _, reply = guarded(lambda: exec(code, scope))
             try:
-                reply["output"] = collect(kept, scope)
-            except BaseException as exc:
-                reply.update(status="runtime_error", error=describe(exc))
+                output = collect(kept, scope)
+            except BaseException as exc:  # flushing what the program left buffered failed
+                return dict(reply, **failure(exc)) if reply["status"] == "ok" else reply
+            if reply["status"] == "ok":  # a failed test's output is not judged: not sent
+                reply["output"] = output
             return reply
         return run_stdin, {"status": "ok"}
 

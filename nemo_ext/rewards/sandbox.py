@@ -1,14 +1,17 @@
 """An isolated process that runs one untrusted program against tests, one test at a time.
 
-Isolation (``bwrap``, Debian's bubblewrap): read-only bind of ``/``, private ``/tmp`` and ``/run`` (no
-host sockets), a fresh working directory bound read-write and removed afterwards, new network (no
-interfaces but an unconnected loopback), pid, ipc and uts namespaces, no capabilities, a scrubbed
-environment, killed with its parent. As root, the runner then drops to a fresh random uid, so the
-process limit counts only this sandbox and the program cannot signal or read anything of root's.
-Resource limits (set by ``runner.py`` before any untrusted code runs): address space, CPU seconds,
-processes, file size (bounds the captured output), open files, no core dumps. Where bwrap is missing or
-cannot create namespaces, the same runner runs with the resource limits alone, and every reply says so
-(``Sandbox.warning``): then the file system, network and the scorer's processes are not shielded.
+Isolation (``bwrap``, Debian's bubblewrap): a fresh, read-only root that holds only what the
+interpreter needs to run (its binary, standard library and site-packages, and the system's shared
+libraries, all bound read-only), so the project, the data, prompt and test files, home directories
+and every writable host path are simply absent; a private ``/tmp`` of ``disk_mb`` MiB (a size-limited
+tmpfs) holding the working directory, gone with the sandbox; new network (no interfaces but an
+unconnected loopback), pid, ipc and uts namespaces, no capabilities, a scrubbed environment, killed with
+its parent. As root, the runner then drops to a fresh random uid, so the process limit counts only this
+sandbox and the program cannot signal anything of root's. Resource limits (set by ``runner.py`` before
+any untrusted code runs): address space, CPU seconds, processes, file size (bounds the captured output
+and each file), open files, no core dumps. Where bwrap is missing or cannot create namespaces, the same
+runner runs with the resource limits alone, and every reply says what that leaves exposed
+(``Sandbox.warning``): the host's files (tests included), the network, the host's disk.
 
 One runner process per sample runs all its tests, so the cost of starting the sandbox (a few tens of
 ms) is paid once per sample, not per test. The per-test time limit is enforced here, in the trusted
@@ -32,6 +35,7 @@ import signal
 import site
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,9 +50,17 @@ INSIDE = "/tmp/work"  # the working directory as the program sees it under bwrap
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": INSIDE,
        "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-NO_BWRAP_WARNING = ("SANDBOX DEGRADED: {why}; untrusted code runs with resource limits only "
-                    "(no file-system, network or process isolation)")
-STATUSES = {"ok", "time_limit", "memory_limit", "runtime_error", "syntax_error"}
+NO_BWRAP_WARNING = ("SANDBOX DEGRADED: {why}; untrusted code runs with resource limits only and is not "
+                    "hidden from the host: it can read every file the scorer's user can (the project, data, "
+                    "prompt files and the tests with their expected outputs, so it can look answers up), "
+                    "reach the network, and fill the host's disk (the working directory is a host directory "
+                    "and only single files are size-limited)")
+NOT_ROOT_WARNING = "; it runs as the scorer's own user, so it can also signal the scorer's processes"
+ROOT_ONLY_WARNING = ("; Python's files are root-only, so programs can import only the modules of the "
+                     "LiveCodeBench preamble")
+STATUSES = {"ok", "time_limit", "memory_limit", "output_limit", "runtime_error", "syntax_error"}
+# Shared libraries the interpreter links (libc, the dynamic loader): merged-/usr symlinks or directories.
+SYSTEM_LIBRARIES = ("/lib", "/lib64", "/lib32", "/libx32", "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/libx32")
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,8 @@ class SandboxConfig:
     """Limits of one sandbox. Sizes in MiB. LiveCodeBench sets no memory limit; 2 GiB fits numpy."""
 
     memory_mb: int = 2048  # RLIMIT_AS
-    output_mb: int = 64  # RLIMIT_FSIZE: the most a test may print
+    output_mb: int = 64  # RLIMIT_FSIZE: the most a test may print (and the largest file it may write)
+    disk_mb: int = 256  # the private /tmp holding the working directory (a tmpfs: host memory) under bwrap
     processes: int = 64  # RLIMIT_NPROC (threads count too)
     open_files: int = 64  # RLIMIT_NOFILE
     startup_s: float = 5.0  # interpreter start + program load, on top of one test's limit
@@ -68,8 +81,8 @@ DEFAULT_SANDBOX = SandboxConfig()
 
 @dataclass(frozen=True)
 class Reply:
-    """What one step (load or test) produced. status: ok, time_limit, memory_limit, runtime_error or
-    syntax_error; output: the test's stdout, or the JSON of a functional test's return value."""
+    """What one step (load or test) produced. status: ok, time_limit, memory_limit, output_limit,
+    runtime_error or syntax_error; output: the test's stdout, or the JSON of a functional test's return value."""
 
     status: str
     output: str | None = None
@@ -92,12 +105,61 @@ def bwrap_problem() -> str | None:
     """Why bubblewrap cannot isolate on this machine (None if it can). Probed once per process."""
     if shutil.which("bwrap") is None:
         return "bubblewrap (bwrap) is not installed"
-    with tempfile.TemporaryDirectory() as workdir:
-        probe = subprocess.run(bwrap_argv(workdir) + [sys.executable, "-S", "-c", "pass"],
-                               capture_output=True, timeout=30)
+    probe = subprocess.run(bwrap_argv(DEFAULT_SANDBOX.disk_mb) + [interpreter(), "-S", "-c", "pass"],
+                           capture_output=True, timeout=30)
     if probe.returncode != 0:
         return f"bwrap does not work here ({probe.stderr.decode(errors='replace').strip()[-300:]})"
     return None
+
+
+def interpreter() -> str:
+    """The real interpreter binary (a virtual environment's ``python`` is a symlink into the base one)."""
+    return os.path.realpath(sys.executable)
+
+
+def _outermost(paths) -> list[str]:
+    """Existing real paths, sorted, without those inside another one of them."""
+    kept: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in paths if p and os.path.exists(p)}):
+        if not any(path == k or path.startswith(k.rstrip(os.sep) + os.sep) for k in kept):
+            kept.append(path)
+    return kept
+
+
+@functools.cache
+def interpreter_paths() -> tuple[str, ...]:
+    """Host paths the sandboxed interpreter needs, and nothing around them: its binary, standard
+    library, shared libraries (``LIBDIR``: libpython, a conda environment's libraries) and
+    site-packages. Not ``sys.prefix`` as a whole (``/usr`` may hold a checkout in ``/usr/src``)."""
+    paths = sysconfig.get_paths()
+    return tuple(_outermost([interpreter(), paths["stdlib"], paths["platstdlib"],
+                             sysconfig.get_config_var("LIBDIR"), *site.getsitepackages()]))
+
+
+def _library_binds() -> list[str]:
+    """The system's shared libraries (libc, the dynamic loader) read-only, merged-/usr symlinks as such,
+    then the interpreter's own trees. Their parent directories are made 0755 (bwrap would make them
+    0700, closed to the runner's uid) and hold nothing else."""
+    args: list[str] = []
+    made: set[str] = set()
+
+    def bind(path: str) -> None:
+        for parent in reversed(Path(path).parents[:-1]):  # outermost first, "/" left out
+            if str(parent) not in made:
+                args.extend(["--perms", "0755", "--dir", str(parent)])
+                made.add(str(parent))
+        args.extend(["--ro-bind", path, path])
+
+    for path in SYSTEM_LIBRARIES:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            bind(path)
+    covered = _outermost(p for p in SYSTEM_LIBRARIES if not os.path.islink(p))
+    for path in interpreter_paths():
+        if not any(path.startswith(c + os.sep) for c in covered):
+            bind(path)
+    return args
 
 
 def _closed_ancestor(path: str) -> str | None:
@@ -110,47 +172,13 @@ def _closed_ancestor(path: str) -> str | None:
     return None
 
 
-@functools.cache
-def interpreter_binds() -> tuple[str, ...]:
-    """bwrap arguments that keep this Python readable by the sandbox's own uid.
-
-    A pyenv or conda interpreter under /root or a 0700 home is out of reach of any other uid. The
-    closed directory is replaced by an empty tmpfs (which also hides the rest of it) and only the
-    interpreter's trees are bound back, read-only, under world-enterable directories.
-    """
-    args: list[str] = []
-    done: list[str] = []
-    for path in sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *site.getsitepackages())}):
-        closed = _closed_ancestor(path)
-        if closed is None or any(path.startswith(d + os.sep) for d in done):
-            continue
-        if closed not in done:
-            args += ["--tmpfs", closed]
-        for parent in list(reversed(Path(path).parents))[len(Path(closed).parts):]:
-            args += ["--perms", "0755", "--dir", str(parent)]
-        args += ["--ro-bind", path, path]
-        done += [closed, path]
-    return tuple(args)
-
-
-def fresh_tmpfs_binds(covered: tuple[str, ...]) -> list[str]:
-    """Bind the interpreter's trees back where the sandbox's fresh tmpfs mounts cover them (a virtual
-    environment under /tmp, as in a CI checkout there), read-only."""
-    paths = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *site.getsitepackages())})
-    hidden = [p for p in paths if any(p == c or p.startswith(c + os.sep) for c in covered)]
-    return [arg for p in hidden if os.path.isdir(p) for arg in ("--ro-bind", p, p)]
-
-
-def bwrap_argv(workdir: str) -> list[str]:
-    argv = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--perms", "1777", "--tmpfs", "/tmp"]
-    covered = ("/tmp", "/run") if os.path.isdir("/run") else ("/tmp",)
-    if os.path.isdir("/run"):
-        argv += ["--tmpfs", "/run"]
-    argv += fresh_tmpfs_binds(covered)
-    if os.geteuid() == 0:
-        argv += interpreter_binds()
-    argv += ["--bind", workdir, INSIDE,
+def bwrap_argv(disk_mb: int) -> list[str]:
+    """A fresh root holding only the libraries and the interpreter (read-only), a private ``/tmp`` of
+    ``disk_mb`` MiB with the working directory in it, new namespaces, no capabilities."""
+    argv = [shutil.which("bwrap") or "bwrap", "--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc",
+            "--perms", "1777", "--size", str(disk_mb << 20), "--tmpfs", "/tmp", "--perms", "0777", "--dir", INSIDE]
+    argv += _library_binds()  # after /tmp: an interpreter under /tmp (a CI checkout there) is bound over it
+    argv += ["--remount-ro", "/",
              "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
              "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
     if os.geteuid() == 0:  # the runner needs these two to drop to its own uid, then has none
@@ -179,11 +207,12 @@ class Sandbox:
         self.program, self.fn_name, self.config = program, fn_name, config
         problem = "isolation='rlimits' was requested" if config.isolation == "rlimits" else bwrap_problem()
         self.isolation = "rlimits" if problem else "bwrap"
-        self.warning = NO_BWRAP_WARNING.format(why=problem) if problem else None
         self.uid = secrets.randbelow(1 << 30) + (1 << 20) if os.geteuid() == 0 else None
-        if self.uid is not None and self.isolation == "rlimits" and interpreter_binds():
-            self.warning += ("; Python's files are root-only, so programs can import only the modules "
-                             "of the LiveCodeBench preamble")
+        self.warning = None
+        if problem:
+            self.warning = NO_BWRAP_WARNING.format(why=problem) + (NOT_ROOT_WARNING if self.uid is None else "")
+            if self.uid is not None and any(_closed_ancestor(p) for p in interpreter_paths()):
+                self.warning += ROOT_ONLY_WARNING
         self._fsize = max(config.output_mb << 20, max_input_bytes + 4096)
         self._limits = {"AS": config.memory_mb << 20, "CPU": math.ceil(total_s) + 1,
                         "NPROC": config.processes, "FSIZE": self._fsize, "NOFILE": config.open_files,
@@ -193,15 +222,16 @@ class Sandbox:
         self._proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Sandbox:
-        self.workdir = tempfile.mkdtemp(prefix="nemo-sandbox-")
-        if self.uid is not None:
-            os.chown(self.workdir, self.uid, self.uid)
+        self.workdir = None  # under bwrap the working directory lives in the sandbox's own /tmp
         if self.warning:
             _warn_once(self.warning)
-        python = [sys.executable, "-s", "-S", "-P", "-c", RUNNER_SOURCE]
+        python = [interpreter(), "-s", "-S", "-P", "-c", RUNNER_SOURCE]
         if self.isolation == "bwrap":
-            argv, env = bwrap_argv(self.workdir) + python, None
+            argv, env = bwrap_argv(self.config.disk_mb) + python, None
         else:
+            self.workdir = tempfile.mkdtemp(prefix="nemo-sandbox-")
+            if self.uid is not None:
+                os.chown(self.workdir, self.uid, self.uid)
             argv, env = python, dict(ENV, HOME=self.workdir)
         self._stderr = tempfile.TemporaryFile()  # the runner's own failures, for the verdict's message
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -218,7 +248,7 @@ class Sandbox:
         within ``timeout_s`` plus the configured startup allowance."""
         job = {"program": self.program, "fn_name": self.fn_name, "uid": self.uid, "limits": self._limits,
                "cwd": INSIDE if self.isolation == "bwrap" else self.workdir,
-               "sys_path": site.getsitepackages(), "exports": preamble_exports(),
+               "sys_path": [os.path.realpath(p) for p in site.getsitepackages()], "exports": preamble_exports(),
                "pdeathsig": self.isolation != "bwrap"}
         return self._exchange(job, timeout_s + self.config.startup_s)
 
@@ -233,7 +263,8 @@ class Sandbox:
             self._proc.stdout.close()
             self._stderr.close()
             self._proc = None
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _exchange(self, message: dict, timeout_s: float) -> Reply:
         start = time.monotonic()

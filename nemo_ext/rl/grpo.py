@@ -7,7 +7,7 @@ Each step is a sequence of named, timed phases (arXiv 2505.16400 sec. 3; ../shar
     -> gather (the ranks' scored groups) -> filter (dynamic sampling: back to sample while short)
     -> advantages (the step's ExperienceBatch) -> sleep (vLLM frees the GPU) -> logprobs (the
     trainer's, in chunks: entropy, vLLM mismatch, old log-probs) -> train (one on-policy update,
-    packed micro-batches) -> sync (new weights into vLLM) -> log
+    packed micro-batches) -> sync (new weights into vLLM) -> wake (vLLM's KV cache) -> log
 
 Strictly on-policy: one optimizer step per rollout batch, no KL, no entropy bonus. Each stage starts
 from the previous stage's weights with a fresh optimizer at its own learning rate, writes its Hugging
@@ -34,9 +34,11 @@ from pathlib import Path
 
 import torch
 
+from nemo_ext import dist
 from nemo_ext.config.rl import RLConfig, StageConfig, validate_rl_config
 from nemo_ext.evaluation.heldout import evaluate_heldout
 from nemo_ext.observe import MetricsLogger, plot_curves
+from nemo_ext.output_lock import OutputLock
 from nemo_ext.rl.advantages import uniform_groups
 from nemo_ext.rl.data_parallel import RankShare
 from nemo_ext.rl.experience import Group, LogprobStats, attach_old_logprobs, build_experience, step_tensors
@@ -177,8 +179,9 @@ def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temp
 
 def update_policy(update: PolicyUpdate, stage: StageConfig, groups: list[Group], temperature: float,
                   timer: PhaseTimer) -> dict[str, float]:
-    """The advantages, sleep, logprobs, train and sync phases: the step's ``ExperienceBatch`` -> old
-    log-probs -> one optimizer step on its trained micro-batches -> weights into vLLM."""
+    """The advantages, sleep, logprobs, train, sync and wake phases: the step's ``ExperienceBatch`` ->
+    old log-probs -> one optimizer step on its trained micro-batches -> weights into vLLM, its KV cache
+    back."""
     share = update.share
     with timer("advantages"):
         batch = build_experience(groups, update.advantage, stage.overlong.filter, update.micro_batch_tokens,
@@ -197,8 +200,10 @@ def update_policy(update: PolicyUpdate, stage: StageConfig, groups: list[Group],
         metrics.update({f"update/{k}": v for k, v in out.items()})
     else:  # nothing to learn from: equal rewards everywhere, or every response filtered
         metrics["update/skipped"] = 1.0
-    with timer("sync"):  # wakes vLLM even after a skipped update
+    with timer("sync"):  # wakes vLLM's weights, even after a skipped update
         update.engine.load_weights(update.backend.hf_weights())
+    with timer("wake"):  # and its KV cache
+        update.engine.wake()
     return metrics
 
 
@@ -324,6 +329,7 @@ def train(cfg: RLConfig, stop_at: int | None = None) -> dict:
     stop_at: checkpoint and return once the run reaches this global step (a time-limited job); the
     next call resumes there.
     """
+    _lock = OutputLock(cfg.output_dir, enabled=dist.is_main_process())  # held until train returns
     run = build_run(validate_rl_config(cfg))
     try:
         evaluate(run, "init", run.init)

@@ -29,10 +29,19 @@ def _seeds(seed: int, n: int, count: int, positions: Sequence[int] | None) -> li
 
 
 class RolloutEngine:
-    """A vLLM engine started from ``model_path``; ``sample`` rolls out groups, ``load_weights`` syncs."""
+    """A vLLM engine started from ``model_path``; ``sample`` rolls out groups, ``load_weights`` syncs.
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, max_model_len: int, seed: int):
+    The update cycle on GPU with sleep mode: ``sleep()`` before the trainer's passes, ``load_weights()``
+    after the optimizer step (wakes the weights, copies the new ones in), ``wake()`` (the KV cache
+    back). Each returns its seconds. On CPU, or without sleep mode, sleep and wake do nothing.
+
+    ignore_eos: every response runs to its length limit (benchmarks only: the worst case for memory).
+    """
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, max_model_len: int, seed: int,
+                 ignore_eos: bool = False):
         self.cfg = cfg
+        self.ignore_eos = ignore_eos
         on_gpu = torch.cuda.is_available()
         if cfg.tensor_parallel_size != 1:
             raise NotImplementedError("rollout.tensor_parallel_size > 1 needs vLLM's external launcher, which "
@@ -49,7 +58,13 @@ class RolloutEngine:
             enable_sleep_mode=self.sleep_mode,
             dtype="float32" if cfg.dtype == "auto" and not on_gpu else cfg.dtype,
         )
-        self.asleep = False
+        self.asleep = False  # weights offloaded and KV cache dropped
+        self.kv_asleep = False  # KV cache still dropped (weights woken for a sync)
+
+    def _sampling(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
+                  logprobs: bool, positions: Sequence[int] | None) -> dict:
+        return dict(n=n, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens,
+                    seed=_seeds(seed, n, len(prompts), positions), logprobs=logprobs, ignore_eos=self.ignore_eos)
 
     def sample(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
                logprobs: bool = True, positions: Sequence[int] | None = None) -> list[list[Completion]]:
@@ -57,31 +72,52 @@ class RolloutEngine:
         prompt at position i of the step's list gets seed ``seed + i * n + j``; ``positions`` gives
         those of ``prompts`` when they are a share of the list (data parallelism), so a response does
         not depend on how many ranks drew the step."""
-        return generate(self.llm, prompts, n=n, temperature=temperature, top_p=self.cfg.top_p,
-                        max_tokens=max_tokens, seed=_seeds(seed, n, len(prompts), positions), logprobs=logprobs)
+        self._check_awake()
+        return generate(self.llm, prompts, **self._sampling(prompts, n, temperature, max_tokens, seed, logprobs,
+                                                             positions))
 
     def stream(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
                logprobs: bool = True, positions: Sequence[int] | None = None
                ) -> Iterator[tuple[int, int, Completion]]:
         """``sample``'s responses as they finish: ``(prompt index, response index, completion)``."""
-        return iter_generate(self.llm, prompts, n=n, temperature=temperature, top_p=self.cfg.top_p,
-                             max_tokens=max_tokens, seed=_seeds(seed, n, len(prompts), positions),
-                             logprobs=logprobs)
+        self._check_awake()
+        return iter_generate(self.llm, prompts, **self._sampling(prompts, n, temperature, max_tokens, seed,
+                                                                  logprobs, positions))
 
-    def sleep(self) -> None:
-        """Free the GPU for the update (no-op on CPU or without sleep_mode)."""
-        if self.sleep_mode and not self.asleep:
-            self.llm.sleep(level=1)
-            self.asleep = True
+    def _check_awake(self) -> None:
+        if self.asleep or self.kv_asleep:
+            raise RuntimeError("the rollout engine is asleep: load_weights() and wake() before generating")
+
+    def sleep(self) -> float:
+        """Free the GPU for the trainer: level 1 offloads vLLM's weights to host memory and drops its
+        KV cache. Returns the seconds it took (0 on CPU or without sleep mode)."""
+        if not self.sleep_mode or self.asleep:
+            return 0.0
+        start = time.perf_counter()
+        self.llm.sleep(level=1)
+        self.asleep = self.kv_asleep = True
+        return time.perf_counter() - start
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
-        """Copy new weights into the engine (waking it if asleep); returns the seconds it took."""
+        """Copy new weights into the engine (waking its weights first if asleep; its KV cache stays
+        dropped until ``wake``); returns the seconds it took."""
         start = time.perf_counter()
         if self.asleep:
+            # The trainer's freed blocks stay reserved by torch's caching allocator, outside the
+            # memory vLLM's pool wakes into: hand them back to the driver first.
+            torch.cuda.empty_cache()
             self.llm.wake_up(tags=["weights"])
+            self.asleep = False
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
         self.llm.reset_prefix_cache()
-        if self.asleep:
-            self.llm.wake_up(tags=["kv_cache"])
-            self.asleep = False
+        return time.perf_counter() - start
+
+    def wake(self) -> float:
+        """Bring back whatever sleep dropped (weights, KV cache); returns the seconds it took."""
+        if not (self.asleep or self.kv_asleep):
+            return 0.0
+        start = time.perf_counter()
+        torch.cuda.empty_cache()
+        self.llm.wake_up(tags=None if self.asleep else ["kv_cache"])
+        self.asleep = self.kv_asleep = False
         return time.perf_counter() - start

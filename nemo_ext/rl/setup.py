@@ -51,11 +51,11 @@ class Rollouts:
 
 @dataclass
 class PolicyUpdate:
-    """The advantages, log-probs, train and sync phases: the policy, the engine it syncs into, and the
-    ``advantage``, ``loss`` and ``policy.micro_batch_tokens`` settings."""
+    """The advantages, sleep, log-probs, train, sync and wake phases: the policy, the engine it syncs
+    into, and the ``advantage``, ``loss`` and ``policy.micro_batch_tokens`` settings."""
 
     backend: Backend
-    engine: RolloutEngine  # only its sleep() and load_weights() are used here
+    engine: RolloutEngine  # only its sleep(), load_weights() and wake() are used here
     share: RankShare
     advantage: AdvantageConfig
     loss: LossConfig

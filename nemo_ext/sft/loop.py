@@ -26,6 +26,7 @@ from nemo_ext.io import atomic_write_json
 from nemo_ext.models.hf_config import num_parameters
 from nemo_ext.models.tiny import build_tiny_checkpoint
 from nemo_ext.observe import MetricsLogger, model_flops, peak_flops, plot_curves, progress
+from nemo_ext.output_lock import OutputLock
 from nemo_ext.prep.pack_job import PackConfig, pack_dataset
 from nemo_ext.rewards import RewardPool
 from nemo_ext.sft.data import BatchSchedule, micro_batch, steps_per_epoch
@@ -98,8 +99,14 @@ def train_step(backend: Backend, dataset: PackedDataset, schedule: BatchSchedule
 
 
 def run_sft(cfg: SFTConfig) -> dict:
-    """Train, checkpoint, export and check one SFT run; called once per rank."""
+    """Train, checkpoint, export and check one SFT run; called once per rank. Rank 0 holds the lock of
+    ``output_dir`` throughout: a second run into it is refused at start, naming this one."""
     world = dist.world_from_env() or dist.World(0, 0, 1)
+    with OutputLock(cfg.output_dir, enabled=world.is_main):
+        return train_and_export(cfg, world)
+
+
+def train_and_export(cfg: SFTConfig, world: dist.World) -> dict:
     dist.check_nodes(cfg.trainer.num_nodes)
     device = dist.init_distributed(world, dist.use_cuda(cfg.trainer.accelerator))
     dist.seed_everything(cfg.trainer.seed)

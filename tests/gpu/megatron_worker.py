@@ -11,6 +11,9 @@ Scenarios (rank 0 writes FILE, a torch.save'd dict):
   rl_update  one GRPO update (grpo.update_policy) on fixed rollouts through the RL setup's own rank
              pinning and policy construction: metrics and the weights synced to the rollout engine
              (megatron, then, in one process, the torch backend)
+  packed_vs_alone  log-probs of a packed row against each of its sequences alone (fp32, bf16)
+
+``--impl`` picks the layer spec (``model.transformer_impl``): Transformer Engine's or the local one.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def backend(args, precision: str, steps: int = 100, lr: float = 1e-3):
     from nemo_ext.backends.megatron.backend import MegatronBackend
 
     model = ModelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp,
-                        context_parallel_size=args.cp, sequence_parallel=args.sp)
+                        context_parallel_size=args.cp, sequence_parallel=args.sp, transformer_impl=args.impl)
     trainer = TrainerConfig(precision=Precision(precision), grad_clip=1.0, seed=1234)
     return MegatronBackend(args.model, model, trainer, OptimConfig(), LRSchedule(lr, 5, steps, lr / 10),
                            batch_sizes=(args.micro, 1))
@@ -72,8 +75,31 @@ def hf_logits(args) -> dict:
             "export_max_abs_diff": max(float((exported[k].float() - v.float()).abs().max())
                                        for k, v in original.items()),
             "export_keys_equal": exported.keys() == original.keys(),
+            "impl": be.impl,
         }
         del be, hf
+        _reset_megatron()
+    return result
+
+
+def packed_vs_alone(args) -> dict:
+    """Log-probs and entropies of one packed row against each of its sequences packed alone, in fp32
+    and bf16: attention must not cross the packed sequences' boundaries."""
+    result = {}
+    for precision in ("fp32", "bf16"):
+        be = backend(args, precision)
+        batch = random_batches(1)[0]
+        [(logp, entropy)] = be.logprobs([batch], temperature=1.0)
+        bounds = batch.cu_seqlens.tolist()
+        singles = [pack_sequences([batch.input_ids[a:b].tolist()], [batch.loss_mask[a:b].tolist()])
+                   for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        alone = be.logprobs(singles, temperature=1.0)
+        logp_alone = torch.cat([lp for lp, _ in alone])
+        entropy_alone = torch.cat([e for _, e in alone])
+        result[precision] = {"logp_max_abs_diff": float((logp - logp_alone).abs().max()),
+                             "entropy_max_abs_diff": float((entropy - entropy_alone).abs().max()),
+                             "impl": be.impl}
+        del be
         _reset_megatron()
     return result
 
@@ -91,7 +117,7 @@ def grads(args) -> dict:
     total = sum(b.num_loss_tokens for b in batches)
     out = be.forward_backward(batches, sft_loss(total), temperature=1.0)
     named = {name: g.float().cpu() for name, g in be.hf_grads()}
-    result = {"loss": out["loss"], "grads": named}
+    result = {"loss": out["loss"], "grads": named, "impl": be.impl}
     if dist.get_world_size() == 1:
         result["hf_loss"], result["hf_grads"] = hf_reference_grads(args.model, batches, total, "cuda")
     return result
@@ -116,7 +142,8 @@ def ckpt_save(args) -> dict:
         be.train_step(batches, loss_fn, temperature=1.0)
     CheckpointManager(Path(args.ckpt), keep_last=1, is_main=dist.get_rank() == 0).save(be, 2, {"data_position": 2})
     [(logp, entropy)] = be.logprobs(batches[:1], temperature=1.0)
-    return {"logp": logp, "entropy": entropy, "next_loss": be.train_step(batches, loss_fn, temperature=1.0)["loss"]}
+    return {"logp": logp, "entropy": entropy, "next_loss": be.train_step(batches, loss_fn, temperature=1.0)["loss"],
+            "impl": be.impl}
 
 
 def ckpt_load(args) -> dict:
@@ -126,7 +153,7 @@ def ckpt_load(args) -> dict:
     [(logp, entropy)] = be.logprobs(batches[:1], temperature=1.0)
     loss_fn = sft_loss(sum(b.num_loss_tokens for b in batches))
     return {"logp": logp, "entropy": entropy, "extra": extra, "step": be.step,
-            "next_loss": be.train_step(batches, loss_fn, temperature=1.0)["loss"]}
+            "next_loss": be.train_step(batches, loss_fn, temperature=1.0)["loss"], "impl": be.impl}
 
 
 def sft_batches(model_dir: str, steps: int, per_step: int, bin_size: int = 1024) -> list[list[PackedBatch]]:
@@ -162,7 +189,7 @@ def sft(args) -> dict:
     error that stopped it (recorded, so the megatron curve survives a torch-backend failure)."""
     steps_batches = sft_batches(args.model, args.steps, args.micro)
     be = backend(args, "bf16", steps=args.steps, lr=args.lr)
-    result = {"megatron": _train(be, steps_batches)}
+    result = {"megatron": _train(be, steps_batches), "impl": be.impl}
     del be
     if dist.get_world_size() == 1:
         from nemo_ext.backends.torch_backend import TorchBackend
@@ -216,6 +243,9 @@ class WeightSink:
     def load_weights(self, weights) -> None:
         self.weights = {name: t.float().cpu().clone() for name, t in weights}
 
+    def wake(self) -> None:
+        pass
+
 
 def rl_update(args) -> dict:
     from nemo_ext.config.rl import PolicyConfig, RLConfig, StageConfig
@@ -229,7 +259,7 @@ def rl_update(args) -> dict:
 
     def one_update(backend_name: BackendName, device=None) -> dict:
         cfg = RLConfig(backend=backend_name, trainer=trainer, stages=[stage],
-                       model=ModelConfig(tensor_model_parallel_size=args.tp),
+                       model=ModelConfig(tensor_model_parallel_size=args.tp, transformer_impl=args.impl),
                        policy=PolicyConfig(init=args.model, micro_batch_tokens=160))
         device = device or join_ranks(cfg)
         policy = build_policy(cfg, Path(args.model), device)
@@ -239,9 +269,10 @@ def rl_update(args) -> dict:
         initial = {name: t.float().cpu().clone() for name, t in policy.hf_weights()}
         metrics = grpo.update_policy(update, stage, rl_groups(), 1.0, grpo.PhaseTimer())
         return {"metrics": metrics, "weights": sink.weights, "initial": initial,
-                "replicas": update.share.replicas, "device": str(device)}
+                "replicas": update.share.replicas, "device": str(device), "impl": getattr(policy, "impl", "torch")}
 
     result = {"megatron": one_update(BackendName.megatron)}
+    result["impl"] = result["megatron"].pop("impl")
     if dist.get_world_size() == 1:
         _reset_megatron()
         result["torch"] = one_update(BackendName.torch, torch.device("cuda", 0))
@@ -249,7 +280,7 @@ def rl_update(args) -> dict:
 
 
 SCENARIOS = {"hf_logits": hf_logits, "grads": grads, "logprobs": logprobs, "ckpt_save": ckpt_save,
-             "ckpt_load": ckpt_load, "sft": sft, "rl_update": rl_update}
+             "ckpt_load": ckpt_load, "sft": sft, "rl_update": rl_update, "packed_vs_alone": packed_vs_alone}
 
 
 def main() -> None:
@@ -262,6 +293,7 @@ def main() -> None:
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--cp", type=int, default=1)
     p.add_argument("--sp", action="store_true")
+    p.add_argument("--impl", default="auto", help="model.transformer_impl: auto, transformer_engine or local")
     p.add_argument("--micro", type=int, default=2, help="micro-batches (packed bins) per step")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--steps", type=int, default=50)

@@ -3,6 +3,7 @@ attention on packed batches, bf16 SFT steps, and FSDP2 over two GPUs against one
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +16,22 @@ ROOT = Path(__file__).resolve().parents[2]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+HAVE_TE = importlib.util.find_spec("transformer_engine") is not None
+
+
 @needs_cuda
-def test_varlen_flash_attention_equals_each_sequence_alone_in_bf16(tiny_model_dir):
+@pytest.mark.parametrize("attn", ["varlen", pytest.param("te", marks=pytest.mark.skipif(
+    not HAVE_TE, reason="Transformer Engine is not installed"))])
+def test_packed_attention_equals_each_sequence_alone_in_bf16(tiny_model_dir, attn):
+    """``model.attn_implementation`` varlen (torch's flash-attention kernel) and te (Transformer
+    Engine's cuDNN attention) on a packed bf16 row against SDPA on each sequence alone."""
     from transformers import AutoModelForCausalLM
 
-    from nemo_ext.backends.attention import VARLEN_ATTENTION, packed_attention_kwargs
+    from nemo_ext.backends.attention import attention_name, packed_attention_kwargs
     from nemo_ext.data.batch import pack_sequences
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=VARLEN_ATTENTION,
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention_name(attn),
                                                  dtype=torch.bfloat16).cuda()
     seqs = [torch.randint(0, 400, (n,)).tolist() for n in (37, 5, 120)]
     b = pack_sequences(seqs, [[1] * len(s) for s in seqs]).to("cuda")

@@ -38,7 +38,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
 from nemo_ext.backends.base import Backend, LossFn
-from nemo_ext.backends.compile import compile_layers
+from nemo_ext.backends.compile import compile_layers, compiled_logprobs
 from nemo_ext.backends.megatron import checkpoint
 from nemo_ext.backends.megatron.context_parallel import gather_logprobs
 from nemo_ext.backends.megatron.convert import Shape
@@ -144,7 +144,8 @@ class MegatronBackend(Backend):
                       for i, m in enumerate(wrapped)]
         self.pad_multiple = math.lcm(self.layout.pad_multiple(), 16 if model_cfg.fp8 else 1)  # FP8 GEMMs: 16 rows
         self.chunk_tokens = model_cfg.logits_chunk_tokens
-        self.grad_clip, self.bf16, self.compiled = trainer_cfg.grad_clip, bf16, trainer_cfg.compile
+        self.grad_clip, self.bf16 = trainer_cfg.grad_clip, bf16
+        self.compiled_logprobs = compiled_logprobs(trainer_cfg, self.device)
         self.reset_optimizer(schedule)
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_world_size = parallel_state.get_data_parallel_world_size()
@@ -195,7 +196,7 @@ class MegatronBackend(Backend):
         weight = output_weight if output_weight is not None else output_layer.weight
         return last_stage_logprobs(hidden_states, weight, micro, vocab_size=self.shape.vocab, temperature=temperature,
                                    with_entropy=with_entropy, sequence_parallel=self.config.sequence_parallel,
-                                   chunk_tokens=self.chunk_tokens, compiled=self.compiled)
+                                   chunk_tokens=self.chunk_tokens, compiled=self.compiled_logprobs)
 
     def _micros(self, micro_batches: list[PackedBatch]) -> list[Micro]:
         cp_rank = parallel_state.get_context_parallel_rank() if self.layout.cp > 1 else 0

