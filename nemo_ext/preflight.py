@@ -176,13 +176,12 @@ def check_model_and_tokenizer(model: str | Path, tokenizer: str | Path | None, w
 
 def check_heldout_file(path: str | None, limit: int, where: str, checks: Checks) -> None:
     """The held-out ``{question, answer}`` JSONL a run scores at its end (when ``path`` and ``limit`` > 0)."""
-    from nemo_ext.sft.data import read_eval_problems
+    from nemo_ext.data.problems import read_problems
 
     if limit <= 0 or not path or not check_jsonl_file(path, where, checks, "held-out {question, answer} JSONL"):
         return
     with checks.catch(where, path):
-        if not read_eval_problems(path, limit):
-            raise ValueError("holds no problems")
+        read_problems(path, "math", limit=limit)  # the held-out evaluator's reader; raises on no problems
 
 
 def check_jsonl_file(path: str | Path, where: str, checks: Checks, what: str) -> bool:

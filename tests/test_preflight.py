@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nemo_ext.config.rl import RLConfig, RLEvalConfig, StageConfig, Task
-from nemo_ext.config.schema import DataConfig, EvalConfig, ModelConfig, SFTConfig, TrainerConfig
+from nemo_ext.config.rl import RLConfig, StageConfig, Task
+from nemo_ext.config.schema import DataConfig, HeldoutConfig, SFTConfig, SFTModelConfig, SFTTrainerConfig
 from nemo_ext.data.shards import make_bin, write_shard
 from nemo_ext.data.sources import ChatFields
 from nemo_ext.data.synthetic import write_split
@@ -38,7 +38,7 @@ def rl_config(init: Path | str, math: Path | None, code: Path | None, **eval_kw)
               StageConfig(name="code_long", task=Task.code, data=str(code) if code else None, steps=1),
               StageConfig(name="math_again", task=Task.math, data=str(math) if math else None, steps=1)]
     return RLConfig(policy=replace(RLConfig().policy, init=str(init)), stages=stages,
-                    eval=RLEvalConfig(num_problems=0, **eval_kw))
+                    eval=HeldoutConfig(num_problems=0, **eval_kw))
 
 
 def problems_of(run, cfg) -> list[str]:
@@ -70,7 +70,7 @@ def test_rl_missing_and_empty_prompt_files(tiny_model_dir, tmp_path, prompt_file
     empty.write_text("\n")
     # two stages read the same file: one line names both
     assert problems_of(check_rl_inputs, rl_config(tiny_model_dir, empty, prompt_files[1])) == [
-        f"stages 'math_short', 'math_again' (stages[0].data, stages[2].data, task math): {empty}: no prompts"]
+        f"stages 'math_short', 'math_again' (stages[0].data, stages[2].data, task math): {empty}: no problems"]
     assert problems_of(check_rl_inputs, rl_config(tiny_model_dir, tmp_path, prompt_files[1]))[0].endswith(
         f"{tmp_path}: is not a file (write it with data_prep/rl_prompts.py --task math; docs/rl.md, \"RL prompts\")")
 
@@ -151,8 +151,8 @@ def pack(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def sft_config(model: Path | str, train_dir: Path, global_batch_size: int = 4) -> SFTConfig:
-    return SFTConfig(model=ModelConfig(name_or_path=str(model)), data=DataConfig(train_dir=str(train_dir)),
-                     trainer=TrainerConfig(global_batch_size=global_batch_size), eval=EvalConfig(num_problems=0))
+    return SFTConfig(model=SFTModelConfig(name_or_path=str(model)), data=DataConfig(train_dir=str(train_dir)),
+                     trainer=SFTTrainerConfig(global_batch_size=global_batch_size), eval=HeldoutConfig(num_problems=0))
 
 
 def broken_pack(pack: Path, tmp_path: Path, name: str) -> Path:
@@ -202,7 +202,7 @@ def test_sft_shard_contents(tiny_model_dir, pack, tmp_path):
         f"{where}: {count / first}: holds {meta['shards'][0]['bins']} bins, metadata.json says 99"]
     total = sum(s["bins"] for s in meta["shards"])
     found = problems_of(check_sft_inputs, replace(sft_config(tiny_model_dir, pack, global_batch_size=total + 1),
-                                                  model=ModelConfig(name_or_path=str(tiny_model_dir),
+                                                  model=SFTModelConfig(name_or_path=str(tiny_model_dir),
                                                                     max_position_embeddings=256)))
     assert found == [f"{where}: {pack}: holds {total} bins, fewer than trainer.global_batch_size={total + 1}",
                      f"{where}: {pack}: bins of up to 512 tokens, more than the model's 256 positions (set "
@@ -239,7 +239,7 @@ def test_eval_benchmarks_and_checkpoint(tiny_model_dir, tmp_path, capsys):
     assert f"benchmark 'aime24' (source.path): {missing}: no such file" in err
     wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"question": "No 'problem' column."}])
     err = errors(str(tiny_model_dir), "aime24", f"benchmarks.aime24.source.path={wrong}")
-    assert f"benchmark 'aime24' (source.path): {wrong}: row 0: missing column 'answer' (columns: ['question'])" in err
+    assert f"benchmark 'aime24' (source.path): {wrong}: row 0: missing key 'id' (the id; keys: ['question'])" in err
     no_template = shutil.copytree(tiny_model_dir, tmp_path / "no_template")
     (no_template / "chat_template.jinja").unlink()
     err = errors(str(no_template), "embedded")

@@ -98,8 +98,8 @@ def shipped_configs() -> dict[str, object]:
 def test_every_key_of_every_shipped_yaml_is_read():
     """No key accepted but ignored: each key of each shipped config's schema (recipes/conf, the
     benchmark registry, launcher.yaml) is read by the code as an attribute. This would have caught
-    trainer.eval_every and model.attn_implementation, which nothing read; SFT-only keys cannot reach
-    an RL config (tests/test_rl_config.py)."""
+    trainer.eval_every, which nothing read (and model.attn_implementation, before the torch backend
+    read it); SFT-only keys cannot reach an RL config (tests/test_rl_config.py)."""
     read, configs = attributes_read(), shipped_configs()
     assert len(configs) >= 8
     unread = sorted({f"{name}: {key}" for name, cfg in configs.items() for key, field_name in schema_keys(cfg)

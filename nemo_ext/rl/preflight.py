@@ -38,7 +38,7 @@ def check_rl_inputs(cfg: RLConfig) -> None:
     validate_rl_config(cfg)
     checks = Checks()
     if cfg.policy.init != "tiny":
-        check_model_and_tokenizer(cfg.policy.init, cfg.model.tokenizer, "policy.init", checks,
+        check_model_and_tokenizer(cfg.policy.init, None, "policy.init", checks,
                                   hint="pass the SFT run's hf/ export (python recipes/sft.py writes runs/sft_tiny/hf)")
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, stage in enumerate(cfg.stages):
