@@ -102,13 +102,11 @@ def vllm_response_logprobs(engine, prompt_ids: list[int], response_ids: list[int
 
 
 def trainer_response_logprobs(run, prompt, response_ids: list[int]) -> torch.Tensor:
-    from nemo_ext.config.rl import AdvantageConfig
-    from nemo_ext.generation import Completion
-    from nemo_ext.rl.experience import Group, build_experience
+    """The trainer's log-probs (temperature 1) of ``response_ids`` after ``prompt``."""
+    from nemo_ext.data.batch import pack_sequences
 
-    completion = Completion("", response_ids, None, "stop", False)
-    group = Group(prompt, run.rollouts.tokens(prompt), [completion], [0.0], [False])
-    [mb] = build_experience([group], AdvantageConfig(), False, 4096, len(response_ids)).untrained
+    prompt_ids = run.rollouts.tokens(prompt)
+    mb = pack_sequences([prompt_ids + response_ids], [[0] * len(prompt_ids) + [1] * len(response_ids)])
     logp, _ = run.backend.logprobs([mb], temperature=1.0)[0]
     return logp[mb.loss_mask.bool()]
 
