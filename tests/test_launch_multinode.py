@@ -40,7 +40,7 @@ from tests.slurm_cluster import REPO, write_launcher_config
 pytestmark = pytest.mark.slow
 
 SFT = ["trainer.max_steps=12", "trainer.global_batch_size=4", "data.bin_size=512", "data.synthetic.num_train=200",
-       "data.synthetic.num_eval=10", "eval.num_problems=0", "logging.progress_bar=false", "logging.plot=false",
+       "eval.num_problems=0", "logging.progress_bar=false", "logging.plot=false",
        "logging.tensorboard=false", "logging.log_every=1", "checkpoint.save_every=2"]
 # One GRPO stage of two steps on the synthetic task from a fresh tiny model; the soft overlong
 # punishment gives the groups unequal rewards, so the update is not zero (tests/test_rl_integration.py).

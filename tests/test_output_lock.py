@@ -131,15 +131,12 @@ def test_data_jobs_refuse_an_output_in_use(tmp_path, job):
     assert not out.exists()
 
 
-def test_evaluation_refuses_an_output_dir_in_use(tmp_path, capsys):
+def test_evaluation_refuses_an_output_dir_in_use(tmp_path, capsys, tiny_model_dir):
     from nemo_ext.evaluation.cli import main
 
-    checkpoint = tmp_path / "ckpt"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text("{}")
-    out = tmp_path / "eval"
+    out = tmp_path / "eval"  # a real checkpoint: the preflight passes, the lock refuses
     with held_elsewhere(out) as proc:
         for command in ("generate", "score"):
-            assert main([command, str(checkpoint), "embedded", f"output_dir={out}"]) == 1
+            assert main([command, str(tiny_model_dir), "embedded", f"output_dir={out}"]) == 1
             assert holder_of(proc) in capsys.readouterr().err
     assert not out.exists()
