@@ -65,9 +65,7 @@ def packed_causal_attention(q_THD: torch.Tensor, k_TGD: torch.Tensor, v_TGD: tor
         raise ValueError(f"{q_THD.shape[1]} query heads are not a multiple of {k_TGD.shape[1]} KV heads")
     cu_k = cu_seqlens if cu_seqlens_k is None else cu_seqlens_k
     max_k = max_seqlen if max_seqlen_k is None else max_seqlen_k
-    if q_THD.is_cuda and torch.is_autocast_enabled("cuda"):
-        # as SDPA does under autocast; HF's RoPE returns fp32 queries and keys when the residual is fp32
-        q_THD, k_TGD, v_TGD = (x.to(torch.get_autocast_dtype("cuda")) for x in (q_THD, k_TGD, v_TGD))
+    q_THD, k_TGD, v_TGD = _autocast_inputs(q_THD, k_TGD, v_TGD)
     if q_THD.is_cuda and q_THD.dtype in (torch.float16, torch.bfloat16):
         if varlen_attn is None:
             raise RuntimeError(f"packed attention on CUDA needs torch >= 2.10 (varlen_attn), not {torch.__version__}")
@@ -82,9 +80,15 @@ def te_packed_causal_attention(q_THD: torch.Tensor, k_TGD: torch.Tensor, v_TGD: 
     """``packed_causal_attention`` through Transformer Engine's fused attention (cuDNN's Hopper
     kernels; the shapes and dtypes as there, bf16 / fp16 on CUDA). Outside torch.compile's graphs:
     TE's modules do not trace."""
-    if q_THD.is_cuda and torch.is_autocast_enabled("cuda"):
-        q_THD, k_TGD, v_TGD = (x.to(torch.get_autocast_dtype("cuda")) for x in (q_THD, k_TGD, v_TGD))
-    return _te_call(q_THD, k_TGD, v_TGD, cu_seqlens.to(torch.int32), max_seqlen, scale)
+    return _te_call(*_autocast_inputs(q_THD, k_TGD, v_TGD), cu_seqlens.to(torch.int32), max_seqlen, scale)
+
+
+def _autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors in the autocast dtype when CUDA autocast is on, as SDPA does under autocast: HF's
+    RoPE returns fp32 queries and keys when the residual is fp32."""
+    if tensors[0].is_cuda and torch.is_autocast_enabled("cuda"):
+        return tuple(x.to(torch.get_autocast_dtype("cuda")) for x in tensors)
+    return tensors
 
 
 @torch.compiler.disable

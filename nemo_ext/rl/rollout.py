@@ -58,8 +58,7 @@ class RolloutEngine:
             enable_sleep_mode=self.sleep_mode,
             dtype="float32" if cfg.dtype == "auto" and not on_gpu else cfg.dtype,
         )
-        self.asleep = False  # weights offloaded and KV cache dropped
-        self.kv_asleep = False  # KV cache still dropped (weights woken for a sync)
+        self.dropped: set[str] = set()  # what sleep took and is not back yet: "weights", "kv_cache"
 
     def _sampling(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
                   logprobs: bool, positions: Sequence[int] | None) -> dict:
@@ -85,39 +84,40 @@ class RolloutEngine:
                                                                   logprobs, positions))
 
     def _check_awake(self) -> None:
-        if self.asleep or self.kv_asleep:
+        if self.dropped:
             raise RuntimeError("the rollout engine is asleep: load_weights() and wake() before generating")
 
     def sleep(self) -> float:
         """Free the GPU for the trainer: level 1 offloads vLLM's weights to host memory and drops its
         KV cache. Returns the seconds it took (0 on CPU or without sleep mode)."""
-        if not self.sleep_mode or self.asleep:
+        if not self.sleep_mode or self.dropped:
             return 0.0
         start = time.perf_counter()
         self.llm.sleep(level=1)
-        self.asleep = self.kv_asleep = True
+        self.dropped = {"weights", "kv_cache"}
         return time.perf_counter() - start
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
         """Copy new weights into the engine (waking its weights first if asleep; its KV cache stays
         dropped until ``wake``); returns the seconds it took."""
         start = time.perf_counter()
-        if self.asleep:
-            # The trainer's freed blocks stay reserved by torch's caching allocator, outside the
-            # memory vLLM's pool wakes into: hand them back to the driver first.
-            torch.cuda.empty_cache()
-            self.llm.wake_up(tags=["weights"])
-            self.asleep = False
+        if "weights" in self.dropped:
+            self._wake_up({"weights"})
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
         self.llm.reset_prefix_cache()
         return time.perf_counter() - start
 
     def wake(self) -> float:
         """Bring back whatever sleep dropped (weights, KV cache); returns the seconds it took."""
-        if not (self.asleep or self.kv_asleep):
+        if not self.dropped:
             return 0.0
         start = time.perf_counter()
-        torch.cuda.empty_cache()
-        self.llm.wake_up(tags=None if self.asleep else ["kv_cache"])
-        self.asleep = self.kv_asleep = False
+        self._wake_up(self.dropped)
         return time.perf_counter() - start
+
+    def _wake_up(self, tags: set[str]) -> None:
+        # The trainer's freed blocks stay reserved by torch's caching allocator, outside the memory
+        # vLLM's pool wakes into: hand them back to the driver first.
+        torch.cuda.empty_cache()
+        self.llm.wake_up(tags=sorted(tags))
+        self.dropped -= tags
