@@ -10,13 +10,14 @@ Every response runs to ``--max-len`` (``ignore_eos``): the worst case for memory
 Baseline, in the same run and first: the ceiling, a process holding only the rollout engine
 (``RolloutEngine``, the same settings) generating the same batch with the same seeds. Then, per
 backend, a process holding the trainer and the engine, as ``recipes/rl.py`` builds them
-(``rl.setup.build_run``), runs ``--steps`` steps of the loop's own phases: ``grpo.rollout_groups``
-(generate, the reward pool scoring each response as it finishes, gather), then ``grpo.update_policy``
-(advantages, sleep, log-prob pass, update, weight sync, wake). Random weights solve nothing, so every reward would be 0
+(``rl.setup.build_run``), runs the loop's own phases: ``grpo.rollout_groups`` (generate, the reward
+pool scoring each response as it finishes, gather), then ``grpo.update_policy`` (advantages, sleep,
+log-prob pass, update, weight sync, wake). Random weights solve nothing, so every reward would be 0
 and no group would train: the step's rewards are replaced by alternating 0/1 within each group,
-which makes every response train (the update's worst case). The first step is a warm-up (compiles);
-figures are medians of the rest. Every response hits the length limit, so overlong filtering is off
-(it would drop them all).
+which makes every response train (the update's worst case). A warm-up step (compiles, CUDA caches)
+at ``--warmup-len`` response tokens comes first, so that it costs little of a call's ten minutes;
+figures are medians of the ``--steps`` timed steps after it. Every response hits the length limit,
+so overlong filtering is off (it would drop them all).
 
 Reported: seconds per phase, generation tokens/s against the ceiling's, the share of the step that
 is not generation, the weight-sync seconds, the engine's GPU memory (what it took at start) and the
@@ -26,6 +27,7 @@ trainer's peak (``torch.cuda.max_memory_allocated`` while the engine sleeps).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -74,8 +76,8 @@ def rl_config(args, backend: str):
         TrainerConfig,
     )
 
-    stage = StageConfig(name="bench", num_prompts=args.prompts * args.steps, max_response_len=args.max_len,
-                        group_size=args.group, prompts_per_step=args.prompts, lr=1e-6, steps=args.steps,
+    stage = StageConfig(name="bench", num_prompts=args.prompts * (args.steps + 1), max_response_len=args.max_len,
+                        group_size=args.group, prompts_per_step=args.prompts, lr=1e-6, steps=args.steps + 1,
                         temperature=TemperatureConfig(value=1.0),
                         overlong=OverlongConfig(filter=False))  # every response is truncated: keep them all
     return RLConfig(
@@ -115,7 +117,7 @@ def work_ceiling(args) -> dict:
     stage, before = cfg.stages[0], free_bytes()
     engine = RolloutEngine(args.model_dir, cfg.rollout, cfg.rollout.max_model_len, cfg.trainer.seed, ignore_eos=True)
     engine_bytes = before - free_bytes()
-    step = 1 if args.steps > 1 else 0
+    step = 1  # the first timed step's batch (step 0 is the warm-up)
     texts = [p.text for p in step_prompts(cfg, step)]
     engine.sample(texts[:2], n=2, temperature=1.0, max_tokens=16, seed=0)  # warm-up
     start = time.perf_counter()
@@ -128,7 +130,7 @@ def work_ceiling(args) -> dict:
 
 
 def work_step(args) -> dict:
-    """``--steps`` steps of the loop's phases with the trainer in the process."""
+    """The warm-up step and ``--steps`` timed steps of the loop's phases with the trainer in the process."""
     from nemo_ext.rl.grpo import PhaseTimer, rollout_groups, step_seed, update_policy
     from nemo_ext.rl.setup import build_run, close_run
     from nemo_ext.rl.stages import stage_lr_schedule
@@ -140,11 +142,13 @@ def work_step(args) -> dict:
     run.rollouts.engine.ignore_eos = True
     engine_and_trainer = before - free_bytes()
     run.backend.reset_optimizer(stage_lr_schedule(stage))
+    warmup = dataclasses.replace(stage, max_response_len=args.warmup_len)
     steps = []
     try:
-        for step in range(args.steps):
+        for step in range(args.steps + 1):
             timer, start = PhaseTimer(), time.perf_counter()
-            groups = rollout_groups(run.rollouts, stage, step_prompts(cfg, step), 1.0,
+            step_stage = warmup if step == 0 else stage
+            groups = rollout_groups(run.rollouts, step_stage, step_prompts(cfg, step), 1.0,
                                     step_seed(cfg.trainer.seed, step, 0), timer)
             for g in groups:  # every response trains (see the module docstring)
                 g.rewards = [float(j % 2) for j in range(len(g.rewards))]
@@ -154,7 +158,7 @@ def work_step(args) -> dict:
                 run.rollouts.engine.sleep()
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            metrics = update_policy(run.update, stage, groups, 1.0, timer)
+            metrics = update_policy(run.update, step_stage, groups, 1.0, timer)
             wall = time.perf_counter() - start
             tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
             steps.append({"step_s": wall, "tokens": tokens, **{f"{k}_s": v for k, v in timer.seconds.items()},
@@ -168,7 +172,7 @@ def work_step(args) -> dict:
 
 
 def summarize(backend: str, step_result: dict, ceiling: dict) -> dict:
-    timed = step_result["steps"][1:] or step_result["steps"]
+    timed = step_result["steps"][1:]  # the first is the warm-up
     med = {k: statistics.median(s.get(k, 0.0) for s in timed) for k in timed[0] if isinstance(timed[0][k], float)}
     gen_tps = statistics.median(s["tokens"] / s["generate_s"] for s in timed)
     return {"backend": backend, **{k: round(v, 3) for k, v in med.items()},
@@ -182,8 +186,8 @@ def summarize(backend: str, step_result: dict, ceiling: dict) -> dict:
 
 def run_worker(args, worker: str, result: Path, backend: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", worker, "--model-dir", args.model_dir, "--result", str(result)]
-    for key in ("shape", "layers", "max_len", "prompts", "group", "steps", "micro_tokens", "gpu_memory_utilization",
-                "reward_workers", "accelerator"):
+    for key in ("shape", "layers", "max_len", "warmup_len", "prompts", "group", "steps", "micro_tokens",
+                "gpu_memory_utilization", "reward_workers", "accelerator"):
         if getattr(args, key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += (["--backend-name", backend] if backend else []) + ([] if args.compile else ["--no-compile"])
@@ -206,7 +210,8 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=8192, help="response tokens (every response runs to it)")
     p.add_argument("--prompts", type=int, default=64, help="prompts per step")
     p.add_argument("--group", type=int, default=8, help="responses per prompt")
-    p.add_argument("--steps", type=int, default=2, help="steps per backend; the first is a warm-up")
+    p.add_argument("--steps", type=int, default=1, help="timed steps per backend, after the warm-up step")
+    p.add_argument("--warmup-len", type=int, default=512, help="response tokens of the warm-up step")
     p.add_argument("--micro-tokens", type=int, default=16384, help="policy.micro_batch_tokens")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="rollout.gpu_memory_utilization")
     p.add_argument("--reward-workers", type=int, default=4)

@@ -2,7 +2,9 @@
 # A GPU check on the GPU machine, after the install commands of ../shared/GPU.md ("The big two").
 # Carry .gpu/stack/install.sh, .gpu/stack/manifest, .gpu/wheels and .gpu/tiny_sft (a tiny SFT export).
 #   bash scripts/gpu_run.sh rollout|megatron|recipe [pytest -k expr]; rlstep|sft [bench arguments]
-# Each phase stops within the 10-minute limit; logs go to $OUT (at most 8 files).
+#   bash scripts/gpu_run.sh fp8conv [bench/fp8_convergence.py arguments]
+# Each phase stops after PHASE_TIMEOUT seconds (default 540, within the 10-minute limit of a call),
+# so that two phases can share one call; logs go to $OUT (appended; at most 8 files).
 set -uo pipefail
 bash .gpu/stack/install.sh >/tmp/install.log 2>&1 || { cat /tmp/install.log; echo "stack incomplete"; exit 3; }
 . /tmp/site/env.sh
@@ -15,11 +17,14 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PYTHONPATH NEMO_EXT_TINY_SFT=$PWD/.gp
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader
 python3 -c "import torch, vllm, transformer_engine, megatron.core as m; print('torch', torch.__version__, 'vllm', vllm.__version__, 'te', transformer_engine.__version__, 'mcore', m.__version__)" 2>&1 | tail -1
 phase=$1; shift
+T=${PHASE_TIMEOUT:-540}
 case $phase in
-  rollout) timeout 540 python3 -m pytest -q -m gpu tests/gpu/test_rollout_gpu.py -s -p no:cacheprovider -k "${1:-not (expandable and megatron) and not (learns and megatron)}" 2>&1 | tee $OUT/rollout.log | grep -v "^INFO\|^(\|WARNING" | tail -60 ;;
-  megatron) timeout 540 python3 -m pytest -q -m gpu tests/gpu/test_megatron_gpu.py tests/gpu/test_torch_backend_gpu.py -s -p no:cacheprovider -k "${1:-not nothing}" 2>&1 | tee $OUT/megatron.log | tail -60 ;;
-  recipe) timeout 540 python3 -m pytest -q -m gpu tests/gpu/test_rl_recipe_gpu.py -s -p no:cacheprovider 2>&1 | tee $OUT/recipe.log | grep -v "^INFO\|^(" | tail -40 ;;
-  rlstep) mkdir -p /tmp/rlstep; timeout 540 python3 bench/rl_step.py --logs /tmp/rlstep --out $OUT/rl_step.jsonl "$@" 2>&1 | tee $OUT/rl_step.log | tail -30; tar czf $OUT/rl_step_workers.tgz -C /tmp rlstep ;;
-  sft) mkdir -p /tmp/sftlogs; timeout 540 python3 bench/sft_throughput.py --worker-logs /tmp/sftlogs --out $OUT/sft.jsonl "$@" 2>&1 | tee $OUT/sft.log | tail -30; tar czf $OUT/sft_workers.tgz -C /tmp sftlogs ;;
+  rollout) timeout $T python3 -m pytest -q -m gpu tests/gpu/test_rollout_gpu.py -s -p no:cacheprovider -k "${1:-not (expandable and megatron) and not (learns and megatron)}" 2>&1 | tee -a $OUT/rollout.log | grep -v "^INFO\|^(\|WARNING" | tail -60 ;;
+  megatron) timeout $T python3 -m pytest -q -m gpu tests/gpu/test_megatron_gpu.py tests/gpu/test_torch_backend_gpu.py -s -p no:cacheprovider -k "${1:-not nothing}" 2>&1 | tee -a $OUT/megatron.log | tail -60 ;;
+  recipe) timeout $T python3 -m pytest -q -m gpu tests/gpu/test_rl_recipe_gpu.py -s -p no:cacheprovider 2>&1 | tee -a $OUT/recipe.log | grep -v "^INFO\|^(" | tail -40 ;;
+  rlstep) mkdir -p /tmp/rlstep; timeout $T python3 bench/rl_step.py --logs /tmp/rlstep --out $OUT/rl_step.jsonl "$@" 2>&1 | tee -a $OUT/rl_step.log | tail -30; tar czf $OUT/rl_step_workers.tgz -C /tmp rlstep ;;
+  sft) mkdir -p /tmp/sftlogs; timeout $T python3 bench/sft_throughput.py --worker-logs /tmp/sftlogs --out $OUT/sft.jsonl "$@" 2>&1 | tee -a $OUT/sft.log | tail -30; tar czf $OUT/sft_workers.tgz -C /tmp sftlogs ;;
+  fp8conv) timeout $T python3 bench/fp8_convergence.py --out-dir /tmp/fp8conv "$@" 2>&1 | tee -a $OUT/fp8conv.log | tail -30
+    cp /tmp/fp8conv/losses.json /tmp/fp8conv/fp8_convergence.png $OUT/ 2>/dev/null; tar czf $OUT/fp8conv_logs.tgz -C /tmp fp8conv ;;
   *) echo "unknown phase $phase"; exit 2 ;;
 esac
