@@ -237,7 +237,7 @@ def worker(args) -> None:
     result = dict(backend=label, **setting, shape=args.shape, layers=cfg.num_hidden_layers,
                   tp=args.tp if ngpu > 1 else 1, gpus=ngpu, bin=args.bin, recompute=args.recompute,
                   optimizer=not args.no_optimizer, params=num_params(cfg), tokens_per_s=tokens / total,
-                  median_step_s=statistics.median(times),
+                  median_step_s=statistics.median(times), step_s=[round(t, 4) for t in times],
                   tflops_per_gpu=flops / total / ngpu / 1e12, mfu=flops / total / ngpu / PEAK_FLOPS,
                   peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30, card=torch.cuda.get_device_name())
     if int(os.environ.get("RANK", 0)) == 0:
@@ -287,7 +287,9 @@ def run_backend(args, backend: str, model_dir: Path, result: Path, fp8_recipe: s
     for recompute in dict.fromkeys([args.recompute, *oom_fallbacks(backend)]):
         run_cmd = [*cmd[:-1], recompute] if cmd[-2] == "--recompute" else cmd
         print("+", " ".join(run_cmd), flush=True)
-        proc = subprocess.run(run_cmd, capture_output=True, text=True)
+        # recompiles in the worker's log: the first suspect when one timed step is slower than the rest
+        env = {**os.environ, "TORCH_LOGS": os.environ.get("TORCH_LOGS", "recompiles")}
+        proc = subprocess.run(run_cmd, capture_output=True, text=True, env=env)
         if args.worker_logs:
             Path(args.worker_logs, f"{name}.{recompute}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode == 0:
@@ -353,12 +355,14 @@ def main() -> None:
                     with open(args.out, "a") as f:
                         f.write(json.dumps(r) + "\n")
     print(f"\n{'backend':<12} {'layout':<14} {'tokens/s':>10} {'TFLOP/s/GPU':>12} {'MFU':>6} {'mem GiB':>8} "
-          f"{'ratio':>6}")
+          f"{'ratio':>6} {'steps (s)'}")
     for r in results:
         layout = f"{r['gpus']}gpu tp{r['tp']} {r['recompute'][:4]}"
         ratio = r["tokens_per_s"] / r["gpus"] / (results[0]["tokens_per_s"] / results[0]["gpus"])
+        # tokens/s is over all timed steps: a slow step (a recompile, a new kernel plan) shows here
+        steps = " ".join(f"{t:.3f}" for t in r["step_s"])
         print(f"{r['backend']:<12} {layout:<14} {r['tokens_per_s']:>10.0f} {r['tflops_per_gpu']:>12.1f} "
-              f"{r['mfu']:>6.1%} {r['peak_mem_gib']:>8.1f} {ratio:>6.2f}")
+              f"{r['mfu']:>6.1%} {r['peak_mem_gib']:>8.1f} {ratio:>6.2f} {steps}")
     if results:
         print(f"card: {results[0]['card']}; shape {args.shape} ({results[0]['params'] / 1e9:.2f}B params, "
               f"{results[0]['layers']} layers); ratio = per-GPU tokens/s / {results[0]['backend']}'s")

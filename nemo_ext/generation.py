@@ -112,14 +112,22 @@ def build_engine(
     )
 
 
-def _completion(output, seed: int, with_logprobs: bool) -> Completion:
+def _completion(output, seed: int, with_logprobs: bool, tokenizer=None) -> Completion:
+    """``output``: vLLM's CompletionOutput; ``tokenizer``: decode the text here (the request ran with
+    ``detokenize=False``) instead of taking vLLM's."""
     token_ids = list(output.token_ids)
     logprobs = None
     if with_logprobs:
         # Each position maps token id -> Logprob; the sampled token is always among them.
         logprobs = [pos[tok].logprob for tok, pos in zip(token_ids, output.logprobs, strict=True)]
+    text = output.text
+    if tokenizer is not None:
+        # As vLLM's detokenizer: without the token that stopped generation (EOS), and without a trailing
+        # incomplete UTF-8 sequence (decoded as U+FFFD), which vLLM holds back until more tokens come
+        text = tokenizer.decode(token_ids[:-1] if output.finish_reason == "stop" else token_ids,
+                                skip_special_tokens=True).rstrip("\ufffd")
     return Completion(
-        text=output.text,
+        text=text,
         token_ids=token_ids,
         logprobs=logprobs,
         finish_reason=str(output.finish_reason),
@@ -139,12 +147,17 @@ def iter_generate(
     seed: int | Sequence[int],
     logprobs: bool = False,
     ignore_eos: bool = False,
+    detokenize: bool = True,
 ) -> Iterator[tuple[int, int, Completion]]:
     """Yield ``(prompt_index, sample_index, completion)`` in order of completion.
 
     prompts: full prompt texts (chat template already applied, see ``nemo_ext.data.prompts``).
     seed: one base seed for all prompts, or one per prompt; sample j of prompt i uses seed_i + j.
     ignore_eos: every sample runs to ``max_tokens`` (benchmarks: the worst case for memory).
+    detokenize: False = vLLM does not detokenize while it generates (its incremental detokenizer and
+    the decoding of every log-prob's token are most of its per-token host time, which bounds decode
+    speed on a GPU: docs/performance.md); each finished sample's text is then decoded here in one
+    call, equal to vLLM's (``tests/test_eval_generation.py`` compares them).
     Closing the iterator early aborts the requests still running.
     """
     from vllm import SamplingParams
@@ -159,9 +172,10 @@ def iter_generate(
         return
     params = [
         SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=s,
-                       logprobs=0 if logprobs else None, ignore_eos=ignore_eos)
+                       logprobs=0 if logprobs else None, ignore_eos=ignore_eos, detokenize=detokenize)
         for _, _, s in jobs
     ]
+    tokenizer = None if detokenize else llm.get_tokenizer()
     internal_ids = llm.enqueue([prompts[i] for i, _, _ in jobs], params, use_tqdm=False)
     # Outputs carry the external id, i.e. the internal one without its random "-xxxxxxxx" suffix.
     pending = {rid.rsplit("-", 1)[0]: job for rid, job in zip(internal_ids, jobs, strict=True)}
@@ -171,7 +185,7 @@ def iter_generate(
             for out in engine.step():
                 if out.finished and out.request_id in pending:
                     i, j, s = pending.pop(out.request_id)
-                    yield i, j, _completion(out.outputs[0], s, logprobs)
+                    yield i, j, _completion(out.outputs[0], s, logprobs, tokenizer)
     finally:
         if pending:
             engine.abort_request(list(pending))
@@ -188,11 +202,13 @@ def generate(
     seed: int | Sequence[int],
     logprobs: bool = False,
     ignore_eos: bool = False,
+    detokenize: bool = True,
 ) -> list[list[Completion]]:
-    """``n`` completions per prompt: ``result[i][j]`` is sample j of prompt i (seed ``seed_i + j``)."""
+    """``n`` completions per prompt: ``result[i][j]`` is sample j of prompt i (seed ``seed_i + j``);
+    the arguments as ``iter_generate``'s."""
     result: list[list[Completion | None]] = [[None] * n for _ in prompts]
     for i, j, completion in iter_generate(llm, prompts, n=n, temperature=temperature, top_p=top_p,
                                           max_tokens=max_tokens, seed=seed, logprobs=logprobs,
-                                          ignore_eos=ignore_eos):
+                                          ignore_eos=ignore_eos, detokenize=detokenize):
         result[i][j] = completion
     return result  # type: ignore[return-value]

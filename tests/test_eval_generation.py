@@ -31,6 +31,12 @@ def test_generation_on_vllm_cpu(tmp_path):
     assert facts["max_gap_vs_hf_raw"] > 0.05
     assert facts["unfinished_after_close"] == 0  # closing the stream aborted the rest
     assert facts["wide_batch_prompt_tokens"] > 4096 and facts["wide_batch_samples"] == 80
+    # detokenize=False: the same samples, and the texts decoded once each equal vLLM's incremental ones,
+    # EOS-stopped samples and the random model's stray bytes (incomplete UTF-8) included
+    own = facts["own_decode"]
+    assert own["samples"] == 80 and own["same_tokens_and_logprobs"]
+    assert own["stopped_on_eos"] >= 1 and own["with_replacement_chars"] >= 1
+    assert own["texts_differing"] == []
 
 
 def test_sleep_mode_on_cpu_is_refused_before_any_engine_starts(monkeypatch):

@@ -36,6 +36,9 @@ class RolloutEngine:
     back). Each returns its seconds. On CPU, or without sleep mode, sleep and wake do nothing.
 
     ignore_eos: every response runs to its length limit (benchmarks only: the worst case for memory).
+    Responses are generated with ``detokenize=False`` and decoded once each when they finish
+    (``generation.iter_generate``): vLLM's per-token detokenizing is host time that bounds decode
+    speed with hundreds of responses in flight.
     """
 
     def __init__(self, model_path: str, cfg: RolloutConfig, max_model_len: int, seed: int,
@@ -63,7 +66,8 @@ class RolloutEngine:
     def _sampling(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
                   logprobs: bool, positions: Sequence[int] | None) -> dict:
         return dict(n=n, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens,
-                    seed=_seeds(seed, n, len(prompts), positions), logprobs=logprobs, ignore_eos=self.ignore_eos)
+                    seed=_seeds(seed, n, len(prompts), positions), logprobs=logprobs, ignore_eos=self.ignore_eos,
+                    detokenize=False)
 
     def sample(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
                logprobs: bool = True, positions: Sequence[int] | None = None) -> list[list[Completion]]:

@@ -138,7 +138,7 @@ def test_tiny_schedule_learns_on_the_gpu_and_resumes_after_a_kill(tmp_path, tiny
     the first stage after its first checkpoint, then started again with the same command, it resumes
     and finishes both stages; held-out exact match after the schedule beats the SFT model's by at
     least two standard errors of the difference (200 problems each)."""
-    out, log = tmp_path / "rl", tmp_path / "first.log"
+    out, log, start = tmp_path / "rl", tmp_path / "first.log", time.time()
     with log.open("w") as sink:
         first = subprocess.Popen(_rl_cmd(tiny_sft, out, backend), env=_env(), stdout=sink, stderr=subprocess.STDOUT,
                                  start_new_session=True)
@@ -149,10 +149,12 @@ def test_tiny_schedule_learns_on_the_gpu_and_resumes_after_a_kill(tmp_path, tiny
             time.sleep(0.5)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+    print(f"tiny schedule [{backend}]: killed after 5 logged steps, {time.time() - start:.0f} s in", flush=True)
     assert not (out / "eval.json").exists() or "len160" not in json.loads((out / "eval.json").read_text())
     second = subprocess.run(_rl_cmd(tiny_sft, out, backend), env=_env(), capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-4000:]
     assert "[rl] resumed from" in second.stdout, second.stdout[-3000:]
+    print(f"tiny schedule [{backend}]: resumed and finished, {time.time() - start:.0f} s in", flush=True)
     results = json.loads((out / "eval.json").read_text())
     assert set(results) == {"init", "len130", "len160"}
     n = 200
