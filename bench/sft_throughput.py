@@ -10,8 +10,9 @@ bins (forward, backward, optimizer step unless ``--no-optimizer``); ``--warmup``
 ones, synchronized. Reported per backend: tokens/s, per-GPU model TFLOP/s and MFU, peak memory, and the
 ratio to the first backend listed.
 
-Model FLOPs = 6 x params x tokens + 6 x layers x hidden x sum(len^2) (causal attention, recompute not
-counted); MFU = model FLOP/s per GPU / 989 TFLOP/s (H100 SXM dense bf16).
+Model FLOPs = 6 x matmul params x tokens + 6 x layers x hidden x sum(len^2) (causal attention, recompute
+not counted; the input embedding, a lookup, is not a matmul: ``models.hf_config.matmul_parameters``), as
+the trainers log it; MFU = model FLOP/s per GPU / 989 TFLOP/s (H100 and H200 SXM dense bf16).
 Backends: ``megatron[_te|_local][_compile][_fp8]``: the layer spec (default: Transformer Engine's
 where it imports, as ``backend=megatron`` picks; ``_te`` / ``_local`` force one), ``trainer.compile=true``
 (each decoder layer under torch.compile), and FP8 in the format ``--fp8`` with each recipe of
@@ -26,6 +27,7 @@ gradient checkpointing, fp32 master weights + bf16 autocast, fused AdamW, one op
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -54,13 +56,6 @@ def hf_config(shape: str, layers: int | None):
     return cfg
 
 
-def num_params(cfg) -> int:
-    h, f, L, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
-    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
-    per_layer = h * h * 2 + 2 * h * kv + h + 2 * kv + 3 * h * f + 2 * h  # q,o + k,v + biases + MLP + norms
-    return L * per_layer + v * h * (1 if cfg.tie_word_embeddings else 2) + h
-
-
 def make_bins(args, vocab: int) -> list[list[list[int]]]:
     """Bins of token-id sequences, deterministic in ``--seed``."""
     from nemo_ext.data.packing import first_fit_decreasing
@@ -74,10 +69,13 @@ def make_bins(args, vocab: int) -> list[list[list[int]]]:
     return [[rng.integers(0, vocab, size=lengths[i]).tolist() for i in b] for b in bins]
 
 
-def model_flops(cfg, bins) -> float:
-    tokens = sum(len(s) for b in bins for s in b)
-    sq = sum(len(s) ** 2 for b in bins for s in b)
-    return 6 * num_params(cfg) * tokens + 6 * cfg.num_hidden_layers * cfg.hidden_size * sq
+def step_flops(cfg, bins) -> float:
+    """Model FLOPs of ``bins`` (``observe.model_flops`` over their sequences, the trainers' own MFU)."""
+    from nemo_ext.models.hf_config import matmul_parameters
+    from nemo_ext.observe import model_flops
+
+    lengths = [len(s) for b in bins for s in b]
+    return model_flops(matmul_parameters(cfg), cfg.num_hidden_layers, cfg.hidden_size, lengths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,17 +92,42 @@ def _steps(args, bins):
     return [bins[i * args.micro:(i + 1) * args.micro] for i in range(args.warmup + args.steps)]
 
 
+class GCPauses:
+    """The garbage collections during the timed steps (``gc.callbacks``): (generation, seconds) each."""
+
+    def __init__(self):
+        self.pauses: list[tuple[int, float]] = []
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._start))
+
+
+GC_PAUSES = GCPauses()
+
+
 def _timed(args, steps, run_step) -> list[float]:
     """Seconds per timed step (after ``--warmup`` steps); with ``--worker-logs``, the last step runs again
     under the profiler and its CUDA kernel table goes to ``<logs>/<backend>.profile.txt``."""
+    from nemo_ext.garbage_collection import collect_between_steps
+
     times = []
-    for i, step in enumerate(steps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        run_step(step)
-        torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
+    with collect_between_steps(args.gc_interval) as collector:  # as the SFT loop does (trainer.gc_interval)
+        for i, step in enumerate(steps):
+            torch.cuda.synchronize()
+            if i == args.warmup:
+                gc.callbacks.append(GC_PAUSES)
+            t0 = time.perf_counter()
+            run_step(step)
+            torch.cuda.synchronize()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+            collector.after_step(i + 1)
+        if GC_PAUSES in gc.callbacks:
+            gc.callbacks.remove(GC_PAUSES)
     if args.worker_logs and int(os.environ.get("RANK", 0)) == 0:
         from torch.profiler import ProfilerActivity, profile
 
@@ -217,6 +240,8 @@ def work_hf_baseline(args, model_dir: str, bins) -> list[float]:
 def worker(args) -> None:
     import torch.distributed as dist
 
+    from nemo_ext.models.hf_config import num_parameters
+
     cfg = hf_config(args.shape, args.layers)
     bins = make_bins(args, cfg.vocab_size)
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -227,7 +252,7 @@ def worker(args) -> None:
     else:
         times = globals()[f"work_{args.worker}"](args, args.model_dir, bins)
     timed_bins = bins[args.warmup * args.micro:]
-    flops = model_flops(cfg, timed_bins)
+    flops = step_flops(cfg, timed_bins)
     tokens = sum(len(s) for b in timed_bins for s in b)
     ngpu = args.gpus if args.worker.startswith("megatron") else 1
     total = sum(times)
@@ -236,8 +261,9 @@ def worker(args) -> None:
         label += f"[{args.attention}]"
     result = dict(backend=label, **setting, shape=args.shape, layers=cfg.num_hidden_layers,
                   tp=args.tp if ngpu > 1 else 1, gpus=ngpu, bin=args.bin, recompute=args.recompute,
-                  optimizer=not args.no_optimizer, params=num_params(cfg), tokens_per_s=tokens / total,
+                  optimizer=not args.no_optimizer, params=num_parameters(cfg), tokens_per_s=tokens / total,
                   median_step_s=statistics.median(times), step_s=[round(t, 4) for t in times],
+                  gc_pauses_s=[round(t, 4) for g, t in GC_PAUSES.pauses if g == 2 or t > 0.01],
                   tflops_per_gpu=flops / total / ngpu / 1e12, mfu=flops / total / ngpu / PEAK_FLOPS,
                   peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30, card=torch.cuda.get_device_name())
     if int(os.environ.get("RANK", 0)) == 0:
@@ -279,7 +305,7 @@ def run_backend(args, backend: str, model_dir: Path, result: Path, fp8_recipe: s
     cmd += ["--fp8", args.fp8, "--fp8-recipe", fp8_recipe] if fp8_recipe else []
     name = backend + (f".{fp8_recipe}" if fp8_recipe else "")
     for key in ("shape", "layers", "bin", "max_len", "micro", "warmup", "steps", "tp", "gpus", "seed", "memory_budget",
-                "worker_logs", "attention"):
+                "worker_logs", "attention", "gc_interval"):
         if getattr(args, key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += ["--no-optimizer"] if args.no_optimizer else []
@@ -325,6 +351,8 @@ def main() -> None:
                    help="model.fp8_recipe of the *_fp8 backends, comma-separated: one run each "
                         "(delayed, tensorwise, blockwise)")
     p.add_argument("--worker-logs", default=None, help="a directory for each worker's log and kernel profile (created)")
+    p.add_argument("--gc-interval", type=int, default=100,
+                   help="trainer.gc_interval: steps between Python garbage collections; 0 = Python's own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="append the results as JSON lines here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -27,7 +27,8 @@ def peak_flops(device) -> float | None:
 
 def model_flops(num_params: int, num_layers: int, hidden: int, seq_lens: Sequence[int]) -> float:
     """Training FLOPs of one step: 6 x params x tokens + 6 x layers x hidden x sum(len^2) (causal
-    attention counted at half of full), no recompute counted."""
+    attention counted at half of full), no recompute counted. ``num_params``: the matmul parameters
+    (``models.hf_config.matmul_parameters``)."""
     return 6.0 * num_params * sum(seq_lens) + 6.0 * num_layers * hidden * sum(n * n for n in seq_lens)
 
 

@@ -84,10 +84,15 @@ class SFTTrainerConfig(TrainerConfig):
     epochs: int = 1
     global_batch_size: int = 16  # packed bins per optimizer step, over all data-parallel ranks
     micro_batch_size: int = 1  # packed bins per forward/backward
+    # Steps between Python garbage collections (the automatic collector is off in the step loop, and
+    # what exists when it starts is frozen: nemo_ext/garbage_collection.py); 0 = Python's collector.
+    # 100: NeMo's GarbageCollectionCallback default; Megatron-LM's --manual-gc does the same.
+    gc_interval: int = 100
 
     def __post_init__(self):
         super().__post_init__()
         check_values("trainer", self, epochs=AT_LEAST_1, global_batch_size=AT_LEAST_1, micro_batch_size=AT_LEAST_1,
+                     gc_interval=AT_LEAST_0,
                      max_steps=(lambda v: v == -1 or v >= 1, "-1 (run `epochs` epochs) or an integer >= 1"))
         check_values("trainer", self, micro_batch_size=(lambda v: v <= self.global_batch_size,
                                                         f"at most global_batch_size={self.global_batch_size}"))

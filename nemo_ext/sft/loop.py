@@ -22,8 +22,9 @@ from nemo_ext.data.shards import PackedDataset
 from nemo_ext.data.sources import ChatFields
 from nemo_ext.data.synthetic import write_split
 from nemo_ext.evaluation.heldout import evaluate_heldout
+from nemo_ext.garbage_collection import collect_between_steps
 from nemo_ext.io import atomic_write_json
-from nemo_ext.models.hf_config import num_parameters
+from nemo_ext.models.hf_config import matmul_parameters
 from nemo_ext.models.tiny import build_tiny_checkpoint
 from nemo_ext.observe import MetricsLogger, model_flops, peak_flops, plot_curves, progress
 from nemo_ext.output_lock import OutputLock
@@ -129,23 +130,21 @@ def train_and_export(cfg: SFTConfig, world: dist.World) -> dict:
 
     logger = MetricsLogger(paths.root / "logs", cfg.logging.tensorboard, enabled=world.is_main, resume_step=start)
     bar = progress(total_steps, start, cfg.logging.progress_bar and world.is_main, "sft")
-    hf_cfg, peak = backend.hf_config, peak_flops(device)
-    num_params = num_parameters(hf_cfg) if peak else 0
-    for step in range(start, total_steps):
-        tic = time.perf_counter()
-        metrics, lens = train_step(backend, dataset, schedule, step)
-        elapsed = time.perf_counter() - tic
-        tokens = backend.dp_sum(sum(lens))
-        metrics.update(tokens_per_s=tokens / elapsed, step_time_s=elapsed)
-        if peak:
-            flops = model_flops(num_params, hf_cfg.num_hidden_layers, hf_cfg.hidden_size, lens) * backend.dp_world_size
-            metrics["mfu"] = flops / elapsed / (peak * world.world_size)
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-        if (step + 1) % cfg.logging.log_every == 0 or step + 1 == total_steps:
-            logger.log(step + 1, metrics, prefix="train/")
-        if cfg.checkpoint.save_every and (step + 1) % cfg.checkpoint.save_every == 0 and step + 1 < total_steps:
-            ckpts.save(backend, step + 1, {"step": step + 1, "rng": dist.rng_state()})
+    peak = peak_flops(device)
+    matmul_params = matmul_parameters(backend.hf_config) if peak else 0
+    with collect_between_steps(t.gc_interval) as collector:
+        for step in range(start, total_steps):
+            tic = time.perf_counter()
+            metrics, lens = train_step(backend, dataset, schedule, step)
+            metrics.update(throughput(backend, lens, time.perf_counter() - tic, peak, matmul_params,
+                                      world.world_size))
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            if (step + 1) % cfg.logging.log_every == 0 or step + 1 == total_steps:
+                logger.log(step + 1, metrics, prefix="train/")
+            if cfg.checkpoint.save_every and (step + 1) % cfg.checkpoint.save_every == 0 and step + 1 < total_steps:
+                ckpts.save(backend, step + 1, {"step": step + 1, "rng": dist.rng_state()})
+            collector.after_step(step + 1)
     bar.close()
     ckpts.save(backend, total_steps, {"step": total_steps, "rng": dist.rng_state()})
     if cfg.checkpoint.export_hf:
@@ -155,6 +154,18 @@ def train_and_export(cfg: SFTConfig, world: dist.World) -> dict:
         torch.cuda.empty_cache()
     dist.barrier()
     return finish(cfg, paths, logger, world)
+
+
+def throughput(backend: Backend, lens: list[int], seconds: float, peak: float | None, matmul_params: int,
+               world_size: int) -> dict:
+    """Tokens/s of the step over all ranks (``lens``: this rank's sequence lengths) and, on a GPU of
+    known ``peak`` FLOP/s, its MFU (``observe.model_flops``; the data-parallel ranks' bins are alike)."""
+    out = {"tokens_per_s": backend.dp_sum(sum(lens)) / seconds, "step_time_s": seconds}
+    if peak:
+        cfg = backend.hf_config
+        flops = model_flops(matmul_params, cfg.num_hidden_layers, cfg.hidden_size, lens) * backend.dp_world_size
+        out["mfu"] = flops / seconds / (peak * world_size)
+    return out
 
 
 def resume(cfg: SFTConfig, backend: Backend, ckpts: CheckpointManager) -> int:

@@ -1,0 +1,63 @@
+"""The SFT step loop's garbage collection (nemo_ext/garbage_collection.py, ``trainer.gc_interval``)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+from nemo_ext.config.schema import SFTTrainerConfig
+from nemo_ext.garbage_collection import collect_between_steps
+
+
+class Node:
+    def __init__(self):
+        self.me = self  # a reference cycle: only the cyclic collector frees it
+
+
+def cycle() -> weakref.ref:
+    return weakref.ref(Node())
+
+
+def test_cycles_live_until_the_interval_then_go():
+    with collect_between_steps(3) as collector:
+        assert not gc.isenabled()
+        made = []
+        for step in range(1, 4):
+            made.append(cycle())
+            for _ in range(20_000):  # enough allocations to trip Python's own thresholds many times
+                Node()
+            if step < 3:
+                collector.after_step(step)
+                assert all(r() is not None for r in made), f"a cycle went before the interval, step {step}"
+        collector.after_step(3)
+        assert all(r() is None for r in made)
+    assert gc.isenabled()
+
+
+def test_what_existed_at_entry_is_frozen_then_thawed():
+    before = gc.get_freeze_count()
+    with collect_between_steps(100):
+        assert gc.get_freeze_count() > before
+    assert gc.get_freeze_count() == before
+
+
+def test_interval_zero_leaves_pythons_collector_alone():
+    with collect_between_steps(0) as collector:
+        assert gc.isenabled()
+        ref = cycle()
+        collector.after_step(1)
+        gc.collect()
+        assert ref() is None
+
+
+def test_the_collector_comes_back_after_an_error():
+    with pytest.raises(RuntimeError), collect_between_steps(10):
+        raise RuntimeError("a step failed")
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_a_negative_interval_is_refused_by_name():
+    with pytest.raises(ValueError, match="gc_interval"):
+        SFTTrainerConfig(gc_interval=-1)
