@@ -150,6 +150,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.4  # GPU share of vLLM's weights and KV cache (colocated)
     tensor_parallel_size: int = 1
     sleep_mode: bool = True  # GPU: offload vLLM's weights and drop its KV cache during the update
+    # GPU: true skips vLLM's torch.compile and CUDA-graph capture at start (about 35 s for the 1.5B
+    # shape on an H200, docs/performance.md) for slower decoding: short runs and debugging. CPU: always eager.
+    enforce_eager: bool = False
     reward_workers: int = 2
 
 

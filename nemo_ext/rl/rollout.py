@@ -59,6 +59,7 @@ class RolloutEngine:
             max_model_len=max_model_len,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enable_sleep_mode=self.sleep_mode,
+            enforce_eager=True if cfg.enforce_eager else None,  # None: eager on CPU, compiled on GPU
             dtype="float32" if cfg.dtype == "auto" and not on_gpu else cfg.dtype,
         )
         self.dropped: set[str] = set()  # what sleep took and is not back yet: "weights", "kv_cache"

@@ -125,7 +125,8 @@ def tiny_sft(tmp_path_factory) -> Path:
 
 def _rl_cmd(sft: Path, out: Path, backend: str) -> list[str]:
     return [sys.executable, str(ROOT / "recipes" / "rl.py"), f"policy.init={sft}", f"output_dir={out}",
-            f"backend={backend}", "trainer.accelerator=gpu", "logging.tensorboard=false"]
+            f"backend={backend}", "trainer.accelerator=gpu", "logging.tensorboard=false",
+            "rollout.enforce_eager=true"]  # two engine starts: skip the compile and graph capture of each
 
 
 def _logged_steps(metrics: Path) -> int:
