@@ -359,6 +359,8 @@ def main() -> None:
     p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.gc_interval < 0:
+        p.error(f"--gc-interval must be >= 0 (0 = Python's own collector), got {args.gc_interval}")
     if args.worker:
         return worker(args)
     backends = args.backend.split(",")

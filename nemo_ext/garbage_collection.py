@@ -34,6 +34,8 @@ class StepCollector:
 def collect_between_steps(interval: int) -> Iterator[StepCollector]:
     """Inside: the automatic collector off and the objects alive at entry frozen; ``interval`` 0 =
     Python's collector as usual. On exit the collector is as it was, and what was frozen is thawed."""
+    if interval < 0:
+        raise ValueError(f"gc_interval must be >= 0 (0 = Python's own collector), got {interval}")
     if not interval:
         yield StepCollector(0)
         return

@@ -61,3 +61,5 @@ def test_the_collector_comes_back_after_an_error():
 def test_a_negative_interval_is_refused_by_name():
     with pytest.raises(ValueError, match="gc_interval"):
         SFTTrainerConfig(gc_interval=-1)
+    with pytest.raises(ValueError, match="gc_interval"), collect_between_steps(-1):
+        pass
