@@ -144,7 +144,7 @@ def iter_generate(
     temperature: float,
     top_p: float,
     max_tokens: int,
-    seed: int | Sequence[int],
+    seed: int | Sequence[int] | None,
     logprobs: bool = False,
     ignore_eos: bool = False,
     detokenize: bool = True,
@@ -153,6 +153,8 @@ def iter_generate(
 
     prompts: full prompt texts (chat template already applied, see ``nemo_ext.data.prompts``).
     seed: one base seed for all prompts, or one per prompt; sample j of prompt i uses seed_i + j.
+    None: unseeded, drawn from the engine's own generator (no sample is reproducible alone; vLLM's
+    sampler then skips its per-request generators, one kernel launch per sample and step on GPUs).
     ignore_eos: every sample runs to ``max_tokens`` (benchmarks: the worst case for memory).
     detokenize: False = vLLM does not detokenize while it generates (its incremental detokenizer and
     the decoding of every log-prob's token are most of its per-token host time, which bounds decode
@@ -164,10 +166,10 @@ def iter_generate(
 
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
+    seeds = [seed] * len(prompts) if seed is None or isinstance(seed, int) else list(seed)
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-    jobs = [(i, j, seeds[i] + j) for i in range(len(prompts)) for j in range(n)]
+    jobs = [(i, j, None if seeds[i] is None else seeds[i] + j) for i in range(len(prompts)) for j in range(n)]
     if not jobs:
         return
     params = [
@@ -199,7 +201,7 @@ def generate(
     temperature: float,
     top_p: float,
     max_tokens: int,
-    seed: int | Sequence[int],
+    seed: int | Sequence[int] | None,
     logprobs: bool = False,
     ignore_eos: bool = False,
     detokenize: bool = True,
