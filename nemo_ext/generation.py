@@ -112,7 +112,7 @@ def build_engine(
     )
 
 
-def _completion(output, seed: int, with_logprobs: bool, tokenizer=None) -> Completion:
+def _completion(output, seed: int | None, with_logprobs: bool, tokenizer=None) -> Completion:
     """``output``: vLLM's CompletionOutput; ``tokenizer``: decode the text here (the request ran with
     ``detokenize=False``) instead of taking vLLM's."""
     token_ids = list(output.token_ids)
