@@ -12,7 +12,8 @@ ratio to the first backend listed.
 
 Model FLOPs = 6 x matmul params x tokens + 6 x layers x hidden x sum(len^2) (causal attention, recompute
 not counted; the input embedding, a lookup, is not a matmul: ``models.hf_config.matmul_parameters``), as
-the trainers log it; MFU = model FLOP/s per GPU / 989 TFLOP/s (H100 and H200 SXM dense bf16).
+the trainers log it; MFU = model FLOP/s per GPU / the card's dense bf16 peak (``observe.PEAK_FLOPS``:
+989 TFLOP/s for H100 and H200 SXM).
 Backends: ``megatron[_te|_local][_compile][_fp8]``: the layer spec (default: Transformer Engine's
 where it imports, as ``backend=megatron`` picks; ``_te`` / ``_local`` force one), ``trainer.compile=true``
 (each decoder layer under torch.compile), and FP8 in the format ``--fp8`` with each recipe of
@@ -42,7 +43,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PEAK_FLOPS = 989e12
 SHAPES = {"1.5b": "Qwen/Qwen2.5-1.5B", "7b": "Qwen/Qwen2.5-Math-7B"}  # nemo_ext.models.catalog names
 
 
@@ -241,6 +241,7 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     from nemo_ext.models.hf_config import num_parameters
+    from nemo_ext.observe import PEAK_FLOPS, peak_flops
 
     cfg = hf_config(args.shape, args.layers)
     bins = make_bins(args, cfg.vocab_size)
@@ -256,6 +257,7 @@ def worker(args) -> None:
     tokens = sum(len(s) for b in timed_bins for s in b)
     ngpu = args.gpus if args.worker.startswith("megatron") else 1
     total = sum(times)
+    peak = peak_flops(torch.device("cuda")) or PEAK_FLOPS["H100"]  # an unlisted card: MFU against an H100
     label = args.worker + (f"[{setting['fp8_recipe']}]" if setting.get("fp8") else "")
     if args.worker.startswith("torch") and args.attention != "auto":
         label += f"[{args.attention}]"
@@ -264,7 +266,7 @@ def worker(args) -> None:
                   optimizer=not args.no_optimizer, params=num_parameters(cfg), tokens_per_s=tokens / total,
                   median_step_s=statistics.median(times), step_s=[round(t, 4) for t in times],
                   gc_pauses_s=[round(t, 4) for g, t in GC_PAUSES.pauses if g == 2 or t > 0.01],
-                  tflops_per_gpu=flops / total / ngpu / 1e12, mfu=flops / total / ngpu / PEAK_FLOPS,
+                  tflops_per_gpu=flops / total / ngpu / 1e12, mfu=flops / total / ngpu / peak,
                   peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30, card=torch.cuda.get_device_name())
     if int(os.environ.get("RANK", 0)) == 0:
         Path(args.result).write_text(json.dumps(result))

@@ -18,7 +18,7 @@ from nemo_ext.backends.base import Backend
 from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.checkpoint import CheckpointManager
 from nemo_ext.config.schema import ResumeMode, SFTConfig
-from nemo_ext.data.shards import PackedDataset
+from nemo_ext.data.shards import METADATA, PackedDataset
 from nemo_ext.data.sources import ChatFields
 from nemo_ext.data.synthetic import write_split
 from nemo_ext.evaluation.heldout import evaluate_heldout
@@ -77,8 +77,8 @@ def prepare_data(cfg: SFTConfig, paths: RunPaths, tokenizer: str, world: dist.Wo
         pack_dataset(PackConfig(input=str(raw), output=str(train_dir), tokenizer=tokenizer,
                                 bin_size=cfg.data.bin_size, fields=fields), progress=False)
     dist.barrier()
-    if not (train_dir / "metadata.json").exists():
-        raise FileNotFoundError(f"data.train_dir={train_dir} holds no finished pack (metadata.json); "
+    if not (train_dir / METADATA).exists():
+        raise FileNotFoundError(f"data.train_dir={train_dir} holds no finished pack ({METADATA}); "
                                 "run data_prep/pack.py first")
     return train_dir
 
