@@ -114,6 +114,7 @@ def step_prompts(cfg, step: int) -> list:
 
 def work_ceiling(args) -> dict:
     """The engine alone: the same batch as the step's first timed one, generated once after a warm-up."""
+    from nemo_ext.garbage_collection import record_pauses
     from nemo_ext.rl.grpo import step_seed
     from nemo_ext.rl.rollout import RolloutEngine
 
@@ -125,16 +126,18 @@ def work_ceiling(args) -> dict:
     texts = [p.text for p in step_prompts(cfg, step)]
     engine.sample(texts[:2], n=2, temperature=1.0, max_tokens=16, seed=0)  # warm-up
     start = time.perf_counter()
-    groups = engine.sample(texts, n=stage.group_size, temperature=1.0, max_tokens=stage.max_response_len,
-                           seed=step_seed(cfg.trainer.seed, step, 0))
+    with record_pauses() as gc_pauses:
+        groups = engine.sample(texts, n=stage.group_size, temperature=1.0, max_tokens=stage.max_response_len,
+                               seed=step_seed(cfg.trainer.seed, step, 0))
     seconds = time.perf_counter() - start
     tokens = sum(len(c.token_ids) for cs in groups for c in cs)
     return {"generate_s": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "engine_gib": engine_bytes / 2**30}
+            "engine_gib": engine_bytes / 2**30, "gc_s": gc_pauses.seconds()}
 
 
 def work_step(args) -> dict:
     """The warm-up step and ``--steps`` timed steps of the loop's phases with the trainer in the process."""
+    from nemo_ext.garbage_collection import record_pauses
     from nemo_ext.rl.grpo import PhaseTimer, rollout_groups, step_seed, update_policy
     from nemo_ext.rl.setup import build_run, close_run
     from nemo_ext.rl.stages import stage_lr_schedule
@@ -152,8 +155,9 @@ def work_step(args) -> dict:
         for step in range(args.steps + 1):
             timer, start = PhaseTimer(), time.perf_counter()
             step_stage = warmup if step == 0 else stage
-            groups = rollout_groups(run.rollouts, step_stage, step_prompts(cfg, step), 1.0,
-                                    step_seed(cfg.trainer.seed, step, 0), timer)
+            with record_pauses() as generate_gc:
+                groups = rollout_groups(run.rollouts, step_stage, step_prompts(cfg, step), 1.0,
+                                        step_seed(cfg.trainer.seed, step, 0), timer)
             for g in groups:  # every response trains (see the module docstring)
                 g.rewards = [float(j % 2) for j in range(len(g.rewards))]
             # The update's first phase, done here so that the peak below is the trainer's alone: an awake
@@ -167,7 +171,9 @@ def work_step(args) -> dict:
             tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
             steps.append({"step_s": wall, "tokens": tokens, **{f"{k}_s": v for k, v in timer.seconds.items()},
                           "trainer_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
-                          else 0.0, "mismatch_kl": metrics.get("mismatch/kl"),
+                          else 0.0, "generate_gc_s": generate_gc.seconds(),
+                          "generate_gc_full": sum(g == 2 for g, _ in generate_gc.pauses),
+                          "mismatch_kl": metrics.get("mismatch/kl"),
                           "grad_norm": metrics.get("update/grad_norm")})
             print(json.dumps(steps[-1]), flush=True)
     finally:

@@ -43,6 +43,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from nemo_ext.garbage_collection import PauseRecorder, collect_between_steps  # noqa: E402
+
+GC_PAUSES = PauseRecorder()  # the collections during the timed steps
 SHAPES = {"1.5b": "Qwen/Qwen2.5-1.5B", "7b": "Qwen/Qwen2.5-Math-7B"}  # nemo_ext.models.catalog names
 
 
@@ -92,28 +95,9 @@ def _steps(args, bins):
     return [bins[i * args.micro:(i + 1) * args.micro] for i in range(args.warmup + args.steps)]
 
 
-class GCPauses:
-    """The garbage collections during the timed steps (``gc.callbacks``): (generation, seconds) each."""
-
-    def __init__(self):
-        self.pauses: list[tuple[int, float]] = []
-        self._start = 0.0
-
-    def __call__(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        else:
-            self.pauses.append((info["generation"], time.perf_counter() - self._start))
-
-
-GC_PAUSES = GCPauses()
-
-
 def _timed(args, steps, run_step) -> list[float]:
     """Seconds per timed step (after ``--warmup`` steps); with ``--worker-logs``, the last step runs again
     under the profiler and its CUDA kernel table goes to ``<logs>/<backend>.profile.txt``."""
-    from nemo_ext.garbage_collection import collect_between_steps
-
     times = []
     with collect_between_steps(args.gc_interval) as collector:  # as the SFT loop does (trainer.gc_interval)
         for i, step in enumerate(steps):

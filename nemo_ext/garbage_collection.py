@@ -14,6 +14,7 @@ at once as before.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -49,3 +50,32 @@ def collect_between_steps(interval: int) -> Iterator[StepCollector]:
         gc.unfreeze()
         if was_enabled:
             gc.enable()
+
+
+class PauseRecorder:
+    """The collections Python runs while installed (``gc.callbacks``): ``pauses`` holds
+    ``(generation, seconds)`` per collection; ``seconds(min_generation)`` sums them."""
+
+    def __init__(self):
+        self.pauses: list[tuple[int, float]] = []
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._start))
+
+    def seconds(self, min_generation: int = 0) -> float:
+        return sum(t for g, t in self.pauses if g >= min_generation)
+
+
+@contextmanager
+def record_pauses() -> Iterator[PauseRecorder]:
+    """Inside: every garbage collection's generation and duration recorded (benchmarks)."""
+    recorder = PauseRecorder()
+    gc.callbacks.append(recorder)
+    try:
+        yield recorder
+    finally:
+        gc.callbacks.remove(recorder)

@@ -112,14 +112,25 @@ def build_engine(
     )
 
 
+def _sampled_logprobs(token_ids: list[int], positions) -> list[float]:
+    """The sampled token's log-prob at each position, from vLLM's ``FlatLogprobs`` (one entry per
+    position when only the sampled token was asked for: ``logprobs=0``) or its list of
+    ``{token id: Logprob}`` dicts."""
+    from vllm.logprobs import FlatLogprobs
+
+    if isinstance(positions, FlatLogprobs):
+        if len(positions.logprobs) == len(token_ids) == len(positions):  # one entry per position
+            return list(positions.logprobs)
+        return [positions.logprobs[positions.token_ids.index(tok, a, b)]
+                for tok, a, b in zip(token_ids, positions.start_indices, positions.end_indices, strict=True)]
+    return [pos[tok].logprob for tok, pos in zip(token_ids, positions, strict=True)]
+
+
 def _completion(output, seed: int | None, with_logprobs: bool, tokenizer=None) -> Completion:
     """``output``: vLLM's CompletionOutput; ``tokenizer``: decode the text here (the request ran with
     ``detokenize=False``) instead of taking vLLM's."""
     token_ids = list(output.token_ids)
-    logprobs = None
-    if with_logprobs:
-        # Each position maps token id -> Logprob; the sampled token is always among them.
-        logprobs = [pos[tok].logprob for tok, pos in zip(token_ids, output.logprobs, strict=True)]
+    logprobs = _sampled_logprobs(token_ids, output.logprobs) if with_logprobs else None
     text = output.text
     if tokenizer is not None:
         # As vLLM's detokenizer: without the token that stopped generation (EOS), and without a trailing
@@ -161,8 +172,14 @@ def iter_generate(
     speed on a GPU: docs/performance.md); each finished sample's text is then decoded here in one
     call, equal to vLLM's (``tests/test_eval_generation.py`` compares them).
     Closing the iterator early aborts the requests still running.
+
+    Host work per decode step is kept to what the caller reads: vLLM builds a request's output only
+    when it finishes (``FINAL_ONLY``; by default it rebuilds every request's at every step) and keeps
+    log-probs as flat lists (``flat_logprobs``: a few objects per request, where its default makes a
+    dict and a ``Logprob`` per token for the garbage collector to scan). Neither changes a sample.
     """
     from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -174,7 +191,8 @@ def iter_generate(
         return
     params = [
         SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=s,
-                       logprobs=0 if logprobs else None, ignore_eos=ignore_eos, detokenize=detokenize)
+                       logprobs=0 if logprobs else None, ignore_eos=ignore_eos, detokenize=detokenize,
+                       output_kind=RequestOutputKind.FINAL_ONLY, flat_logprobs=True)
         for _, _, s in jobs
     ]
     tokenizer = None if detokenize else llm.get_tokenizer()

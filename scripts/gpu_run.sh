@@ -2,7 +2,7 @@
 # A GPU check on the GPU machine, after the install commands of ../shared/GPU.md ("The big two").
 # Carry .gpu/stack/install.sh, .gpu/stack/manifest, .gpu/wheels and .gpu/tiny_sft (a tiny SFT export).
 #   bash scripts/gpu_run.sh rollout|megatron|recipe [pytest -k expr]; rlstep|sft [bench arguments]
-#   bash scripts/gpu_run.sh fp8conv [bench/fp8_convergence.py arguments]; rollouthost [bench/rollout_detokenize.py ...]
+#   bash scripts/gpu_run.sh fp8conv [bench/fp8_convergence.py arguments]; rollouthost [bench/rollout_host.py ...]
 # Each phase stops after PHASE_TIMEOUT seconds (default 540, within the 10-minute limit of a call),
 # so that two phases can share one call; logs go to $OUT (appended; at most 8 files).
 set -uo pipefail
@@ -24,7 +24,7 @@ case $phase in
   recipe) timeout $T python3 -m pytest -q -m gpu tests/gpu/test_rl_recipe_gpu.py -s -p no:cacheprovider 2>&1 | tee -a $OUT/recipe.log | grep -v "^INFO\|^(" | tail -40 ;;
   rlstep) mkdir -p /tmp/rlstep; timeout $T python3 bench/rl_step.py --logs /tmp/rlstep --out $OUT/rl_step.jsonl "$@" 2>&1 | tee -a $OUT/rl_step.log | tail -30; tar czf $OUT/rl_step_workers.tgz -C /tmp rlstep ;;
   sft) mkdir -p /tmp/sftlogs; timeout $T python3 bench/sft_throughput.py --worker-logs /tmp/sftlogs --out $OUT/sft.jsonl "$@" 2>&1 | tee -a $OUT/sft.log | tail -30; tar czf $OUT/sft_workers.tgz -C /tmp sftlogs ;;
-  rollouthost) timeout $T python3 bench/rollout_detokenize.py "$@" 2>&1 | tee -a $OUT/rollout_host.log | grep -v "^INFO\|^(\|WARNING" | tail -5 ;;
+  rollouthost) timeout $T python3 bench/rollout_host.py "$@" 2>&1 | tee -a $OUT/rollout_host.log | grep -v "^INFO\|^(\|WARNING" | tail -5 ;;
   fp8conv) timeout $T python3 bench/fp8_convergence.py --out-dir /tmp/fp8conv "$@" 2>&1 | tee -a $OUT/fp8conv.log | tail -30
     cp /tmp/fp8conv/losses.json /tmp/fp8conv/fp8_convergence.png $OUT/ 2>/dev/null; tar czf $OUT/fp8conv_logs.tgz -C /tmp fp8conv ;;
   *) echo "unknown phase $phase"; exit 2 ;;

@@ -1,4 +1,5 @@
-"""The SFT step loop's garbage collection (nemo_ext/garbage_collection.py, ``trainer.gc_interval``)."""
+"""The SFT step loop's garbage collection (nemo_ext/garbage_collection.py, ``trainer.gc_interval``), and the
+pause recorder the benches use."""
 
 from __future__ import annotations
 
@@ -63,3 +64,15 @@ def test_a_negative_interval_is_refused_by_name():
         SFTTrainerConfig(gc_interval=-1)
     with pytest.raises(ValueError, match="gc_interval"), collect_between_steps(-1):
         pass
+
+
+def test_pause_recorder_sees_each_collection_with_its_generation():
+    from nemo_ext.garbage_collection import record_pauses
+
+    with record_pauses() as recorder:
+        gc.collect(0)
+        gc.collect(2)
+    assert [g for g, _ in recorder.pauses] == [0, 2]
+    assert all(t >= 0 for _, t in recorder.pauses)
+    assert recorder.seconds(2) == recorder.pauses[1][1] and recorder.seconds() >= recorder.seconds(2)
+    assert recorder not in gc.callbacks
