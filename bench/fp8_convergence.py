@@ -69,6 +69,7 @@ def batches(args, model_dir: Path) -> list[list]:
 
 def worker(args) -> None:
     from nemo_ext.backends.megatron.backend import MegatronBackend
+    from nemo_ext.backends.schedule import LRSchedule
     from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
     from nemo_ext.sft.loss import sft_loss
 
@@ -76,16 +77,17 @@ def worker(args) -> None:
     model = ModelConfig(transformer_impl="transformer_engine", logits_chunk_tokens=4096,
                         fp8=args.fp8 if args.recipe != "bf16" else None,
                         fp8_recipe=args.recipe if args.recipe != "bf16" else "delayed")
-    trainer = TrainerConfig(precision=Precision.bf16, global_batch_size=args.micro, micro_batch_size=1, seed=args.seed)
-    optim = OptimConfig(lr=args.lr, min_lr=args.lr / 10, warmup_steps=20, weight_decay=0.0)
+    trainer = TrainerConfig(precision=Precision.bf16, fsdp=False, seed=args.seed)
+    schedule = LRSchedule(args.lr, warmup_steps=20, total_steps=args.steps, min_lr=args.lr / 10)
     torch.manual_seed(args.seed)
-    be = MegatronBackend(args.model_dir, model, trainer, optim, total_steps=args.steps, load_weights=False)
+    be = MegatronBackend(args.model_dir, model, trainer, OptimConfig(weight_decay=0.0), schedule, load_weights=False,
+                         batch_sizes=(args.micro, 1))
     losses, tokens, start = [], 0, None
     for i, mbs in enumerate(steps):
         if i == 5:  # warm-up steps excluded from the rate
             torch.cuda.synchronize()
             start, tokens = time.perf_counter(), 0
-        losses.append(be.train_step(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs)))["loss"])
+        losses.append(be.train_step(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs)), temperature=1.0)["loss"])
         tokens += sum(b.num_tokens for b in mbs)
     torch.cuda.synchronize()
     Path(args.result).write_text(json.dumps({"recipe": args.recipe, "losses": losses,

@@ -25,7 +25,8 @@ so overlong filtering is off (it would drop them all).
 
 Reported: seconds per phase, generation tokens/s against the ceiling's, the share of the step that
 is not generation, the weight-sync seconds, the engine's GPU memory (what it took at start) and the
-trainer's peak (``torch.cuda.max_memory_allocated`` while the engine sleeps).
+trainer's peak (``torch.cuda.max_memory_allocated`` while the engine sleeps, less vLLM's sleeping pool,
+which torch's statistics still count: ``vllm_pool_bytes``).
 """
 
 from __future__ import annotations
@@ -97,6 +98,22 @@ def rl_config(args, backend: str):
         eval=HeldoutConfig(num_problems=0))
 
 
+def vllm_pool_bytes() -> int:
+    """Bytes in vLLM's sleep-mode memory pool (``CuMemAllocator``: its weights and KV cache). Sleep
+    unmaps the memory under those tensors but the tensors stay allocated, so where torch's allocator
+    statistics count the pool (its tensors are allocated through torch's ``MemPool``), the update's
+    ``max_memory_allocated`` reads the trainer's peak plus this; both are reported."""
+    if not torch.cuda.is_available():
+        return 0
+    from vllm.device_allocator.cumem import CuMemAllocator
+
+    return CuMemAllocator.get_instance().get_current_usage()
+
+
+def peak_allocated() -> int:
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+
 def free_bytes() -> int:
     if not torch.cuda.is_available():
         return 0
@@ -160,18 +177,22 @@ def work_step(args) -> dict:
                                         step_seed(cfg.trainer.seed, step, 0), timer)
             for g in groups:  # every response trains (see the module docstring)
                 g.rewards = [float(j % 2) for j in range(len(g.rewards))]
-            # The update's first phase, done here so that the peak below is the trainer's alone: an awake
-            # engine's KV cache counts in torch's allocator statistics (update_policy's sleep is then a no-op).
+            # The update's first phase, done here so that the peak below covers the trainer's passes alone
+            # (update_policy's sleep is then a no-op).
             with timer("sleep"):
                 run.rollouts.engine.sleep()
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
+            at_reset = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
             metrics = update_policy(run.update, step_stage, groups, 1.0, timer)
+            pool = vllm_pool_bytes()
+            counted = pool if at_reset >= pool else 0  # the sleeping pool's tensors, if torch's statistics count them
             wall = time.perf_counter() - start
             tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
             steps.append({"step_s": wall, "tokens": tokens, **{f"{k}_s": v for k, v in timer.seconds.items()},
-                          "trainer_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
-                          else 0.0, "generate_gc_s": generate_gc.seconds(),
+                          "trainer_peak_gib": (peak_allocated() - counted) / 2**30,
+                          "allocated_peak_gib": peak_allocated() / 2**30, "allocated_at_sleep_gib": at_reset / 2**30,
+                          "vllm_pool_gib": pool / 2**30, "generate_gc_s": generate_gc.seconds(),
                           "generate_gc_full": sum(g == 2 for g, _ in generate_gc.pauses),
                           "mismatch_kl": metrics.get("mismatch/kl"),
                           "grad_norm": metrics.get("update/grad_norm")})

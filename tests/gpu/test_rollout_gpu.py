@@ -133,28 +133,62 @@ def _logged_steps(metrics: Path) -> int:
     return len(metrics.read_text().splitlines()) if metrics.exists() else 0
 
 
+# Lines of the recipe's output worth a timestamp: where the minutes of a GPU run go
+MILESTONES = ("init engine", "held-out accuracy", "resumed from", "step 1 ", "step 5 ", "step 10 ", "step 15 ")
+
+
+class Follower:
+    """Prints the recipe's milestone lines (``MILESTONES``) with the seconds since ``start`` as they
+    appear in ``log``, so that a run cut by a time limit still says where its time went."""
+
+    def __init__(self, log: Path, label: str, start: float):
+        self.log, self.label, self.start, self.seen = log, label, start, 0
+
+    def poll(self) -> None:
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        for line in lines[self.seen:]:
+            if any(m in line for m in MILESTONES):
+                print(f"  {self.label} +{time.time() - self.start:.0f} s: {line.strip()[:160]}", flush=True)
+        self.seen = len(lines)
+
+
+def _run_until(cmd: list[str], log: Path, label: str, start: float, done, deadline_s: float) -> subprocess.Popen:
+    """Start ``cmd`` (its own process group, output to ``log``) and follow it until ``done()`` or its exit;
+    fails past ``deadline_s``."""
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    follower, deadline = Follower(log, label, start), time.time() + deadline_s
+    while not done() and proc.poll() is None:
+        follower.poll()
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"{label}: not done in {deadline_s:.0f} s:\n" + log.read_text()[-4000:])
+        time.sleep(0.5)
+    follower.poll()
+    return proc
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tiny_schedule_learns_on_the_gpu_and_resumes_after_a_kill(tmp_path, tiny_sft, backend):
     """recipes/conf/rl/tiny.yaml from the tiny SFT model: killed (SIGKILL, the whole process group) in
     the first stage after its first checkpoint, then started again with the same command, it resumes
     and finishes both stages; held-out exact match after the schedule beats the SFT model's by at
     least two standard errors of the difference (200 problems each)."""
-    out, log, start = tmp_path / "rl", tmp_path / "first.log", time.time()
-    with log.open("w") as sink:
-        first = subprocess.Popen(_rl_cmd(tiny_sft, out, backend), env=_env(), stdout=sink, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-        deadline = time.time() + 600
-        while _logged_steps(out / "logs" / "len130" / "metrics.jsonl") < 5:  # checkpoints every 3 steps
-            assert first.poll() is None, log.read_text()[-4000:]
-            assert time.time() < deadline, "no 5 steps logged in 10 minutes:\n" + log.read_text()[-4000:]
-            time.sleep(0.5)
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+    out, start = tmp_path / "rl", time.time()
+    first = _run_until(_rl_cmd(tiny_sft, out, backend), tmp_path / "first.log", "first run", start,
+                       lambda: _logged_steps(out / "logs" / "len130" / "metrics.jsonl") >= 5,  # checkpoints every 3
+                       deadline_s=600)
+    assert first.poll() is None, "the first run ended before 5 steps:\n" + (tmp_path / "first.log").read_text()[-4000:]
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
     print(f"tiny schedule [{backend}]: killed after 5 logged steps, {time.time() - start:.0f} s in", flush=True)
     assert not (out / "eval.json").exists() or "len160" not in json.loads((out / "eval.json").read_text())
-    second = subprocess.run(_rl_cmd(tiny_sft, out, backend), env=_env(), capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-4000:]
-    assert "[rl] resumed from" in second.stdout, second.stdout[-3000:]
+    second_log = tmp_path / "second.log"
+    second = _run_until(_rl_cmd(tiny_sft, out, backend), second_log, "second run", start, lambda: False,
+                        deadline_s=900)
+    text = second_log.read_text(errors="replace")
+    assert second.wait() == 0, text[-6000:]
+    assert "[rl] resumed from" in text, text[-3000:]
     print(f"tiny schedule [{backend}]: resumed and finished, {time.time() - start:.0f} s in", flush=True)
     results = json.loads((out / "eval.json").read_text())
     assert set(results) == {"init", "len130", "len160"}
