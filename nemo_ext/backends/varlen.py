@@ -101,10 +101,11 @@ def _te_call(q, k, v, cu, max_seqlen, scale):
 
 @functools.cache
 def _te_attention(heads: int, kv_heads: int, head_dim: int, scale: float | None):
-    from transformer_engine.pytorch import DotProductAttention
+    from nemo_ext.backends.te_import import import_transformer_engine
 
-    return DotProductAttention(heads, head_dim, num_gqa_groups=kv_heads, attention_dropout=0.0, qkv_format="thd",
-                               attn_mask_type="padding_causal", softmax_scale=scale)
+    te = import_transformer_engine()
+    return te.DotProductAttention(heads, head_dim, num_gqa_groups=kv_heads, attention_dropout=0.0, qkv_format="thd",
+                                  attn_mask_type="padding_causal", softmax_scale=scale)
 
 
 def _reference(q_THD, k_TGD, v_TGD, cu_q, cu_k, scale):

@@ -52,8 +52,10 @@ IMPLS = ("auto", "transformer_engine", "local")
 
 
 def te_available() -> bool:
+    from nemo_ext.backends.te_import import import_transformer_engine
+
     try:
-        import transformer_engine.pytorch  # noqa: F401
+        import_transformer_engine()
     except ImportError:
         return False
     return True
