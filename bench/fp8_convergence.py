@@ -67,20 +67,27 @@ def batches(args, model_dir: Path) -> list[list]:
     return [packed[i * args.micro:(i + 1) * args.micro] for i in range(args.steps)]
 
 
-def worker(args) -> None:
-    from nemo_ext.backends.megatron.backend import MegatronBackend
+def configs(args):
+    """(model, trainer, optimizer, schedule) of one run: ``args.recipe`` bf16 or an FP8 recipe."""
     from nemo_ext.backends.schedule import LRSchedule
     from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
+
+    fp8 = args.recipe != "bf16"
+    model = ModelConfig(transformer_impl="transformer_engine", logits_chunk_tokens=4096,
+                        fp8=args.fp8 if fp8 else None, fp8_recipe=args.recipe if fp8 else "delayed")
+    trainer = TrainerConfig(precision=Precision.bf16, fsdp=False, seed=args.seed)
+    schedule = LRSchedule(args.lr, warmup_steps=20, total_steps=args.steps, min_lr=args.lr / 10)
+    return model, trainer, OptimConfig(weight_decay=0.0), schedule
+
+
+def worker(args) -> None:
+    from nemo_ext.backends.megatron.backend import MegatronBackend
     from nemo_ext.sft.loss import sft_loss
 
     steps = batches(args, Path(args.model_dir))
-    model = ModelConfig(transformer_impl="transformer_engine", logits_chunk_tokens=4096,
-                        fp8=args.fp8 if args.recipe != "bf16" else None,
-                        fp8_recipe=args.recipe if args.recipe != "bf16" else "delayed")
-    trainer = TrainerConfig(precision=Precision.bf16, fsdp=False, seed=args.seed)
-    schedule = LRSchedule(args.lr, warmup_steps=20, total_steps=args.steps, min_lr=args.lr / 10)
+    model, trainer, optim, schedule = configs(args)
     torch.manual_seed(args.seed)
-    be = MegatronBackend(args.model_dir, model, trainer, OptimConfig(weight_decay=0.0), schedule, load_weights=False,
+    be = MegatronBackend(args.model_dir, model, trainer, optim, schedule, load_weights=False,
                          batch_sizes=(args.micro, 1))
     losses, tokens, start = [], 0, None
     for i, mbs in enumerate(steps):
@@ -116,7 +123,7 @@ def plot(results: list[dict], window: int, out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--layers", type=int, default=None, help="fewer layers than the 1.5B shape's 28")
@@ -132,7 +139,11 @@ def main() -> None:
     p.add_argument("--recipe", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.worker:
         return worker(args)
     out = Path(args.out_dir)

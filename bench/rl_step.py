@@ -258,7 +258,7 @@ def load_or_measure_ceiling(args, tmp: Path) -> dict:
     return ceiling
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="torch", help="comma-separated: torch, megatron; none = the ceiling only")
     p.add_argument("--ceiling", default=None,
@@ -283,7 +283,11 @@ def main() -> None:
     p.add_argument("--backend-name", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.worker:
         works = {"write_model": write_model, "ceiling": work_ceiling, "step": work_step}
         result = works[args.worker](args)

@@ -314,7 +314,7 @@ def run_backend(args, backend: str, model_dir: Path, result: Path, fp8_recipe: s
     return None
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="megatron,torch,hf_baseline", help="comma-separated; the first is the baseline")
     p.add_argument("--shape", choices=sorted(SHAPES), default="1.5b")
@@ -344,6 +344,11 @@ def main() -> None:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main() -> None:
+    p = parser()
     args = p.parse_args()
     if args.gc_interval < 0:
         p.error(f"--gc-interval must be >= 0 (0 = Python's own collector), got {args.gc_interval}")
