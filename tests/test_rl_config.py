@@ -129,3 +129,21 @@ def test_the_rl_sections_hold_no_sft_only_key():
                          ("optim", "min_lr"), ("model", "name_or_path"), ("checkpoint", "export_hf"),
                          ("logging", "log_every")]:
         assert not hasattr(getattr(cfg, section), key), f"{section}.{key}"
+
+
+def test_the_log_prob_kernels_compile_as_configured():
+    """``trainer.compile_logprobs``: the tiny schedule turns it off; unset, it follows ``trainer.compile``
+    and is on for every GPU run (nemo_ext/backends/compile.py)."""
+    import torch
+
+    from nemo_ext.backends.compile import compiled_logprobs
+
+    tiny = rl_config("rl/tiny").trainer
+    assert tiny.compile_logprobs is False
+    assert not compiled_logprobs(tiny, torch.device("cuda"))
+    default = rl_config("rl/acereason_7b").trainer
+    assert default.compile_logprobs is None
+    assert compiled_logprobs(default, torch.device("cuda"))
+    assert compiled_logprobs(default, torch.device("cpu")) == default.compile
+    forced = rl_config("rl/tiny", ["trainer.compile_logprobs=true"]).trainer
+    assert compiled_logprobs(forced, torch.device("cpu"))

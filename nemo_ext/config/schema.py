@@ -66,6 +66,10 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     fsdp: bool = True  # FSDP2 across GPUs; CPU runs always use DDP (gloo)
     compile: bool = False  # torch.compile each decoder layer and the log-prob chunks (dynamic shapes)
+    # torch.compile the log-prob chunk kernels alone: None = with `compile`, and on every GPU run (their
+    # backward: 85 -> 43 ms of a 1.5B megatron step, docs/performance.md); false where the vocabulary is
+    # small (the tiny model's: microseconds a chunk), which saves their compiles at every process start.
+    compile_logprobs: bool | None = None
     # With compile: the fraction of the activations the backward would keep that the compiled graphs
     # may keep; below 1, torch's min-cut partitioner recomputes the cheapest ops (pointwise first) in
     # the backward pass instead of storing their outputs (torch._functorch.config.activation_memory_budget).
