@@ -113,16 +113,14 @@ def build_engine(
 
 
 def _sampled_logprobs(token_ids: list[int], positions) -> list[float]:
-    """The sampled token's log-prob at each position, from vLLM's ``FlatLogprobs`` (one entry per
-    position when only the sampled token was asked for: ``logprobs=0``) or its list of
-    ``{token id: Logprob}`` dicts."""
+    """The sampled token's log-prob at each position, from vLLM's ``FlatLogprobs`` (each position's
+    entries start with the sampled token's) or its list of ``{token id: Logprob}`` dicts."""
     from vllm.logprobs import FlatLogprobs
 
     if isinstance(positions, FlatLogprobs):
-        if len(positions.logprobs) == len(token_ids) == len(positions):  # one entry per position
-            return list(positions.logprobs)
-        return [positions.logprobs[positions.token_ids.index(tok, a, b)]
-                for tok, a, b in zip(token_ids, positions.start_indices, positions.end_indices, strict=True)]
+        if len(positions) != len(token_ids):
+            raise ValueError(f"vLLM returned log-probs for {len(positions)} positions of {len(token_ids)} tokens")
+        return [positions.logprobs[start] for start in positions.start_indices]
     return [pos[tok].logprob for tok, pos in zip(token_ids, positions, strict=True)]
 
 
