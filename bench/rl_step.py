@@ -25,8 +25,8 @@ so overlong filtering is off (it would drop them all).
 
 Reported: seconds per phase, generation tokens/s against the ceiling's, the share of the step that
 is not generation, the weight-sync seconds, the engine's GPU memory (what it took at start) and the
-trainer's peak (``torch.cuda.max_memory_allocated`` while the engine sleeps, less vLLM's sleeping pool,
-which torch's statistics still count: ``vllm_pool_bytes``).
+trainer's peak (``torch.cuda.max_memory_allocated`` while the engine sleeps, less vLLM's sleeping pool
+where torch's statistics count it: ``vllm_pool_bytes``).
 """
 
 from __future__ import annotations
