@@ -94,12 +94,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_then_leave(entry: Callable[..., object], *args) -> None:
+    """``entry(*args)``, then leave the process group it joined (``init_distributed``). A process that
+    exits with gloo's or NCCL's threads still up can abort in their destructors ("terminate called
+    without an active exception": exit 134 after the work is done, seen on the two-node test cluster),
+    which SLURM and the launcher count as a failed job. Only after a normal return: after an error
+    the peers may be gone, and the process exits as it would have."""
+    entry(*args)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def launch(entry: Callable[..., object], devices: int, *args) -> None:
     """Run ``entry(*args)`` once per device: in this process when already placed by torchrun/SLURM or
-    when ``devices == 1``, otherwise in ``devices`` workers started by torch elastic on this node.
+    when ``devices == 1``, otherwise in ``devices`` workers started by torch elastic on this node;
+    each leaves its process group when ``entry`` returns (``run_then_leave``).
     ``entry`` must be a module-level function and ``args`` picklable."""
     if world_from_env() is not None or devices == 1:
-        entry(*args)
+        run_then_leave(entry, *args)
         return
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -108,7 +120,7 @@ def launch(entry: Callable[..., object], devices: int, *args) -> None:
         rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
         monitor_interval=1, start_method="spawn",
     )
-    elastic_launch(config, entry)(*args)
+    elastic_launch(config, run_then_leave)(entry, *args)
 
 
 def seed_everything(seed: int) -> None:

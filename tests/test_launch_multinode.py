@@ -114,6 +114,7 @@ td.all_gather_object(everyone, me)
 out = sys.argv[1].removeprefix("output_dir=")  # then the launcher's trainer.num_nodes=2 trainer.devices=1
 os.makedirs(out, exist_ok=True)
 json.dump(everyone, open(os.path.join(out, f"rank{world.rank}.json"), "w"))
+td.destroy_process_group()
 """
 
 
