@@ -68,6 +68,7 @@ def main() -> None:
             start = time.perf_counter()
             samples[name] = run()
             best[name] = min(best[name], time.perf_counter() - start)
+
     def sample_facts(name: str) -> list[tuple]:
         return [(c.token_ids, c.logprobs, c.text) for c in samples[name]]
 

@@ -12,6 +12,8 @@ into the process is handed to TE as ``CUDNN_PATH``; otherwise TE's own search is
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -27,7 +29,7 @@ def mapped_library_dir(name: str, maps: str) -> str | None:
     return None
 
 
-def cudnn_for_te(environ: dict, maps: str) -> str | None:
+def cudnn_for_te(environ: Mapping[str, str], maps: str) -> str | None:
     """The ``CUDNN_PATH`` to set before TE's import, or None to leave TE's search alone (a cuDNN path
     already set by the user, or none loaded yet)."""
     if environ.get("CUDNN_HOME") or environ.get("CUDNN_PATH"):
@@ -38,6 +40,8 @@ def cudnn_for_te(environ: dict, maps: str) -> str | None:
 def import_transformer_engine() -> ModuleType:
     """``transformer_engine.pytorch``, loaded with the process's cuDNN (module docstring). Raises
     ImportError where TE is not installed, RuntimeError naming the fix where its libraries fail to load."""
+    if "transformer_engine.pytorch" in sys.modules:  # loaded already: its cuDNN is chosen
+        return sys.modules["transformer_engine.pytorch"]
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:  # not Linux: nothing to align
