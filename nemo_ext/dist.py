@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,8 +102,19 @@ def run_then_leave(entry: Callable[..., object], *args) -> None:
     which SLURM and the launcher count as a failed job. Only after a normal return: after an error
     the peers may be gone, and the process exits as it would have."""
     entry(*args)
+    _leave_vllm_groups()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _leave_vllm_groups() -> None:
+    """Tear down the groups an in-process vLLM engine made (its ``parallel_state``). Left to vLLM's
+    exit-time shutdown, that runs after ours are destroyed and raises "Invalid process group
+    specified" (a traceback at exit, seen after the SFT recipe's generation evaluation)."""
+    vllm_state = sys.modules.get("vllm.distributed.parallel_state")
+    if vllm_state is not None:
+        vllm_state.destroy_model_parallel()
+        vllm_state.destroy_distributed_environment()
 
 
 def launch(entry: Callable[..., object], devices: int, *args) -> None:
