@@ -145,12 +145,22 @@ def _completion(output, seed: int | None, with_logprobs: bool, tokenizer=None) -
     )
 
 
+def _per_prompt(value, count: int, what: str) -> list:
+    """``value`` for each of ``count`` prompts: a scalar (or None) repeated, or a sequence of ``count``."""
+    if value is None or isinstance(value, int | float):
+        return [value] * count
+    values = list(value)
+    if len(values) != count:
+        raise ValueError(f"got {len(values)} {what} for {count} prompts")
+    return values
+
+
 def iter_generate(
     llm: vllm.LLM,
     prompts: Sequence[str],
     *,
     n: int = 1,
-    temperature: float,
+    temperature: float | Sequence[float],
     top_p: float,
     max_tokens: int,
     seed: int | Sequence[int] | None,
@@ -161,6 +171,8 @@ def iter_generate(
     """Yield ``(prompt_index, sample_index, completion)`` in order of completion.
 
     prompts: full prompt texts (chat template already applied, see ``nemo_ext.data.prompts``).
+    temperature: one for all prompts, or one per prompt (several temperatures in one batch: their
+    decode steps are shared instead of run one temperature after another).
     seed: one base seed for all prompts, or one per prompt; sample j of prompt i uses seed_i + j.
     None: unseeded, drawn from the engine's own generator (no sample is reproducible alone; vLLM's
     sampler then skips its per-request generators, one kernel launch per sample and step on GPUs).
@@ -181,17 +193,16 @@ def iter_generate(
 
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    seeds = [seed] * len(prompts) if seed is None or isinstance(seed, int) else list(seed)
-    if len(seeds) != len(prompts):
-        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    seeds = _per_prompt(seed, len(prompts), "seeds")
+    temperatures = _per_prompt(temperature, len(prompts), "temperatures")
     jobs = [(i, j, None if seeds[i] is None else seeds[i] + j) for i in range(len(prompts)) for j in range(n)]
     if not jobs:
         return
     params = [
-        SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=s,
+        SamplingParams(n=1, temperature=temperatures[i], top_p=top_p, max_tokens=max_tokens, seed=s,
                        logprobs=0 if logprobs else None, ignore_eos=ignore_eos, detokenize=detokenize,
                        output_kind=RequestOutputKind.FINAL_ONLY, flat_logprobs=True)
-        for _, _, s in jobs
+        for i, _, s in jobs
     ]
     tokenizer = None if detokenize else llm.get_tokenizer()
     internal_ids = llm.enqueue([prompts[i] for i, _, _ in jobs], params, use_tqdm=False)
@@ -214,7 +225,7 @@ def generate(
     prompts: Sequence[str],
     *,
     n: int = 1,
-    temperature: float,
+    temperature: float | Sequence[float],
     top_p: float,
     max_tokens: int,
     seed: int | Sequence[int] | None,

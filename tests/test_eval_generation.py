@@ -33,6 +33,8 @@ def test_generation_on_vllm_cpu(tmp_path):
     assert facts["wide_batch_prompt_tokens"] > 4096 and facts["wide_batch_samples"] == 80
     # seed=None: unseeded samples (the engine's own generator), their seed recorded as None
     assert len(facts["unseeded"]) == 2 and all(s is None and n > 0 for s, n in facts["unseeded"])
+    # one temperature per prompt: each sample as it comes at its temperature alone (tokens and log-probs)
+    assert facts["per_prompt_temperature"] == {"same_as_alone": True, "temperatures_differ": True}
     # ours (detokenize=False, final outputs only, flat log-probs) against vLLM's generate with its defaults: the
     # same samples, and the texts decoded once each equal vLLM's incremental ones,
     # EOS-stopped samples and the random model's stray bytes (incomplete UTF-8) included

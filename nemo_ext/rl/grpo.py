@@ -68,13 +68,6 @@ class PhaseTimer:
             self.seconds[name] += time.perf_counter() - start
 
 
-def sample_share(rollouts: Rollouts, texts: list[str], **sampling) -> tuple[list[int], list[list]]:
-    """This rank's positions among ``texts`` and its rollouts of them (``RolloutEngine.sample``
-    arguments; the seeds follow the positions, so they do not depend on the number of ranks)."""
-    mine = rollouts.share.indices(len(texts))
-    return mine, rollouts.engine.sample([texts[i] for i in mine], positions=mine, **sampling)
-
-
 def rollout_groups(rollouts: Rollouts, stage: StageConfig, prompts: list[RLPrompt], temperature: float, seed: int,
                    timer: PhaseTimer) -> list[Group]:
     """The generate, score and gather phases: ``group_size`` responses per prompt, scored (rewards
@@ -210,17 +203,22 @@ def update_policy(update: PolicyUpdate, stage: StageConfig, groups: list[Group],
 def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt],
                       controller: TemperatureController) -> dict[str, float]:
     """The ``probe`` mode: entropy of a fixed probe batch at each candidate temperature; adopts the
-    one nearest the target. Returns ``probe/entropy@T`` metrics."""
+    one nearest the target. Returns ``probe/entropy@T`` metrics. Every temperature's rollouts are
+    one batch: the probe then waits for its longest response once, not once per temperature (with
+    six temperatures at a 32K stage, that is most of a stage start's time)."""
     tc, sched = stage.temperature, run.schedule
     ids = epoch_order(sched.state.active, sched.seed, sched.state.stage, 0)[:tc.probe_prompts]
     batch, measured = [prompts[i] for i in ids], {}
     rollouts, update = run.rollouts, run.update
-    for temperature in tc.probe_values:
-        mine, completions = sample_share(rollouts, [p.text for p in batch], n=stage.group_size,
-                                         temperature=temperature, max_tokens=stage.max_response_len,
-                                         seed=step_seed(sched.seed, -1, 0))
+    mine, T = rollouts.share.indices(len(batch)), tc.probe_values
+    # the same seeds at every temperature, as the step's positions would give them
+    completions = rollouts.engine.sample([batch[i].text for _ in T for i in mine], n=stage.group_size,
+                                         temperature=[t for t in T for _ in mine], max_tokens=stage.max_response_len,
+                                         seed=step_seed(sched.seed, -1, 0), positions=[i for _ in T for i in mine])
+    for k, temperature in enumerate(T):
+        at_t = completions[k * len(mine):(k + 1) * len(mine)]
         groups = run.share.gather([Group(batch[i], rollouts.tokens(batch[i]), cs, [0.0] * len(cs), [False] * len(cs))
-                                   for i, cs in zip(mine, completions, strict=True)], len(batch))
+                                   for i, cs in zip(mine, at_t, strict=True)], len(batch))
         experience = build_experience(groups, update.advantage, False, update.micro_batch_tokens,
                                       stage.max_response_len)  # zero rewards: every micro-batch untrained
         stats = measure_logprobs(update, update.share.split_micro_batches(experience.untrained), temperature)

@@ -64,24 +64,24 @@ class RolloutEngine:
         )
         self.dropped: set[str] = set()  # what sleep took and is not back yet: "weights", "kv_cache"
 
-    def _sampling(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
-                  logprobs: bool, positions: Sequence[int] | None) -> dict:
+    def _sampling(self, prompts: Sequence[str], n: int, temperature: float | Sequence[float], max_tokens: int,
+                  seed: int, logprobs: bool, positions: Sequence[int] | None) -> dict:
         return dict(n=n, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens,
                     seed=_seeds(seed, n, len(prompts), positions), logprobs=logprobs, ignore_eos=self.ignore_eos,
                     detokenize=False)
 
-    def sample(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
-               logprobs: bool = True, positions: Sequence[int] | None = None) -> list[list[Completion]]:
+    def sample(self, prompts: Sequence[str], n: int, temperature: float | Sequence[float], max_tokens: int,
+               seed: int, logprobs: bool = True, positions: Sequence[int] | None = None) -> list[list[Completion]]:
         """``n`` responses per prompt, with the sampled tokens' processed log-probs. Response j of the
         prompt at position i of the step's list gets seed ``seed + i * n + j``; ``positions`` gives
         those of ``prompts`` when they are a share of the list (data parallelism), so a response does
-        not depend on how many ranks drew the step."""
+        not depend on how many ranks drew the step. ``temperature``: one, or one per prompt."""
         self._check_awake()
         return generate(self.llm, prompts, **self._sampling(prompts, n, temperature, max_tokens, seed, logprobs,
                                                              positions))
 
-    def stream(self, prompts: Sequence[str], n: int, temperature: float, max_tokens: int, seed: int,
-               logprobs: bool = True, positions: Sequence[int] | None = None
+    def stream(self, prompts: Sequence[str], n: int, temperature: float | Sequence[float], max_tokens: int,
+               seed: int, logprobs: bool = True, positions: Sequence[int] | None = None
                ) -> Iterator[tuple[int, int, Completion]]:
         """``sample``'s responses as they finish: ``(prompt index, response index, completion)``."""
         self._check_awake()

