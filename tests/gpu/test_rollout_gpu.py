@@ -61,7 +61,7 @@ def run_worker(tmp_path: Path, scenario: str, backend: str, model: str, env: dic
     out = tmp_path / f"{scenario}_{backend}.json"
     cmd = [sys.executable, str(WORKER), scenario, "--backend", backend, "--model", model, "--out", str(out)]
     for k, v in flags.items():
-        cmd += [f"--{k}", str(v)]
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
     proc = subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json.loads(out.read_text())
