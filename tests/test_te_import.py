@@ -1,6 +1,11 @@
-"""nemo_ext/backends/te_import.py: which cuDNN Transformer Engine is pointed at before its import."""
+"""nemo_ext/backends/te_import.py: which cuDNN Transformer Engine is given before its import."""
 
-from nemo_ext.backends.te_import import cudnn_for_te, mapped_library_dir
+import os
+import warnings
+
+import pytest
+
+from nemo_ext.backends.te_import import _cudnn_env, cudnn_libraries, mapped_library_dir
 
 PIP_CUDNN = "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib"
 MAPS = f"""\
@@ -20,9 +25,31 @@ def test_the_mapped_cudnn_directory_is_found_and_nothing_else_matches():
     assert mapped_library_dir("cudnn", "") is None
 
 
-def test_te_gets_the_loaded_cudnn_unless_the_user_chose_one():
-    assert cudnn_for_te({}, MAPS) == PIP_CUDNN
-    assert cudnn_for_te({"CUDNN_PATH": "/usr/local/cudnn"}, MAPS) is None
-    assert cudnn_for_te({"CUDNN_HOME": "/usr/local/cudnn"}, MAPS) is None
-    # no cuDNN in the process yet: TE's own search decides, and torch then shares TE's copy
-    assert cudnn_for_te({}, MAPS.replace("libcudnn", "libother")) is None
+PIP_WHEEL_FILES = ["libcudnn.so.9", "libcudnn_adv.so.9", "libcudnn_cnn.so.9", "libcudnn_engines_precompiled.so.9",
+                   "libcudnn_engines_runtime_compiled.so.9", "libcudnn_graph.so.9", "libcudnn_heuristic.so.9",
+                   "libcudnn_ops.so.9", "libcudnn_future.so.9"]
+
+
+def test_every_cudnn_library_of_the_directory_is_loaded_graph_first_and_the_front_library_last(tmp_path):
+    for name in PIP_WHEEL_FILES + ["libcudnn.so", "libcudnn_ops.so", "libcudnn.so.9.12.0", "libcudart.so.13", "x.h"]:
+        (tmp_path / name).touch()
+    assert [p.name for p in cudnn_libraries(tmp_path)] == [
+        "libcudnn_graph.so.9", "libcudnn_engines_precompiled.so.9", "libcudnn_engines_runtime_compiled.so.9",
+        "libcudnn_heuristic.so.9", "libcudnn_ops.so.9", "libcudnn_cnn.so.9", "libcudnn_adv.so.9",
+        "libcudnn_future.so.9",  # a part this list does not know: after the known ones
+        "libcudnn.so.9"]
+
+
+@pytest.mark.parametrize("user", [None, "/usr/local/cudnn"])
+def test_te_imports_with_the_loaded_cudnn_and_the_users_setting_comes_back(monkeypatch, user):
+    for key in ("CUDNN_HOME", "CUDNN_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    if user:
+        monkeypatch.setenv("CUDNN_HOME", user)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _cudnn_env(PIP_CUDNN):
+            assert os.environ["CUDNN_HOME"] == os.environ["CUDNN_PATH"] == PIP_CUDNN
+    assert os.environ.get("CUDNN_HOME") == user and "CUDNN_PATH" not in os.environ
+    # a user's other cuDNN cannot be honoured once the process has one: said, naming both
+    assert [str(w.message).split(" is ignored")[0] for w in caught] == ([f"CUDNN_HOME={user}"] if user else [])

@@ -2,20 +2,33 @@
 
 TE loads cuDNN itself when imported, preferring a system or toolkit copy (``CUDNN_HOME``,
 ``CUDNN_PATH``, ``CUDA_HOME``, ``/usr/local/cuda``, then the loader's path) over the one pip's torch
-brings (the ``nvidia-cudnn`` wheel). Where torch has already loaded its own (SDPA's cuDNN attention
-does, on Hopper) and the system holds another 9.x, the process ends up with parts of both, and TE's
-import fails inside the dynamic loader (seen on the GPU machine, 2026-12-02: ``libcudnn_cnn.so.9:
-undefined symbol ..., version libcudnn_graph.so.9``). So before importing TE, a cuDNN already mapped
-into the process is handed to TE as ``CUDNN_PATH``; otherwise TE's own search is left alone.
+brings (the ``nvidia-cudnn`` wheel). Once torch has loaded its own (``import torch`` maps
+``libcudnn.so.9``, SDPA's cuDNN attention adds ``libcudnn_graph``), a system that holds another 9.x
+gives the process parts of both: a cuDNN sub-library not loaded yet (``libcudnn_cnn``) is found by
+name on the loader's path, the system's, and binds to torch's ``libcudnn_graph``, and TE's import
+fails inside the dynamic loader (the GPU machine, 2026-12-02: ``libcudnn_cnn.so.9: undefined symbol
+..., version libcudnn_graph.so.9``). Pointing TE at torch's directory (``CUDNN_PATH``) was not enough
+on its own: TE then loads ``libcudnn.so`` from there, already loaded, and the sub-library is still
+looked up by name. So before TE's import every cuDNN library of the directory already mapped into
+the process is loaded, graph first; a later lookup of any of them by name then finds the loaded one.
+With no cuDNN in the process yet, TE's own search is left alone (torch then shares TE's copy).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 import sys
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+
+# cuDNN 9's libraries in the order their dependencies need: graph first, the front library last
+CUDNN_LOAD_ORDER = ("graph", "engines_precompiled", "engines_runtime_compiled", "heuristic", "ops", "cnn", "adv")
+_VERSIONED_CUDNN = re.compile(r"^libcudnn(?:_([a-z_]+))?\.so\.\d+$")
 
 
 def mapped_library_dir(name: str, maps: str) -> str | None:
@@ -29,12 +42,34 @@ def mapped_library_dir(name: str, maps: str) -> str | None:
     return None
 
 
-def cudnn_for_te(environ: Mapping[str, str], maps: str) -> str | None:
-    """The ``CUDNN_PATH`` to set before TE's import, or None to leave TE's search alone (a cuDNN path
-    already set by the user, or none loaded yet)."""
-    if environ.get("CUDNN_HOME") or environ.get("CUDNN_PATH"):
-        return None
-    return mapped_library_dir("cudnn", maps)
+def cudnn_libraries(directory: Path) -> list[Path]:
+    """The cuDNN libraries of ``directory`` (``libcudnn[_part].so.<major>``), in ``CUDNN_LOAD_ORDER``;
+    parts it does not know go after the known ones, ``libcudnn.so`` itself last."""
+    found = [(m.group(1), p) for p in directory.iterdir() if (m := _VERSIONED_CUDNN.match(p.name))]
+    rank = {part: i for i, part in enumerate(CUDNN_LOAD_ORDER)}
+    return [p for part, p in sorted(found, key=lambda f: (rank.get(f[0], len(rank)) if f[0] else len(rank) + 1,
+                                                          f[1].name))]
+
+
+@contextmanager
+def _cudnn_env(directory: str) -> Iterator[None]:
+    """``CUDNN_HOME`` and ``CUDNN_PATH`` set to ``directory`` while TE imports, the user's values back
+    after. A user's other choice cannot be honoured: this process has a cuDNN already."""
+    saved = {k: os.environ.get(k) for k in ("CUDNN_HOME", "CUDNN_PATH")}
+    for key, value in saved.items():
+        if value and Path(value).resolve() != Path(directory).resolve():
+            warnings.warn(f"{key}={value} is ignored for Transformer Engine's import: this process has loaded the "
+                          f"cuDNN in {directory} already, and two cuDNN builds in one process do not load",
+                          stacklevel=3)
+        os.environ[key] = directory
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def import_transformer_engine() -> ModuleType:
@@ -46,15 +81,19 @@ def import_transformer_engine() -> ModuleType:
         maps = Path("/proc/self/maps").read_text()
     except OSError:  # not Linux: nothing to align
         maps = ""
-    path = cudnn_for_te(os.environ, maps)
-    if path is not None:
-        os.environ["CUDNN_PATH"] = path
+    directory = mapped_library_dir("cudnn", maps)
     try:
-        import transformer_engine.pytorch as te
+        if directory is None:
+            import transformer_engine.pytorch as te
+        else:
+            for library in cudnn_libraries(Path(directory)):
+                ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+            with _cudnn_env(directory):
+                import transformer_engine.pytorch as te
     except OSError as e:
         raise RuntimeError(
             f"Transformer Engine's libraries failed to load: {e}. Two different cuDNN builds in one process "
-            "(pip's, with torch, and a system one) do this: set CUDNN_PATH to the directory of the cuDNN torch "
-            "uses (python -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))'/lib), "
-            "or import Transformer Engine before torch runs any cuDNN kernel") from e
+            f"(pip's, with torch, and a system one) do this; this process had loaded {directory or 'no cuDNN'} "
+            "before. Import Transformer Engine before torch runs any cuDNN kernel, or remove one of the two "
+            "cuDNN installations") from e
     return te
