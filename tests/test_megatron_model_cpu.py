@@ -39,17 +39,13 @@ def _batches():
     return random_batches(2)
 
 
-def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1, sp: bool = False) -> None:
-    """One rank: build, load, forward + backward the batches, write loss and HF-named gradients."""
+def _megatron_on_cpu(tp: int = 1, cp: int = 1) -> None:
+    """megatron-core from the unpacked wheel, its CUDA-only helpers pointed at the CPU, model parallel
+    groups over this spawned rank's gloo world."""
     if not (MEGATRON / "megatron").is_dir():
         raise RuntimeError(f"{MEGATRON} holds no megatron package: `make venv` unpacks megatron-core's wheel there")
     sys.path.insert(0, str(MEGATRON))
     from megatron.core import parallel_state, tensor_parallel
-
-    from nemo_ext.backends.megatron import checkpoint
-    from nemo_ext.backends.megatron.backend import last_stage_logprobs
-    from nemo_ext.backends.megatron.micro import build_micros
-    from nemo_ext.backends.megatron.model import build_model_chunks, transformer_config
 
     assert dist.get_world_size() == tp * cp
     # megatron's TP gathers allocate on torch.cuda.current_device(): here, in this spawned rank only,
@@ -58,13 +54,33 @@ def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1, sp: bool =
     # sequence parallelism forks megatron's CUDA RNG for dropout (0 here): nothing to fork on the CPU
     tensor_parallel.get_cuda_rng_tracker().fork = lambda *args, **kwargs: contextlib.nullcontext()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
-    model_dir = Path(out_dir) / "tiny"
+
+
+def _tiny_chunks(model_dir: Path, layout: Layout) -> tuple[list, Shape, AutoConfig]:
+    """The tiny model's megatron chunks under the local spec (fp32, on the CPU), from its HF weights."""
+    from nemo_ext.backends.megatron import checkpoint
+    from nemo_ext.backends.megatron.model import build_model_chunks, transformer_config
+
     hf_config = AutoConfig.from_pretrained(model_dir)
-    shape, layout = Shape.from_hf_config(hf_config), Layout(tp=tp, pp=1, cp=cp, dp=1, sequence_parallel=sp)
+    shape = Shape.from_hf_config(hf_config)
     config = transformer_config(shape, hf_config, ModelConfig(), layout, impl="local", bf16=False, recompute=None,
                                 init_weights=False, cpu_init=True)
     chunks = build_model_chunks(shape, hf_config, config, "local")
     checkpoint.load_hf_weights(chunks, shape, layout, model_dir)
+    return chunks, shape, hf_config
+
+
+def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1, sp: bool = False) -> None:
+    """One rank: build, load, forward + backward the batches, write loss and HF-named gradients."""
+    _megatron_on_cpu(tp, cp)
+    from megatron.core import parallel_state
+
+    from nemo_ext.backends.megatron import checkpoint
+    from nemo_ext.backends.megatron.backend import last_stage_logprobs
+    from nemo_ext.backends.megatron.micro import build_micros
+
+    layout = Layout(tp=tp, pp=1, cp=cp, dp=1, sequence_parallel=sp)
+    chunks, shape, hf_config = _tiny_chunks(Path(out_dir) / "tiny", layout)
 
     def logprobs(*, hidden_states, output_layer, output_weight, context, **_):
         micro, temperature, with_entropy = context
@@ -145,3 +161,51 @@ def test_the_megatron_backend_requires_the_temperature_too():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[True, True, True]"
+
+
+def _extra_state_rank(rank: int, out_dir: str) -> None:
+    """A checkpoint of the local spec's chunk loaded into a chunk whose final norm, like Transformer
+    Engine's modules, has ``_extra_state``: the weights come back, the absent extra state is tolerated;
+    a checkpoint that lacks a weight is refused, naming it."""
+    _megatron_on_cpu()
+    torch.cuda.synchronize = lambda *args: None  # megatron's checkpoint writer waits on CUDA; none here
+    from megatron.core import dist_checkpointing, parallel_state
+
+    from nemo_ext.backends.megatron.checkpoint import load_chunk_state, load_sharded
+
+    out, layout = Path(out_dir), Layout(tp=1, pp=1, cp=1, dp=1)
+    [saved], _, _ = _tiny_chunks(out / "tiny", layout)
+    full, partial = out / "ckpt_full", out / "ckpt_without_final_norm"
+    without_final_norm = {k: v for k, v in saved.sharded_state_dict().items() if k != "decoder.final_layernorm.weight"}
+    for directory, state in [(full, saved.sharded_state_dict()), (partial, without_final_norm)]:
+        directory.mkdir()
+        dist_checkpointing.save({"model": state}, str(directory))
+    norm_type = type(saved.decoder.final_layernorm)
+    norm_type.get_extra_state = lambda self: torch.tensor([7.0])  # this spawned rank's class only
+    norm_type.set_extra_state = lambda self, state: None
+    [loaded], _, _ = _tiny_chunks(out / "tiny", layout)
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.zero_()
+    request = loaded.sharded_state_dict()
+    assert "decoder.final_layernorm._extra_state" in request
+    load_chunk_state(loaded, load_sharded({"model": request}, full)["model"])
+    loaded_state = loaded.state_dict()
+    same = all(torch.equal(t, loaded_state[k]) for k, t in saved.state_dict().items() if isinstance(t, torch.Tensor))
+    try:
+        load_sharded({"model": loaded.sharded_state_dict()}, partial)
+        refused = ""
+    except RuntimeError as e:
+        refused = str(e)
+    parallel_state.destroy_model_parallel()
+    torch.save({"same": same, "refused": refused}, out / "extra_state.pt")
+
+
+def test_a_checkpoint_without_extra_state_loads_into_a_model_that_has_it(tmp_path):
+    """Transformer Engine's layer spec loading a local-spec checkpoint (tests/gpu checks the real
+    cross-spec round trip): only absent ``_extra_state`` is tolerated, any absent weight is an error."""
+    build_tiny_checkpoint(tmp_path / "tiny", seed=0)
+    run_gloo_ranks(_extra_state_rank, tmp_path, nprocs=1)
+    result = torch.load(tmp_path / "extra_state.pt")
+    assert result["same"]
+    assert "lacks 1 entries" in result["refused"] and "decoder.final_layernorm.weight" in result["refused"]

@@ -222,9 +222,36 @@ def load(backend, path: Path) -> dict:
     if not (path / "trainer_state.pt").exists():
         raise FileNotFoundError(f"{path}: not a complete megatron checkpoint (no trainer_state.pt)")
     _prime_optimizer_state(backend.optimizer)
-    state = dist_checkpointing.load(_sharded_state(backend, is_loading=True), str(path / "megatron"))
+    state = load_sharded(_sharded_state(backend, is_loading=True), path / "megatron")
     for i, chunk in enumerate(backend.chunks):
-        chunk.load_state_dict(state[f"model{i}" if len(backend.chunks) > 1 else "model"])
+        load_chunk_state(chunk, state[f"model{i}" if len(backend.chunks) > 1 else "model"])
     _load_optimizer(backend.optimizer, state["optimizer"])
     return torch.load(path / "trainer_state.pt", weights_only=False)
+
+
+# Transformer Engine's modules keep their FP8 metadata (scales, amax history) as ``_extra_state``,
+# which a checkpoint written under the local layer spec does not have; TE's fresh values are the
+# right start for it. Every other tensor must be in the checkpoint.
+EXTRA_STATE = "_extra_state"
+
+
+def load_sharded(request: dict, directory: Path) -> dict:
+    """``dist_checkpointing.load`` of ``request`` from ``directory``, where the checkpoint may lack
+    ``_extra_state`` entries (written under the other layer spec); anything else it lacks raises."""
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    state, _, absent = dist_checkpointing.load(request, str(directory), strict=StrictHandling.RETURN_UNEXPECTED)
+    missing = sorted(k for k in absent if not k.endswith(EXTRA_STATE))
+    if missing:
+        raise RuntimeError(f"{directory}: the checkpoint lacks {len(missing)} entries this model needs, e.g. "
+                           f"{missing[:3]} (written for another model shape or layout?)")
+    return state
+
+
+def load_chunk_state(chunk, state: dict) -> None:
+    """``chunk.load_state_dict(state)``, tolerating only absent ``_extra_state`` entries (``load_sharded``)."""
+    result = chunk.load_state_dict(state, strict=False)
+    wrong = [k for k in result.missing_keys if not k.endswith(EXTRA_STATE)] + list(result.unexpected_keys)
+    if wrong:
+        raise RuntimeError(f"checkpoint and model disagree on {wrong[:5]} ({len(wrong)} in all)")
 
