@@ -206,7 +206,8 @@ def summarize(backend: str, step_result: dict, ceiling: dict) -> dict:
     timed = step_result["steps"][1:]  # the first is the warm-up
     med = {k: statistics.median(s.get(k, 0.0) for s in timed) for k in timed[0] if isinstance(timed[0][k], float)}
     gen_tps = statistics.median(s["tokens"] / s["generate_s"] for s in timed)
-    return {"backend": backend, **{k: round(v, 3) for k, v in med.items()},
+    # 4 significant digits: seconds and GiB as 3 decimals would, and the mismatch KL (~1e-4) too
+    return {"backend": backend, **{k: float(f"{v:.4g}") for k, v in med.items()},
             "generate_tokens_per_s": round(gen_tps), "ceiling_tokens_per_s": round(ceiling["tokens_per_s"]),
             "generate_vs_ceiling": round(gen_tps / ceiling["tokens_per_s"], 3),
             "not_generation_share": round(1 - med["generate_s"] / med["step_s"], 3),
