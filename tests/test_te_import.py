@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from nemo_ext.backends.te_import import _cudnn_env, cudnn_libraries, mapped_library_dir
+from nemo_ext.backends.te_import import _cudnn_env, cudnn_libraries, mapped_library_dir, preload_cudnn
 
 PIP_CUDNN = "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cudnn/lib"
 MAPS = f"""\
@@ -38,6 +38,13 @@ def test_every_cudnn_library_of_the_directory_is_loaded_graph_first_and_the_fron
         "libcudnn_heuristic.so.9", "libcudnn_ops.so.9", "libcudnn_cnn.so.9", "libcudnn_adv.so.9",
         "libcudnn_future.so.9",  # a part this list does not know: after the known ones
         "libcudnn.so.9"]
+
+
+def test_a_library_that_does_not_preload_is_reported_not_raised(tmp_path):
+    for name in ("libcudnn_graph.so.9", "libcudnn.so.9"):
+        (tmp_path / name).write_bytes(b"not an ELF file")
+    failed = preload_cudnn(tmp_path)
+    assert [f.split(":")[0] for f in failed] == ["libcudnn_graph.so.9", "libcudnn.so.9"]
 
 
 @pytest.mark.parametrize("user", [None, "/usr/local/cudnn"])

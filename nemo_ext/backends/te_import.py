@@ -11,6 +11,7 @@ fails inside the dynamic loader (the GPU machine, 2026-12-02: ``libcudnn_cnn.so.
 on its own: TE then loads ``libcudnn.so`` from there, already loaded, and the sub-library is still
 looked up by name. So before TE's import every cuDNN library of the directory already mapped into
 the process is loaded, graph first; a later lookup of any of them by name then finds the loaded one.
+A library that does not preload is left to TE's loading, as before, and named if TE's import fails.
 With no cuDNN in the process yet, TE's own search is left alone (torch then shares TE's copy).
 """
 
@@ -51,6 +52,18 @@ def cudnn_libraries(directory: Path) -> list[Path]:
                                                           f[1].name))]
 
 
+def preload_cudnn(directory: Path) -> list[str]:
+    """Load ``cudnn_libraries(directory)`` into the process's global namespace. Best effort: a library
+    that does not load is left to TE's own loading, as before; returns what failed, and why."""
+    failed = []
+    for library in cudnn_libraries(directory):
+        try:
+            ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+        except OSError as e:
+            failed.append(f"{library.name}: {e}")
+    return failed
+
+
 @contextmanager
 def _cudnn_env(directory: str) -> Iterator[None]:
     """``CUDNN_HOME`` and ``CUDNN_PATH`` set to ``directory`` while TE imports, the user's values back
@@ -82,18 +95,19 @@ def import_transformer_engine() -> ModuleType:
     except OSError:  # not Linux: nothing to align
         maps = ""
     directory = mapped_library_dir("cudnn", maps)
+    failed = []
     try:
         if directory is None:
             import transformer_engine.pytorch as te
         else:
-            for library in cudnn_libraries(Path(directory)):
-                ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+            failed = preload_cudnn(Path(directory))
             with _cudnn_env(directory):
                 import transformer_engine.pytorch as te
     except OSError as e:
         raise RuntimeError(
             f"Transformer Engine's libraries failed to load: {e}. Two different cuDNN builds in one process "
             f"(pip's, with torch, and a system one) do this; this process had loaded {directory or 'no cuDNN'} "
-            "before. Import Transformer Engine before torch runs any cuDNN kernel, or remove one of the two "
-            "cuDNN installations") from e
+            f"before{' (of which these did not preload: ' + '; '.join(failed) + ')' if failed else ''}. Import "
+            "Transformer Engine before torch runs any cuDNN kernel, or remove one of the two cuDNN "
+            "installations") from e
     return te
