@@ -18,11 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from nemo_ext.data.prompts import render_prompt
-from nemo_ext.data.synthetic import make_problems
+from bench.tiny_vllm import tiny_engine_and_prompts
 from nemo_ext.evaluation.records import RecordWriter
-from nemo_ext.generation import build_engine, iter_generate
-from nemo_ext.models.tiny import build_tiny_checkpoint
+from nemo_ext.generation import iter_generate
 
 
 def timed(fn) -> tuple[float, float, list]:
@@ -40,9 +38,8 @@ def main() -> None:
     args = parser.parse_args()
     from vllm import SamplingParams
 
-    tmp = Path(tempfile.mkdtemp())
-    llm = build_engine(str(build_tiny_checkpoint(tmp / "tiny")), seed=0, max_model_len=1024)
-    prompts = [render_prompt(p["question"], "math") for p in make_problems(args.prompts, seed=1, split="test")]
+    tmp = Path(tempfile.mkdtemp())  # the generation records
+    llm, prompts = tiny_engine_and_prompts(args.prompts, max_model_len=1024)
     seeds = [1000 * i for i in range(len(prompts))]
     sampling = {"temperature": 0.6, "top_p": 0.95, "max_tokens": args.max_tokens}
 

@@ -16,14 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
-from pathlib import Path
 
-from nemo_ext.data.prompts import render_prompt
-from nemo_ext.data.synthetic import make_problems
-from nemo_ext.generation import Completion, build_engine, generate
-from nemo_ext.models.tiny import build_tiny_checkpoint
+from bench.tiny_vllm import best_of, tiny_engine_and_prompts
+from nemo_ext.generation import Completion, generate
 
 # the candidate temperatures of the AceReason configs' probe (recipes/conf/rl/acereason_7b.yaml)
 TEMPERATURES = (0.6, 0.7, 0.8, 0.85, 0.9, 1.0)
@@ -36,9 +31,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    llm = build_engine(str(build_tiny_checkpoint(tmp / "tiny")), seed=0, max_model_len=512)
-    prompts = [render_prompt(p["question"], "math") for p in make_problems(args.prompts, seed=1, split="test")]
+    llm, prompts = tiny_engine_and_prompts(args.prompts, max_model_len=512)
     seeds = [1000 * i for i in range(len(prompts))]
     common = dict(n=args.group, top_p=1.0, max_tokens=args.max_tokens, logprobs=True, detokenize=False)
 
@@ -49,14 +42,9 @@ def main() -> None:
         return generate(llm, [p for _ in TEMPERATURES for p in prompts], seed=seeds * len(TEMPERATURES),
                         temperature=[t for t in TEMPERATURES for _ in prompts], **common)
 
-    variants = {"one_batch_per_temperature": one_batch_per_temperature, "one_batch": one_batch}
     one_batch()  # warm-up
-    best, samples = dict.fromkeys(variants, float("inf")), {}
-    for _ in range(args.repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            samples[name] = run()
-            best[name] = min(best[name], time.perf_counter() - start)
+    best, samples = best_of({"one_batch_per_temperature": one_batch_per_temperature, "one_batch": one_batch},
+                            args.repeats)
     pairs = [(a, b) for ra, rb in zip(samples["one_batch"], samples["one_batch_per_temperature"], strict=True)
              for a, b in zip(ra, rb, strict=True)]
     same_tokens = [(a, b) for a, b in pairs if a.token_ids == b.token_ids]

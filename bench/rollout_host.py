@@ -21,16 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
-from pathlib import Path
 
 from vllm import SamplingParams
 
-from nemo_ext.data.prompts import render_prompt
-from nemo_ext.data.synthetic import make_problems
-from nemo_ext.generation import Completion, _completion, build_engine, generate
-from nemo_ext.models.tiny import build_tiny_checkpoint
+from bench.tiny_vllm import best_of, tiny_engine_and_prompts
+from nemo_ext.generation import Completion, _completion, generate
 
 GROUP = 8
 
@@ -41,10 +36,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    llm = build_engine(str(build_tiny_checkpoint(tmp / "tiny")), seed=0, max_model_len=512)
-    prompts = [render_prompt(p["question"], "math")
-               for p in make_problems(args.requests // GROUP, seed=1, split="test")]
+    llm, prompts = tiny_engine_and_prompts(args.requests // GROUP, max_model_len=512)
     sampling = dict(temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, ignore_eos=True)
 
     def vllm_generate(detokenize: bool) -> list[Completion]:
@@ -62,12 +54,7 @@ def main() -> None:
     variants = {"vllm_defaults": lambda: vllm_generate(True), "vllm_no_detokenize": lambda: vllm_generate(False),
                 "rollout": lambda: ours(list(range(len(prompts)))), "rollout_unseeded": lambda: ours(None)}
     variants["vllm_defaults"]()  # warm-up
-    best, samples = dict.fromkeys(variants, float("inf")), {}
-    for _ in range(args.repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            samples[name] = run()
-            best[name] = min(best[name], time.perf_counter() - start)
+    best, samples = best_of(variants, args.repeats)
 
     def sample_facts(name: str) -> list[tuple]:
         return [(c.token_ids, c.logprobs, c.text) for c in samples[name]]
