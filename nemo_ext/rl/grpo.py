@@ -210,12 +210,13 @@ def probe_temperature(run: RLRun, stage: StageConfig, prompts: dict[str, RLPromp
     ids = epoch_order(sched.state.active, sched.seed, sched.state.stage, 0)[:tc.probe_prompts]
     batch, measured = [prompts[i] for i in ids], {}
     rollouts, update = run.rollouts, run.update
-    mine, T = rollouts.share.indices(len(batch)), tc.probe_values
-    # the same seeds at every temperature, as the step's positions would give them
-    completions = rollouts.engine.sample([batch[i].text for _ in T for i in mine], n=stage.group_size,
-                                         temperature=[t for t in T for _ in mine], max_tokens=stage.max_response_len,
-                                         seed=step_seed(sched.seed, -1, 0), positions=[i for _ in T for i in mine])
-    for k, temperature in enumerate(T):
+    mine, candidates = rollouts.share.indices(len(batch)), tc.probe_values
+    # this rank's prompts once per candidate; the same seeds at every temperature (the positions')
+    completions = rollouts.engine.sample([batch[i].text for _ in candidates for i in mine], n=stage.group_size,
+                                         temperature=[t for t in candidates for _ in mine],
+                                         max_tokens=stage.max_response_len, seed=step_seed(sched.seed, -1, 0),
+                                         positions=[i for _ in candidates for i in mine])
+    for k, temperature in enumerate(candidates):
         at_t = completions[k * len(mine):(k + 1) * len(mine)]
         groups = run.share.gather([Group(batch[i], rollouts.tokens(batch[i]), cs, [0.0] * len(cs), [False] * len(cs))
                                    for i, cs in zip(mine, at_t, strict=True)], len(batch))
