@@ -91,7 +91,7 @@ def rl_config(args, backend: str):
         trainer=TrainerConfig(accelerator=Accelerator(args.accelerator), seed=1234,
                               compile=args.compile and args.accelerator == "gpu",
                               activation_checkpointing=args.recompute),
-        model=ModelConfig(logits_chunk_tokens=4096),
+        model=ModelConfig(logits_chunk_tokens=4096, keep_logits=args.keep_logits),
         rollout=RolloutConfig(gpu_memory_utilization=args.gpu_memory_utilization, sleep_mode=True,
                               max_model_len=args.max_len + 256, reward_workers=args.reward_workers),
         stages=[stage], checkpoint=CheckpointConfig(save_every=0), logging=LoggingConfig(tensorboard=False),
@@ -277,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-workers", type=int, default=4)
     p.add_argument("--no-compile", dest="compile", action="store_false", help="trainer.compile=false")
     p.add_argument("--recompute", action="store_true", help="trainer.activation_checkpointing=true")
+    p.add_argument("--keep-logits", action="store_true", help="model.keep_logits=true")
     p.add_argument("--accelerator", choices=["gpu", "cpu"], default="gpu")
     p.add_argument("--logs", default=None, help="a directory for each worker's log (created)")
     p.add_argument("--out", default=None, help="append the summaries as JSON lines here")

@@ -35,21 +35,28 @@ def test_fp8_convergence_configs(recipe):
 
 def test_sft_throughput_configs():
     b = bench("sft_throughput")
-    args = b.parser().parse_args(["--shape", "7b", "--layers", "8", "--recompute", "full", "--attention", "te"])
+    args = b.parser().parse_args(["--shape", "7b", "--layers", "8", "--recompute", "full", "--attention", "te",
+                                  "--logits-chunk", "8192"])
     model, trainer, _, schedule = b._configs(args, "unused")
     assert model.attn_implementation == "te" and trainer.activation_checkpointing
+    assert model.logits_chunk_tokens == 8192 and not model.keep_logits
     assert schedule.total_steps == 100
+    assert b.megatron_variant("megatron_te_keep") == {"impl": "transformer_engine", "compile_layers": False,
+                                                      "keep_logits": True, "fp8": False}
+    with pytest.raises(ValueError, match="megatron_kept"):
+        b.megatron_variant("megatron_kept")
 
 
 def test_rl_step_config():
     b = bench("rl_step")
     args = b.parser().parse_args(["--prompts", "16", "--max-len", "8192", "--steps", "2", "--micro-tokens", "32768",
-                                  "--recompute", "--gpu-memory-utilization", "0.7"])
+                                  "--recompute", "--gpu-memory-utilization", "0.7", "--keep-logits"])
     args.model_dir = "/tmp/model"
     cfg = b.rl_config(args, "megatron")
     stage = cfg.stages[0]
     assert (stage.max_response_len, stage.group_size, stage.prompts_per_step) == (8192, 8, 16)
     assert stage.num_prompts == 16 * 3 and stage.steps == 3  # the warm-up step's prompts too
     assert cfg.policy.micro_batch_tokens == 32768 and cfg.trainer.activation_checkpointing
+    assert cfg.model.keep_logits
     assert cfg.rollout.sleep_mode and cfg.rollout.max_model_len == 8192 + 256
     assert not stage.overlong.filter  # every response is truncated: the filter would drop them all

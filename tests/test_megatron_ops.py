@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -78,13 +79,15 @@ def _reference(h, w, t, temperature, vocab_size):
     return logp.gather(1, t[:, None]).squeeze(1), -(logp.exp() * logp).sum(-1)
 
 
+@pytest.mark.parametrize("keep_logits", [False, True], ids=["recomputed", "kept"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_logprobs_match_log_softmax_with_padded_vocab_and_chunks(compiled):
+def test_logprobs_match_log_softmax_with_padded_vocab_and_chunks(compiled, keep_logits):
     torch.manual_seed(0)
     h = torch.randn(7, 16, dtype=torch.float64, requires_grad=True)
     w = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)  # 10 real ids + 2 padded rows
     t = torch.tensor([0, 9, 3, 3, 5, 1, 8])
-    logp, _ = vocab_parallel_logprobs(h, w, t, vocab_size=10, temperature=0.7, chunk_tokens=3, compiled=compiled)
+    logp, _ = vocab_parallel_logprobs(h, w, t, vocab_size=10, temperature=0.7, chunk_tokens=3, compiled=compiled,
+                                      keep_logits=keep_logits)
     ref, ref_entropy = _reference(h, w, t, 0.7, 10)
     torch.testing.assert_close(logp.double(), ref, rtol=1e-6, atol=1e-6)
     # Hand value for token 0: z_y - logsumexp(z) over the 10 real ids only.
@@ -109,19 +112,20 @@ def _inputs():
     return h, w, torch.tensor([0, 9, 6, 2, 7, 5]), torch.randn(6, dtype=torch.float64)
 
 
-def _tp_worker(rank: int, out_dir: str):
+def _tp_worker(rank: int, out_dir: str, keep_logits: bool = False):
     h, w, t, g = _inputs()
     shard = w.chunk(2)[rank].clone().requires_grad_(True)
     hh = h.clone().requires_grad_(True)
     kw = dict(vocab_start=rank * shard.shape[0], vocab_size=10, chunk_tokens=4, group=dist.group.WORLD)
-    logp, _ = vocab_parallel_logprobs(hh, shard, t, **kw)
+    logp, _ = vocab_parallel_logprobs(hh, shard, t, keep_logits=keep_logits, **kw)
     (logp * g).sum().backward()
     _, ent = vocab_parallel_logprobs(h, shard.detach(), t, with_entropy=True, **kw)
     torch.save((logp.detach(), ent, hh.grad, shard.grad), f"{out_dir}/rank{rank}.pt")
 
 
-def test_two_tensor_parallel_ranks_equal_one_full_vocabulary(tmp_path):
-    run_gloo_ranks(_tp_worker, tmp_path)
+@pytest.mark.parametrize("keep_logits", [False, True], ids=["recomputed", "kept"])
+def test_two_tensor_parallel_ranks_equal_one_full_vocabulary(tmp_path, keep_logits):
+    run_gloo_ranks(functools.partial(_tp_worker, keep_logits=keep_logits), tmp_path)
     h, w, t, g = _inputs()
     hr, wr = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
     ref, ref_entropy = _reference(hr, wr, t, 1.0, 10)

@@ -3,6 +3,7 @@ gradients, the packed-batch layout, and loss accumulation over micro-batches."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -42,13 +43,14 @@ def test_packed_attention_equals_each_sequence_alone(tiny_model_dir):
     torch.testing.assert_close(packed_grad, model.model.layers[0].self_attn.q_proj.weight.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_chunked_logprobs_and_gradients_equal_naive():
+@pytest.mark.parametrize("keep_logits", [False, True], ids=["recomputed", "kept"])
+def test_chunked_logprobs_and_gradients_equal_naive(keep_logits):
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 50, (37,))
     temperature = 0.7
-    logp, _ = token_logprobs(hidden, weight, targets, temperature, chunk_tokens=8)
+    logp, _ = token_logprobs(hidden, weight, targets, temperature, chunk_tokens=8, keep_logits=keep_logits)
     (logp * torch.linspace(0, 1, 37, dtype=torch.float64)).sum().backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None

@@ -47,6 +47,7 @@ def token_logprobs(
     chunk_tokens: int = 2048,
     with_entropy: bool = False,
     compiled: bool = False,
+    keep_logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(targets) under softmax(hidden @ weight.T / temperature), chunk by chunk.
 
@@ -56,6 +57,8 @@ def token_logprobs(
     ``compiled``: run each chunk's log-softmax (and entropy) under torch.compile, which fuses the
     upcast, the temperature and the reductions into one pass over the chunk's logits (forward and
     backward).
+    ``keep_logits``: no checkpoint around the chunks, so autograd keeps what each chunk's backward
+    needs (its logits) instead of recomputing them.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -65,10 +68,10 @@ def token_logprobs(
         pieces = [chunk_fn(hidden_TH[s:s + chunk_tokens], weight_VH, targets_T[s:s + chunk_tokens], temperature)
                   for s in starts]
         return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
-    needs_grad = torch.is_grad_enabled() and (hidden_TH.requires_grad or weight_VH.requires_grad)
+    checkpointed = not keep_logits and torch.is_grad_enabled() and (hidden_TH.requires_grad or weight_VH.requires_grad)
     chunk_fn = compiled_chunk_fn(_chunk_logprobs) if compiled else _chunk_logprobs
     pieces = []
     for s in starts:
         args = (hidden_TH[s:s + chunk_tokens], weight_VH, targets_T[s:s + chunk_tokens], temperature)
-        pieces.append(checkpoint(chunk_fn, *args, use_reentrant=False) if needs_grad else chunk_fn(*args))
+        pieces.append(checkpoint(chunk_fn, *args, use_reentrant=False) if checkpointed else chunk_fn(*args))
     return torch.cat(pieces), None

@@ -43,11 +43,12 @@ class TokenLogprobModel(torch.nn.Module):
     used (FSDP2 unshards it in this module's forward).
     """
 
-    def __init__(self, hf_model: torch.nn.Module, chunk_tokens: int, compiled: bool = False):
+    def __init__(self, hf_model: torch.nn.Module, chunk_tokens: int, compiled: bool = False,
+                 keep_logits: bool = False):
         super().__init__()
         self.hf_model = hf_model
         self.chunk_tokens = chunk_tokens
-        self.compiled = compiled
+        self.compiled, self.keep_logits = compiled, keep_logits
 
     def forward(self, batch: PackedBatch, temperature: float, with_entropy: bool = False):
         hidden = self.hf_model.model(
@@ -58,7 +59,7 @@ class TokenLogprobModel(torch.nn.Module):
         ).last_hidden_state[0]
         weight = self.hf_model.get_output_embeddings().weight
         return token_logprobs(hidden, weight, batch.targets, temperature, self.chunk_tokens, with_entropy,
-                              compiled=self.compiled)
+                              compiled=self.compiled, keep_logits=self.keep_logits)
 
 
 def load_hf_model(model_cfg: ModelConfig, path: str) -> torch.nn.Module:
@@ -87,7 +88,7 @@ class TorchBackend(Backend):
         if trainer_cfg.activation_checkpointing:
             self.hf_model.gradient_checkpointing_enable({"use_reentrant": False})
         self.module = TokenLogprobModel(self.hf_model, model_cfg.logits_chunk_tokens,
-                                        compiled_logprobs(trainer_cfg, device))
+                                        compiled_logprobs(trainer_cfg, device), model_cfg.keep_logits)
         self.fsdp = self.distributed and device.type == "cuda" and trainer_cfg.fsdp
         self.model = self._parallelize(self.module, trainer_cfg)
         self.reset_optimizer(schedule)

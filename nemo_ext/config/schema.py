@@ -113,6 +113,10 @@ class ModelConfig:
     # per-sequence SDPA on CPU); te = Transformer Engine's fused cuDNN attention (GPU, TE installed)
     attn_implementation: str = "auto"
     logits_chunk_tokens: int = 2048  # tokens per chunk of the chunked cross-entropy
+    # Keep the output layer's logits for the backward instead of recomputing them chunk by chunk: a quarter
+    # of that layer's FLOPs saved for T x V values per micro-batch (bf16: 5 GB at 16K tokens x 152K
+    # vocabulary; docs/performance.md measures it)
+    keep_logits: bool = False
     # megatron backend only
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1

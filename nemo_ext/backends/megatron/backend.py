@@ -77,7 +77,8 @@ def init_distributed(device: torch.device | None = None) -> torch.device:
 
 def last_stage_logprobs(hidden_states: torch.Tensor, weight: torch.Tensor, micro: Micro, *, vocab_size: int,
                         temperature: float = 1.0, with_entropy: bool = False, sequence_parallel: bool = False,
-                        chunk_tokens: int = 2048, compiled: bool = False) -> torch.Tensor:
+                        chunk_tokens: int = 2048, compiled: bool = False, keep_logits: bool = False
+                        ) -> torch.Tensor:
     """What the last pipeline stage computes (``GPTModel``'s ``output_processor``): final hidden states
     [T (/ TP under sequence parallelism), 1, H] and this TP rank's rows of the output embedding ->
     log-probs of ``micro``'s targets [T] float32, or with ``with_entropy`` (no gradient) log-probs
@@ -92,7 +93,7 @@ def last_stage_logprobs(hidden_states: torch.Tensor, weight: torch.Tensor, micro
         hidden_states.squeeze(1), weight, micro.targets,
         vocab_start=parallel_state.get_tensor_model_parallel_rank() * weight.shape[0], vocab_size=vocab_size,
         temperature=temperature, chunk_tokens=chunk_tokens, group=tp_group if tp > 1 else None,
-        with_entropy=with_entropy, compiled=compiled)
+        with_entropy=with_entropy, compiled=compiled, keep_logits=keep_logits)
     if micro.shard is not None:  # this CP rank's tokens -> the whole batch, in its order
         cp_group = parallel_state.get_context_parallel_group()
         logp = gather_logprobs(logp, micro.shard, cp_group)
@@ -196,7 +197,8 @@ class MegatronBackend(Backend):
         weight = output_weight if output_weight is not None else output_layer.weight
         return last_stage_logprobs(hidden_states, weight, micro, vocab_size=self.shape.vocab, temperature=temperature,
                                    with_entropy=with_entropy, sequence_parallel=self.config.sequence_parallel,
-                                   chunk_tokens=self.chunk_tokens, compiled=self.compiled_logprobs)
+                                   chunk_tokens=self.chunk_tokens, compiled=self.compiled_logprobs,
+                                   keep_logits=self.model_cfg.keep_logits)
 
     def _micros(self, micro_batches: list[PackedBatch]) -> list[Micro]:
         cp_rank = parallel_state.get_context_parallel_rank() if self.layout.cp > 1 else 0
