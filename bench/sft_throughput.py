@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from nemo_ext.garbage_collection import PauseRecorder, collect_between_steps  # noqa: E402
 
 GC_PAUSES = PauseRecorder()  # the collections during the timed steps
+STEP_LOSSES: list[float] = []  # every step's loss (warm-up too), where the backend returns it
 SHAPES = {"1.5b": "Qwen/Qwen2.5-1.5B", "7b": "Qwen/Qwen2.5-Math-7B"}  # nemo_ext.models.catalog names
 
 
@@ -106,10 +107,12 @@ def _timed(args, steps, run_step) -> list[float]:
             if i == args.warmup:
                 gc.callbacks.append(GC_PAUSES)
             t0 = time.perf_counter()
-            run_step(step)
+            out = run_step(step)
             torch.cuda.synchronize()
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
+            if isinstance(out, dict):  # the backends' train_step: variants of one backend should agree
+                STEP_LOSSES.append(out["loss"])
             collector.after_step(i + 1)
         if GC_PAUSES in gc.callbacks:
             gc.callbacks.remove(GC_PAUSES)
@@ -252,6 +255,7 @@ def worker(args) -> None:
                   optimizer=not args.no_optimizer, params=num_parameters(cfg), tokens_per_s=tokens / total,
                   median_step_s=statistics.median(times), step_s=[round(t, 4) for t in times],
                   gc_pauses_s=[round(t, 4) for g, t in GC_PAUSES.pauses if g == 2 or t > 0.01],
+                  losses=[round(x, 5) for x in STEP_LOSSES],
                   tflops_per_gpu=flops / total / ngpu / 1e12, mfu=flops / total / ngpu / peak,
                   peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30, card=torch.cuda.get_device_name())
     if int(os.environ.get("RANK", 0)) == 0:
@@ -293,7 +297,7 @@ def run_backend(args, backend: str, model_dir: Path, result: Path, fp8_recipe: s
     cmd += ["--fp8", args.fp8, "--fp8-recipe", fp8_recipe] if fp8_recipe else []
     name = backend + (f".{fp8_recipe}" if fp8_recipe else "")
     for key in ("shape", "layers", "bin", "max_len", "micro", "warmup", "steps", "tp", "gpus", "seed", "memory_budget",
-                "worker_logs", "attention", "gc_interval"):
+                "worker_logs", "attention", "gc_interval", "logits_chunk"):
         if getattr(args, key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     cmd += ["--no-optimizer"] if args.no_optimizer else []
