@@ -2,7 +2,8 @@
 (``megatron/model.py``) and loaded from its HF weights gives the HF model's loss and gradients (fp32),
 at TP = 1 and over two gloo ranks at TP = 2, TP = 2 with sequence parallelism and CP = 2, the pad
 token's lookups included; and the RL log-prob pass (no gradient, temperature-scaled log-probs and
-entropies) gives HF's values.
+entropies) gives HF's values, as does the RL training forward, which measures the entropies beside
+the log-probs without changing their gradient.
 
 megatron-core 0.19.2 publishes wheels for Python 3.12 only; its model code is pure Python and runs
 under 3.11 from the wheel that ``make venv`` unpacks into ``<venv>/megatron-core``. Only the spawned
@@ -98,25 +99,40 @@ def _megatron_rank(rank: int, out_dir: str, tp: int = 1, cp: int = 1, sp: bool =
         return chunks[0](micro.input_ids, micro.position_ids, None, packed_seq_params=micro.packed,
                          output_processor=logprobs, output_processor_context=(micro, temperature, with_entropy))
 
+    def backward(temperature: float, with_entropy: bool) -> tuple[float, dict, list]:
+        """The summed NLL shares' forward + backward: (loss, HF-named gradients, outputs [T] or [2, T])."""
+        loss, outputs = 0.0, []
+        for p in chunks[0].parameters():
+            p.grad = None
+        for micro in micros:
+            out = forward(micro, temperature, with_entropy)
+            logp = out[0] if with_entropy else out
+            batch = micro.batch  # whole on every CP rank: the log-probs are gathered back into its order
+            share = -(logp[:batch.num_tokens] * batch.loss_mask).sum() / total
+            share.backward()
+            loss += float(share)
+            outputs.append(out[..., :batch.num_tokens].detach())
+        # What megatron's DDP and finalize_model_grads do: sum each CP rank's part (its tokens), and under
+        # sequence parallelism the norms' parts over TP (each TP rank normed its share of the tokens).
+        for p in chunks[0].parameters():
+            dist.all_reduce(p.grad, group=parallel_state.get_context_parallel_group())
+            if getattr(p, "sequence_parallel", False):
+                dist.all_reduce(p.grad, group=parallel_state.get_tensor_model_parallel_group())
+        grads = {name: g.clone() for name, g in checkpoint.hf_weights(chunks, shape, layout, te=False,
+                                                                      tensor_of=lambda p: p.grad)}
+        return loss, grads, outputs
+
     with torch.no_grad():  # the RL log-prob pass: [2, T] log-probs and entropies at a temperature
         with_entropy = [forward(micro, TEMPERATURE, True)[:, :micro.batch.num_tokens] for micro in micros]
-    for micro in micros:
-        logp = forward(micro, 1.0, False)
-        batch = micro.batch  # whole on every CP rank: the log-probs are gathered back into its order
-        share = -(logp[:batch.num_tokens] * batch.loss_mask).sum() / total
-        share.backward()
-        loss += float(share)
-    # What megatron's DDP and finalize_model_grads do: sum each CP rank's part (its tokens), and under
-    # sequence parallelism the norms' parts over TP (each TP rank normed its share of the tokens).
-    for p in chunks[0].parameters():
-        dist.all_reduce(p.grad, group=parallel_state.get_context_parallel_group())
-        if getattr(p, "sequence_parallel", False):
-            dist.all_reduce(p.grad, group=parallel_state.get_tensor_model_parallel_group())
-    grads = {name: g.clone() for name, g in checkpoint.hf_weights(chunks, shape, layout, te=False,
-                                                                  tensor_of=lambda p: p.grad)}
+    loss, grads, _ = backward(1.0, False)
+    # the RL training forward: entropies beside the log-probs, the gradient unchanged
+    _, grads_at_temperature, _ = backward(TEMPERATURE, False)
+    _, grads_with_entropy, trained_with_entropy = backward(TEMPERATURE, True)
     parallel_state.destroy_model_parallel()
     if rank == 0:
-        torch.save({"loss": loss, "grads": grads, "with_entropy": with_entropy},
+        torch.save({"loss": loss, "grads": grads, "with_entropy": with_entropy,
+                    "grads_at_temperature": grads_at_temperature, "grads_with_entropy": grads_with_entropy,
+                    "trained_with_entropy": trained_with_entropy},
                    Path(out_dir) / f"tp{tp}_cp{cp}_sp{int(sp)}.pt")
 
 
@@ -146,6 +162,11 @@ def test_megatron_model_gives_the_hf_models_loss_and_gradients(hf_reference, tp,
         assert err < 1e-4, f"{name}: relative gradient error {err:.2e}"
     for mine, ref in zip(result["with_entropy"], hf_with_entropy, strict=True):
         torch.testing.assert_close(mine, ref, rtol=0, atol=2e-5)
+    for trained, ref in zip(result["trained_with_entropy"], hf_with_entropy, strict=True):
+        torch.testing.assert_close(trained, ref, rtol=0, atol=2e-5)
+    for name, g in result["grads_with_entropy"].items():
+        plain = result["grads_at_temperature"][name]
+        assert float((g - plain).norm()) <= 1e-6 * float(plain.norm()), name
 
 
 def test_the_megatron_backend_requires_the_temperature_too():

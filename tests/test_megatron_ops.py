@@ -106,6 +106,28 @@ def test_logprobs_match_log_softmax_with_padded_vocab_and_chunks(compiled, keep_
     torch.testing.assert_close(ent.double(), ref_entropy, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("keep_logits", [False, True], ids=["recomputed", "kept"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_entropy_under_grad_leaves_logprobs_and_gradients_as_without(compiled, keep_logits):
+    """The RL training forward (``with_entropy`` under autograd): the plain path's log-probs and
+    gradients, the true entropies, which carry no gradient."""
+    torch.manual_seed(4)
+    h = torch.randn(9, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)  # 10 real ids + 2 padded rows
+    t, g = torch.randint(0, 10, (9,)), torch.randn(9, dtype=torch.float64)
+    kw = dict(vocab_size=10, temperature=0.7, chunk_tokens=4, compiled=compiled, keep_logits=keep_logits)
+    plain, none = vocab_parallel_logprobs(h, w, t, **kw)
+    logp, entropy = vocab_parallel_logprobs(h, w, t, with_entropy=True, **kw)
+    assert none is None and logp.requires_grad and not entropy.requires_grad
+    _, ref_entropy = _reference(h.detach(), w.detach(), t, 0.7, 10)
+    torch.testing.assert_close(logp, plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(entropy.double(), ref_entropy, rtol=1e-5, atol=1e-5)
+    grads = [torch.autograd.grad((x.double() * g).sum(), (h, w)) for x in (plain, logp)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+        assert a.abs().max() > 1e-2  # a real gradient
+
+
 def _inputs():
     torch.manual_seed(1)
     h, w = torch.randn(6, 8, dtype=torch.float64), torch.randn(12, 8, dtype=torch.float64)
@@ -113,14 +135,20 @@ def _inputs():
 
 
 def _tp_worker(rank: int, out_dir: str, keep_logits: bool = False):
+    """Per rank: log-probs, entropies and gradients, with and without entropies under grad, and the
+    no-grad pass's entropies."""
     h, w, t, g = _inputs()
-    shard = w.chunk(2)[rank].clone().requires_grad_(True)
-    hh = h.clone().requires_grad_(True)
-    kw = dict(vocab_start=rank * shard.shape[0], vocab_size=10, chunk_tokens=4, group=dist.group.WORLD)
-    logp, _ = vocab_parallel_logprobs(hh, shard, t, keep_logits=keep_logits, **kw)
-    (logp * g).sum().backward()
-    _, ent = vocab_parallel_logprobs(h, shard.detach(), t, with_entropy=True, **kw)
-    torch.save((logp.detach(), ent, hh.grad, shard.grad), f"{out_dir}/rank{rank}.pt")
+    kw = dict(vocab_start=rank * w.shape[0] // 2, vocab_size=10, chunk_tokens=4, group=dist.group.WORLD)
+    results = {}
+    for with_entropy in (False, True):
+        shard = w.chunk(2)[rank].clone().requires_grad_(True)
+        hh = h.clone().requires_grad_(True)
+        logp, ent = vocab_parallel_logprobs(hh, shard, t, keep_logits=keep_logits, with_entropy=with_entropy, **kw)
+        (logp * g).sum().backward()
+        results[with_entropy] = (logp.detach(), ent, hh.grad, shard.grad)
+    with torch.no_grad():
+        results["no_grad"] = vocab_parallel_logprobs(h, w.chunk(2)[rank], t, with_entropy=True, **kw)
+    torch.save(results, f"{out_dir}/rank{rank}.pt")
 
 
 @pytest.mark.parametrize("keep_logits", [False, True], ids=["recomputed", "kept"])
@@ -130,13 +158,19 @@ def test_two_tensor_parallel_ranks_equal_one_full_vocabulary(tmp_path, keep_logi
     hr, wr = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
     ref, ref_entropy = _reference(hr, wr, t, 1.0, 10)
     (ref * g).sum().backward()
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
-    for rank, (logp, ent, _, gw_shard) in enumerate(results):
-        torch.testing.assert_close(logp.double(), ref.detach(), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(ent.double(), ref_entropy.detach(), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(gw_shard, wr.grad.chunk(2)[rank], rtol=1e-5, atol=1e-6)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for rank, result in enumerate(ranks):
+        for logp in (result[False][0], result[True][0], result["no_grad"][0]):
+            torch.testing.assert_close(logp.double(), ref.detach(), rtol=1e-6, atol=1e-6)
+        for ent in (result[True][1], result["no_grad"][1]):  # the TP all-reduce of each rank's part
+            torch.testing.assert_close(ent.double(), ref_entropy.detach(), rtol=1e-5, atol=1e-5)
+        assert result[False][1] is None
+        for with_entropy in (False, True):
+            torch.testing.assert_close(result[with_entropy][3], wr.grad.chunk(2)[rank], rtol=1e-5, atol=1e-6)
     # Each rank returns its partial hidden gradient; megatron's TP region all-reduces them.
-    torch.testing.assert_close(results[0][2] + results[1][2], hr.grad, rtol=1e-5, atol=1e-6)
+    for with_entropy in (False, True):
+        torch.testing.assert_close(ranks[0][with_entropy][2] + ranks[1][with_entropy][2], hr.grad,
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_packed_rope_equals_hf_rotary_per_sequence():

@@ -71,6 +71,31 @@ def test_chunked_entropy_equals_naive():
     torch.testing.assert_close(entropy, -(p * p.log()).sum(-1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("keep_logits", [False, True], ids=["recomputed", "kept"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_entropy_under_grad_leaves_logprobs_and_gradients_as_without(compiled, keep_logits):
+    """The RL training forward (``with_entropy`` under autograd): the plain path's log-probs and
+    gradients, and the no-grad pass's entropies, which carry no gradient."""
+    torch.manual_seed(3)
+    hidden, weight = torch.randn(29, 16, requires_grad=True), torch.randn(40, 16, requires_grad=True)
+    targets, g = torch.randint(0, 40, (29,)), torch.linspace(-1, 1, 29)
+    kw = dict(temperature=0.7, chunk_tokens=8, compiled=compiled, keep_logits=keep_logits)
+    plain, none = token_logprobs(hidden, weight, targets, **kw)
+    logp, entropy = token_logprobs(hidden, weight, targets, with_entropy=True, **kw)
+    with torch.no_grad():
+        no_grad_logp, no_grad_entropy = token_logprobs(hidden, weight, targets, with_entropy=True, **kw)
+    assert none is None and logp.requires_grad and not entropy.requires_grad
+    torch.testing.assert_close(logp, plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(no_grad_logp, plain.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(entropy, no_grad_entropy, rtol=0, atol=1e-6)
+    p = torch.softmax(hidden.detach() @ weight.detach().t() / 0.7, -1)
+    torch.testing.assert_close(entropy, -(p * p.log()).sum(-1), rtol=1e-5, atol=1e-5)
+    grads = [torch.autograd.grad((x * g).sum(), (hidden, weight)) for x in (plain, logp)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+        assert a.abs().max() > 1e-2  # a real gradient
+
+
 def test_compiled_chunks_equal_eager_ones():
     torch.manual_seed(2)
     hidden, weight = torch.randn(45, 16, requires_grad=True), torch.randn(60, 16, requires_grad=True)

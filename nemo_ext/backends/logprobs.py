@@ -24,12 +24,15 @@ def _chunk_logprobs(hidden_CH: torch.Tensor, weight_VH: torch.Tensor, targets_C:
     return logits_CV.gather(1, targets_C[:, None]).squeeze(1) - torch.logsumexp(logits_CV, dim=-1)
 
 
-@torch.no_grad()
-def _chunk_logprobs_and_entropy(hidden_CH, weight_VH, targets_C, temperature):
+def _chunk_logprobs_and_entropy(hidden_CH: torch.Tensor, weight_VH: torch.Tensor, targets_C: torch.Tensor,
+                                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """[C] log p(target) (differentiable) and [C] entropy in nats (detached: no gradient, nothing saved
+    for the backward; computed last, so a checkpoint's recompute stops before it)."""
     logits_CV = (hidden_CH @ weight_VH.t()).float() / temperature
-    logp_CV = torch.log_softmax(logits_CV, dim=-1)
-    entropy_C = -(logp_CV.exp() * logp_CV).sum(-1)
-    return logp_CV.gather(1, targets_C[:, None]).squeeze(1), entropy_C
+    lse_C = torch.logsumexp(logits_CV, dim=-1)
+    logp_C = logits_CV.gather(1, targets_C[:, None]).squeeze(1) - lse_C
+    logp_CV = logits_CV.detach() - lse_C.detach()[:, None]
+    return logp_C, -(logp_CV.exp() * logp_CV).sum(-1)
 
 
 @functools.cache
@@ -52,8 +55,8 @@ def token_logprobs(
     """log p(targets) under softmax(hidden @ weight.T / temperature), chunk by chunk.
 
     hidden_TH: [T, H] final hidden states (after the last norm); weight_VH: [V, H] output embedding.
-    Returns ``logp_T`` [T] float32 (differentiable unless ``with_entropy``) and, with
-    ``with_entropy``, ``entropy_T`` [T] float32 in nats (computed without gradient), else None.
+    Returns ``logp_T`` [T] float32 (differentiable) and, with ``with_entropy``, ``entropy_T`` [T]
+    float32 in nats (without gradient, from the same chunks' logits), else None.
     ``compiled``: run each chunk's log-softmax (and entropy) under torch.compile, which fuses the
     upcast, the temperature and the reductions into one pass over the chunk's logits (forward and
     backward).
@@ -62,16 +65,13 @@ def token_logprobs(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    starts = range(0, hidden_TH.shape[0], chunk_tokens)
-    if with_entropy:
-        chunk_fn = compiled_chunk_fn(_chunk_logprobs_and_entropy) if compiled else _chunk_logprobs_and_entropy
-        pieces = [chunk_fn(hidden_TH[s:s + chunk_tokens], weight_VH, targets_T[s:s + chunk_tokens], temperature)
-                  for s in starts]
-        return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
     checkpointed = not keep_logits and torch.is_grad_enabled() and (hidden_TH.requires_grad or weight_VH.requires_grad)
-    chunk_fn = compiled_chunk_fn(_chunk_logprobs) if compiled else _chunk_logprobs
+    chunk_fn = _chunk_logprobs_and_entropy if with_entropy else _chunk_logprobs
+    chunk_fn = compiled_chunk_fn(chunk_fn) if compiled else chunk_fn
     pieces = []
-    for s in starts:
+    for s in range(0, hidden_TH.shape[0], chunk_tokens):
         args = (hidden_TH[s:s + chunk_tokens], weight_VH, targets_T[s:s + chunk_tokens], temperature)
         pieces.append(checkpoint(chunk_fn, *args, use_reentrant=False) if checkpointed else chunk_fn(*args))
+    if with_entropy:
+        return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
     return torch.cat(pieces), None

@@ -8,7 +8,9 @@ Megatron-LM). Unlike that function, the logits of only ``chunk_tokens`` tokens e
 forward keeps the log-normalizer per token, the backward recomputes each chunk's logits (or, with
 ``keep_logits``, where memory allows, the forward keeps all the logits and the backward reuses them). Padded
 vocabulary rows (ids >= ``vocab_size``) are left out of the GEMMs, so the result equals the unpadded
-model's and they get no gradient.
+model's and they get no gradient. Entropies, when asked for (the RL log-prob pass, and the RL training
+forward: no gradient through them), come from the same chunks' logits with a fourth all-reduce, of
+each rank's part of -sum_j p_j log p_j.
 
 Gradient: d logp_t / d z_tj = [j == y_t] - p_tj, divided by the temperature. The hidden-state
 gradient returned is this rank's partial sum over its vocabulary slice; the caller's
@@ -84,23 +86,36 @@ def _chunk_logp(z_CV, local_C, temperature, group, k) -> tuple[torch.Tensor, tor
     return target - lse, lse
 
 
+def _chunk_entropy(z_CV, lse_C, temperature, group, k) -> torch.Tensor:
+    """[C] float32 entropy (nats) over the whole (TP-split) vocabulary, without gradient."""
+    return _all_reduce(k["row_entropy_part"](z_CV.detach(), lse_C.detach(), temperature), dist.ReduceOp.SUM, group)
+
+
 class _VocabParallelLogprob(torch.autograd.Function):
+    """(hidden, weight, ...) -> (logp_T, entropy_T): logp differentiable; entropy non-differentiable,
+    [T] when ``with_entropy``, else empty."""
+
     @staticmethod
-    def forward(ctx, hidden_TH, weight_VH, targets_T, lo, n_valid, temperature, chunk, group, compiled, keep_logits):
+    def forward(ctx, hidden_TH, weight_VH, targets_T, lo, n_valid, temperature, chunk, group, compiled, keep_logits,
+                with_entropy):
         k = _kernels(compiled)
         w = weight_VH[:n_valid]
         lse = torch.empty(hidden_TH.shape[0], dtype=torch.float32, device=hidden_TH.device)
         logp = torch.empty_like(lse)
+        entropy = torch.empty_like(lse) if with_entropy else lse.new_empty(0)
         logits_TV = hidden_TH @ w.t() if keep_logits else None  # one GEMM, kept for the backward
         for s in range(0, hidden_TH.shape[0], chunk):
             z = logits_TV[s:s + chunk] if keep_logits else hidden_TH[s:s + chunk] @ w.t()
             logp[s:s + chunk], lse[s:s + chunk] = _chunk_logp(z, targets_T[s:s + chunk] - lo, temperature, group, k)
+            if with_entropy:
+                entropy[s:s + chunk] = _chunk_entropy(z, lse[s:s + chunk], temperature, group, k)
         ctx.save_for_backward(hidden_TH, weight_VH, targets_T, lse, logits_TV)
         ctx.args = (lo, n_valid, temperature, chunk, compiled)
-        return logp
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
 
     @staticmethod
-    def backward(ctx, grad_T):
+    def backward(ctx, grad_T, _grad_entropy):
         hidden_TH, weight_VH, targets_T, lse, logits_TV = ctx.saved_tensors
         lo, n_valid, temperature, chunk, compiled = ctx.args
         k = _kernels(compiled)
@@ -115,7 +130,7 @@ class _VocabParallelLogprob(torch.autograd.Function):
                                  targets_T[s:s + chunk] - lo, temperature)
             grad_h[s:s + chunk] = dz @ w
             grad_w[:n_valid] += dz.t() @ h  # a GEMM in h's dtype (fp32 accumulation inside), summed in fp32
-        return grad_h, grad_w.to(weight_VH.dtype), *[None] * 8
+        return grad_h, grad_w.to(weight_VH.dtype), *[None] * 9
 
 
 def _backward_from_logits(logits_TV, hidden_TH, weight_VH, targets_T, lse, grad_T, args, k):
@@ -129,20 +144,7 @@ def _backward_from_logits(logits_TV, hidden_TH, weight_VH, targets_T, lse, grad_
                                                  temperature)
     grad_h = logits_TV @ weight_VH[:n_valid]
     grad_w = torch.nn.functional.pad(logits_TV.t() @ hidden_TH, (0, 0, 0, weight_VH.shape[0] - n_valid))
-    return grad_h, grad_w, *[None] * 8
-
-
-@torch.no_grad()
-def _logprobs_and_entropy(hidden_TH, weight_VH, targets_T, lo, n_valid, temperature, chunk, group, compiled):
-    k = _kernels(compiled)
-    w = weight_VH[:n_valid]
-    logp, entropy = [], []
-    for s in range(0, hidden_TH.shape[0], chunk):
-        z = hidden_TH[s:s + chunk] @ w.t()
-        chunk_logp, lse = _chunk_logp(z, targets_T[s:s + chunk] - lo, temperature, group, k)
-        logp.append(chunk_logp)
-        entropy.append(_all_reduce(k["row_entropy_part"](z, lse, temperature), dist.ReduceOp.SUM, group))
-    return torch.cat(logp), torch.cat(entropy)
+    return grad_h, grad_w, *[None] * 9
 
 
 def vocab_parallel_logprobs(
@@ -165,19 +167,19 @@ def vocab_parallel_logprobs(
     weight_VH: [V_local, H] this rank's rows of the output embedding, global ids
         ``vocab_start .. vocab_start + V_local``; ids >= ``vocab_size`` (default: no padding) are padding.
     targets_T: [T] int64 global token ids.
-    Returns ``logp_T`` [T] float32 (differentiable) and, with ``with_entropy`` (no gradient),
-    ``entropy_T`` [T] float32 in nats; else None.
+    Returns ``logp_T`` [T] float32 (differentiable) and, with ``with_entropy``, ``entropy_T`` [T]
+    float32 in nats (without gradient, from the same chunks' logits); else None.
     ``compiled``: run each chunk's softmax pieces under torch.compile (one fused pass each over the
     chunk's logits, forward and backward), as ``token_logprobs(compiled=True)`` does.
     ``keep_logits``: compute all T tokens' logits in one GEMM and keep them (T x V_local in the GEMM's
     dtype) for the backward, which then recomputes none: a quarter of the output layer's FLOPs saved
-    for the memory of the logits (``model.keep_logits``).
+    for the memory of the logits (``model.keep_logits``). Only where a backward will follow.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     vocab_size = vocab_start + weight_VH.shape[0] if vocab_size is None else vocab_size
     n_valid = max(0, min(weight_VH.shape[0], vocab_size - vocab_start))  # rows past vocab_size: padding
-    args = (hidden_TH, weight_VH, targets_T, vocab_start, n_valid, temperature, chunk_tokens, group, compiled)
-    if with_entropy:
-        return _logprobs_and_entropy(*args)
-    return _VocabParallelLogprob.apply(*args, keep_logits), None
+    backward = torch.is_grad_enabled() and (hidden_TH.requires_grad or weight_VH.requires_grad)
+    logp, entropy = _VocabParallelLogprob.apply(hidden_TH, weight_VH, targets_T, vocab_start, n_valid, temperature,
+                                                chunk_tokens, group, compiled, keep_logits and backward, with_entropy)
+    return logp, entropy if with_entropy else None
