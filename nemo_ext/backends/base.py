@@ -18,15 +18,48 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.data.batch import PackedBatch
 
-LossFn = Callable[[torch.Tensor, PackedBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-"""``loss_fn(logprobs_T, batch) -> (loss, metrics)``.
+LossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""``loss_fn(logprobs_T, batch) -> (loss, metrics)``, or ``loss_fn(logprobs_T, batch, entropy_T)`` when
+``train_step`` is asked ``with_entropy``.
 
 logprobs_T: [T] float32, log-probability of ``batch.targets`` under the temperature-scaled policy
-(0 where ``batch.loss_mask`` is 0). The returned loss is this micro-batch's share of the objective,
-already divided by the *global* normalizer (all micro-batches of the step on all data-parallel
-ranks), so the shares add up exactly to the full-batch objective whatever the micro-batching.
-metrics: name -> scalar tensors that are summed over micro-batches and ranks for logging.
+(0 where ``batch.loss_mask`` is 0). entropy_T: [T] float32 entropy (nats) of that distribution at each
+token, without gradient, from the same forward. The returned loss is this micro-batch's share of the
+objective, already divided by the *global* normalizer (all micro-batches of the step on all
+data-parallel ranks), so the shares add up exactly to the full-batch objective whatever the
+micro-batching.
+metrics: name -> scalar tensors, reduced over micro-batches and data-parallel ranks for logging
+(``reduce_metric``): summed, except those whose name ends in ``/max``, which take the maximum.
 """
+
+MAX_SUFFIX = "/max"  # a metric named ``<name>/max`` is reduced by maximum, not summed
+
+
+def call_loss(loss_fn: LossFn, logprobs_T: torch.Tensor, batch: PackedBatch,
+              entropy_T: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``loss_fn`` with the entropies where the forward measured them (``with_entropy``), else without."""
+    return loss_fn(logprobs_T, batch) if entropy_T is None else loss_fn(logprobs_T, batch, entropy_T)
+
+
+def reduce_metric(name: str, total: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    """One micro-batch's metric ``value`` (scalar) added into the running ``total`` (None: the first)."""
+    value = value.detach().float()
+    if total is None:
+        return value
+    return torch.maximum(total, value) if name.endswith(MAX_SUFFIX) else total + value
+
+
+def all_reduce_metrics(values_K: torch.Tensor, names: list[str], group=None) -> torch.Tensor:
+    """[K] float32, ``names[k]``'s value of this rank -> reduced over ``group``'s ranks like the
+    micro-batches (``reduce_metric``), in place; every rank passes the same names."""
+    by_max = [name.endswith(MAX_SUFFIX) for name in names]
+    for op, wanted in ((dist.ReduceOp.SUM, False), (dist.ReduceOp.MAX, True)):
+        index = [k for k, m in enumerate(by_max) if m == wanted]
+        if index:
+            part = values_K[index]
+            dist.all_reduce(part, op=op, group=group)
+            values_K[index] = part
+    return values_K
 
 
 class Backend(ABC):
@@ -55,14 +88,17 @@ class Backend(ABC):
         return float(t.item())
 
     @abstractmethod
-    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float) -> dict:
+    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float,
+                   with_entropy: bool = False) -> dict:
         """Forward + backward on every micro-batch, then one optimizer and scheduler step.
 
         temperature: the log-probs handed to ``loss_fn`` are those of softmax(logits / temperature)
         (SFT: 1.0; RL: the rollouts' sampling temperature).
+        with_entropy: the forward also computes each token's entropy from the logits it already has
+        (no gradient, nothing recomputed) and calls ``loss_fn(logprobs_T, batch, entropy_T)``.
 
         Returns floats: ``loss`` (summed shares, all ranks), ``grad_norm`` (before clipping), ``lr``,
-        plus the summed ``metrics`` of ``loss_fn``.
+        plus the ``metrics`` of ``loss_fn`` reduced over micro-batches and ranks (``LossFn``).
         """
 
     @abstractmethod

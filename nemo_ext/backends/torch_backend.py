@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 from transformers import AutoModelForCausalLM
 
 from nemo_ext.backends.attention import attention_name, packed_attention_kwargs
-from nemo_ext.backends.base import Backend, LossFn
+from nemo_ext.backends.base import Backend, LossFn, all_reduce_metrics, call_loss, reduce_metric
 from nemo_ext.backends.compile import compile_layers, compiled_logprobs
 from nemo_ext.backends.logprobs import token_logprobs
 from nemo_ext.backends.schedule import LRSchedule
@@ -130,19 +130,20 @@ class TorchBackend(Backend):
         elif isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
             self.model.require_backward_grad_sync = enabled
 
-    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float) -> dict:
+    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float,
+                   with_entropy: bool = False) -> dict:
         self.model.train()
         totals: dict[str, torch.Tensor] = {}
         for i, mb in enumerate(micro_batches):
             mb = mb.to(self.device)
             self._set_grad_sync(i == len(micro_batches) - 1)
             with self._autocast():
-                logp, _ = self.model(mb, temperature)
-            loss, metrics = loss_fn(logp, mb)
+                logp, entropy = self.model(mb, temperature, with_entropy)
+            loss, metrics = call_loss(loss_fn, logp, mb, entropy)
             # DDP and FSDP average gradients over ranks; the loss share is already globally normalized.
             (loss * self.dp_world_size).backward()
             for k, v in {"loss": loss, **metrics}.items():
-                totals[k] = totals.get(k, 0.0) + v.detach().float()
+                totals[k] = reduce_metric(k, totals.get(k), v)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
@@ -150,17 +151,17 @@ class TorchBackend(Backend):
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        out = self._all_reduce_sum(totals)
+        out = self._all_reduce(totals)
         out.update(grad_norm=float(grad_norm), lr=lr)
         return out
 
-    def _all_reduce_sum(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _all_reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         names = sorted(values)
         if not names:
             return {}
         stacked = torch.stack([torch.as_tensor(values[n], device=self.device).float() for n in names])
         if self.distributed:
-            dist.all_reduce(stacked)
+            all_reduce_metrics(stacked, names)
         return dict(zip(names, stacked.tolist(), strict=True))
 
     @torch.no_grad()

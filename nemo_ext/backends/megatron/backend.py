@@ -37,7 +37,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
-from nemo_ext.backends.base import Backend, LossFn
+from nemo_ext.backends.base import Backend, LossFn, all_reduce_metrics, call_loss, reduce_metric
 from nemo_ext.backends.compile import compile_layers, compiled_logprobs
 from nemo_ext.backends.megatron import checkpoint
 from nemo_ext.backends.megatron.context_parallel import gather_logprobs
@@ -81,8 +81,8 @@ def last_stage_logprobs(hidden_states: torch.Tensor, weight: torch.Tensor, micro
                         ) -> torch.Tensor:
     """What the last pipeline stage computes (``GPTModel``'s ``output_processor``): final hidden states
     [T (/ TP under sequence parallelism), 1, H] and this TP rank's rows of the output embedding ->
-    log-probs of ``micro``'s targets [T] float32, or with ``with_entropy`` (no gradient) log-probs
-    and entropies stacked [2, T]. Under context parallelism T is the whole batch (gathered)."""
+    log-probs of ``micro``'s targets [T] float32, or with ``with_entropy`` log-probs and entropies
+    (without gradient) stacked [2, T]. Under context parallelism T is the whole batch (gathered)."""
     tp_group = parallel_state.get_tensor_model_parallel_group()
     if sequence_parallel:
         hidden_states = tensor_parallel.gather_from_sequence_parallel_region(hidden_states, group=tp_group)
@@ -204,15 +204,17 @@ class MegatronBackend(Backend):
         cp_rank = parallel_state.get_context_parallel_rank() if self.layout.cp > 1 else 0
         return build_micros(micro_batches, self.layout, self.pad_multiple, self.device, self.rope, cp_rank)
 
-    def _schedule(self, micros: list[Micro], loss_fn: LossFn | None, temperature: float, forward_only: bool):
-        """Run megatron's forward-backward schedule; returns the last stage's per-micro-batch dicts."""
+    def _schedule(self, micros: list[Micro], loss_fn: LossFn | None, temperature: float, with_entropy: bool):
+        """Run megatron's forward-backward schedule; returns the last stage's per-micro-batch dicts.
+        ``loss_fn`` None: the forward-only log-prob pass (``with_entropy`` then True)."""
 
         def loss_func(micro: Micro, output):
             n = micro.batch.num_tokens
+            logp, entropy = (output[0, :n], output[1, :n].detach()) if with_entropy else (output[:n], None)
             if loss_fn is None:  # log-probs only
                 return output.sum() * 0, torch.zeros((), dtype=torch.int, device=self.device), \
-                    {"logp": output[0, :n].detach(), "entropy": output[1, :n].detach()}
-            loss, metrics = loss_fn(output[:n], micro.batch)
+                    {"logp": logp.detach(), "entropy": entropy}
+            loss, metrics = call_loss(loss_fn, logp, micro.batch, entropy)
             num = micro.batch.loss_mask.sum().to(torch.int)  # on the device: no host sync mid-step
             return loss, num, {"loss": loss.detach(), **{k: v.detach() for k, v in metrics.items()}}
 
@@ -220,7 +222,7 @@ class MegatronBackend(Backend):
             micro = next(data_iterator)
             out = model(micro.input_ids, micro.position_ids, None, packed_seq_params=micro.packed,
                         output_processor=self._output_processor,
-                        output_processor_context=(micro, temperature, forward_only))
+                        output_processor_context=(micro, temperature, with_entropy))
             return out, functools.partial(loss_func, micro)
 
         iters = [iter(micros) for _ in self.model]
@@ -228,16 +230,17 @@ class MegatronBackend(Backend):
             forward_step_func=forward_step, data_iterator=iters if len(iters) > 1 else iters[0],
             model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=len(micros),
             seq_length=max(m.input_ids.shape[1] for m in micros) * self.layout.cp,  # megatron divides by CP
-            micro_batch_size=1, forward_only=forward_only)
+            micro_batch_size=1, forward_only=loss_fn is None)
 
-    def forward_backward(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float
-                         ) -> dict[str, float]:
+    def forward_backward(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float,
+                         with_entropy: bool = False) -> dict[str, float]:
         """Gradients of the summed loss shares in the parameters' ``main_grad`` (reduced over DP), no
-        optimizer step. Returns the summed ``loss`` and metrics, as ``train_step`` does."""
-        return self._sum_over_replicas(self._backward(micro_batches, loss_fn, temperature))
+        optimizer step. Returns the reduced ``loss`` and metrics, as ``train_step`` does."""
+        return self._reduce_over_replicas(self._backward(micro_batches, loss_fn, temperature, with_entropy))
 
-    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float) -> dict:
-        totals = self._backward(micro_batches, loss_fn, temperature)
+    def train_step(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float,
+                   with_entropy: bool = False) -> dict:
+        totals = self._backward(micro_batches, loss_fn, temperature, with_entropy)
         lr = self.schedule.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -245,25 +248,26 @@ class MegatronBackend(Backend):
         self.step += 1
         # Only now read results back: a host sync before the step would leave the GPU idle while
         # Python queues the optimizer's work.
-        return {**self._sum_over_replicas(totals), "grad_norm": float(grad_norm), "lr": lr}
+        return {**self._reduce_over_replicas(totals), "grad_norm": float(grad_norm), "lr": lr}
 
-    def _backward(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float
+    def _backward(self, micro_batches: list[PackedBatch], loss_fn: LossFn, temperature: float, with_entropy: bool
                   ) -> dict[str, torch.Tensor]:
-        """Zero the gradient buffers, run the schedule; the last stage's summed metrics, on device."""
+        """Zero the gradient buffers, run the schedule; the last stage's metrics reduced over the
+        micro-batches (``reduce_metric``), on device."""
         for m in self.model:
             m.train()
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        outputs = self._schedule(self._micros(micro_batches), loss_fn, temperature, forward_only=False)
+        outputs = self._schedule(self._micros(micro_batches), loss_fn, temperature, with_entropy)
         totals = {}
         for out in outputs:
             for k, v in out.items():
-                totals[k] = totals.get(k, 0.0) + v.float()
+                totals[k] = reduce_metric(k, totals.get(k), v)
         return totals
 
-    def _sum_over_replicas(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Sum the last stage's values over data-parallel ranks (CP ranks hold the same values: each
-        computed the loss of the whole batch); every rank gets the result."""
+    def _reduce_over_replicas(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Reduce the last stage's values over data-parallel ranks (``all_reduce_metrics``; CP ranks
+        hold the same values: each computed the loss of the whole batch); every rank gets the result."""
         names = [sorted(totals)]
         last = parallel_state.get_pipeline_model_parallel_world_size() - 1
         pp_group = parallel_state.get_pipeline_model_parallel_group()
@@ -272,7 +276,7 @@ class MegatronBackend(Backend):
             dist.broadcast_object_list(names, src=src, group=pp_group)
         stacked = torch.stack([totals[k] for k in names[0]]) if totals else \
             torch.zeros(len(names[0]), device=self.device)
-        dist.all_reduce(stacked, group=parallel_state.get_data_parallel_group(with_context_parallel=False))
+        all_reduce_metrics(stacked, names[0], parallel_state.get_data_parallel_group(with_context_parallel=False))
         if self.layout.pp > 1:
             dist.broadcast(stacked, src=src, group=pp_group)
         return dict(zip(names[0], stacked.tolist(), strict=True))
@@ -284,7 +288,7 @@ class MegatronBackend(Backend):
         micros = self._micros(micro_batches)
         # megatron's interleaved schedule wants at least PP micro-batches: repeat the last (results dropped).
         extra = max(0, self.layout.pp - len(micros)) if self.layout.vpp else 0
-        outputs = self._schedule(micros + micros[-1:] * extra, None, temperature, forward_only=True)
+        outputs = self._schedule(micros + micros[-1:] * extra, None, temperature, with_entropy=True)
         results = []
         for i, micro in enumerate(micros):
             both = torch.stack([outputs[i]["logp"], outputs[i]["entropy"]]) if outputs else \
