@@ -16,12 +16,13 @@ card are checked), for sizes whose ceiling and step do not fit one 10-minute cal
 backend, a process holding the trainer and the engine, as ``recipes/rl.py`` builds them
 (``rl.setup.build_run``), runs the loop's own phases: ``grpo.rollout_groups`` (generate, the reward
 pool scoring each response as it finishes, gather), then ``grpo.update_policy`` (advantages, sleep,
-log-prob pass, update, weight sync, wake). Random weights solve nothing, so every reward would be 0
-and no group would train: the step's rewards are replaced by alternating 0/1 within each group,
-which makes every response train (the update's worst case). A warm-up step (compiles, CUDA caches)
-at ``--warmup-len`` response tokens comes first, so that it costs little of a call's ten minutes;
-figures are medians of the ``--steps`` timed steps after it. Every response hits the length limit,
-so overlong filtering is off (it would drop them all).
+the log-prob pass over the untrained micro-batches, the update, whose forward measures the trained
+ones' entropy and mismatch, weight sync, wake). Random weights solve nothing, so every reward would
+be 0 and no group would train: the step's rewards are replaced by alternating 0/1 within each group,
+which makes every response train (the update's worst case; the log-prob pass then has nothing to
+do). A warm-up step (compiles, CUDA caches) at ``--warmup-len`` response tokens comes first, so that
+it costs little of a call's ten minutes; figures are medians of the ``--steps`` timed steps after
+it. Every response hits the length limit, so overlong filtering is off (it would drop them all).
 
 Reported: seconds per phase, generation tokens/s against the ceiling's, the share of the step that
 is not generation, the weight-sync seconds, the engine's GPU memory (what it took at start) and the

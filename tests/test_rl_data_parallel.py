@@ -8,7 +8,8 @@ import torch
 
 from nemo_ext.data.batch import pack_sequences
 from nemo_ext.rl.data_parallel import RankShare, zero_weight_copy
-from nemo_ext.rl.experience import LogprobStats, attach_old_logprobs
+from nemo_ext.rl.experience import logprob_pass_stats
+from nemo_ext.rl.logprob_stats import LogprobStats
 from nemo_ext.rl.losses import ADVANTAGES, ROLLOUT_LOGPROBS, WEIGHTS
 from tests.helpers import run_gloo_ranks
 
@@ -50,16 +51,16 @@ def test_ranks_of_one_replica_train_the_same_micro_batches():
 def test_zero_weight_copy_adds_nothing_to_log_prob_statistics():
     mb = _mb(4)
     logp, entropy = torch.full((4,), -0.7), torch.full((4,), 1.5)
-    alone = attach_old_logprobs([mb], [(logp, entropy)])
-    padded = LogprobStats.merge([alone, attach_old_logprobs([zero_weight_copy(mb)], [(logp * 3, entropy * 2)])])
+    alone = logprob_pass_stats([mb], [(logp, entropy)])
+    padded = LogprobStats.merge([alone, logprob_pass_stats([zero_weight_copy(mb)], [(logp * 3, entropy * 2)])])
     assert padded.metrics() == alone.metrics() and padded.tokens == 3  # 3 trained targets in a 4-token row
 
 
 def test_merged_statistics_equal_one_pass_over_all_micro_batches():
     mbs = [_mb(3), _mb(6), _mb(5)]
     outs = [(torch.linspace(-1, -0.1, mb.num_tokens), torch.linspace(0.2, 2.0, mb.num_tokens)) for mb in mbs]
-    whole = attach_old_logprobs(mbs, outs).metrics()
-    parts = LogprobStats.merge([attach_old_logprobs(mbs[:1], outs[:1]), attach_old_logprobs(mbs[1:], outs[1:])])
+    whole = logprob_pass_stats(mbs, outs).metrics()
+    parts = LogprobStats.merge([logprob_pass_stats(mbs[:1], outs[:1]), logprob_pass_stats(mbs[1:], outs[1:])])
     for key, value in whole.items():
         assert abs(parts.metrics()[key] - value) < 1e-12, key
     assert whole["mismatch/max_abs"] > 0

@@ -9,7 +9,7 @@ import torch
 
 from nemo_ext.config.rl import AdvantageConfig, AdvantageEstimator, StageConfig, Task
 from nemo_ext.data.prompts import render_prompt
-from nemo_ext.rl.experience import Group, attach_old_logprobs, build_experience, step_tensors
+from nemo_ext.rl.experience import Group, build_experience, logprob_pass_stats, step_tensors
 from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
 
 
@@ -72,14 +72,14 @@ def test_responses_without_a_gradient_term_are_packed_apart():
     assert (batch.normalizer.tokens, batch.normalizer.metric_tokens) == (3.0, 0.0)
 
 
-def test_old_logprobs_entropy_and_mismatch():
+def test_log_prob_pass_entropy_and_mismatch():
     (mb,) = experience(Group(PROMPT, [1, 2], group().completions, [0.0, 0.0], [False, False]), 7,
                        overlong_filter=False).untrained
     # trainer log-probs at the 3 response tokens (positions 1, 2, 5): -0.1 (equal), -0.2 + ln 2, -0.3
     trainer = torch.tensor([9.0, -0.1, -0.2 + math.log(2), 9.0, 9.0, -0.3, 9.0])
     entropy = torch.tensor([9.0, 0.2, 0.4, 9.0, 9.0, 0.6, 9.0])
-    stats = attach_old_logprobs([mb], [(trainer, entropy)]).metrics()
-    assert mb.token_fields["old_logprobs"] is trainer
+    stats = logprob_pass_stats([mb], [(trainer, entropy)]).metrics()
+    assert "old_logprobs" not in mb.token_fields  # on-policy: the loss takes the current ones
     assert stats["entropy"] == pytest.approx(0.4)
     # k3 at log-ratio ln 2: 2 - 1 - ln 2; the other two tokens 0
     assert stats["mismatch/kl"] == pytest.approx((1 - math.log(2)) / 3, rel=1e-5)

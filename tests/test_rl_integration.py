@@ -68,8 +68,16 @@ def test_an_update_reaches_vllm(tmp_path):
         trainer_before = response_logprobs(run, probe, before)
         assert torch.allclose(trainer_before, torch.tensor(before.logprobs), atol=1e-3)  # same weights
 
+        measured = []  # the micro-batches of the logprobs phase
+        pass_over = run.backend.logprobs
+        run.backend.logprobs = lambda mbs, temperature: measured.extend(mbs) or pass_over(mbs, temperature)
         metrics = grpo_step(run, st, prompts, temperature=1.0)
+        del run.backend.logprobs
         assert metrics["update/grad_norm"] > 0 and metrics["mismatch/kl"] < 1e-4
+        assert 0 < metrics["entropy"] < 6.3 and metrics["mismatch/max_abs"] < 1e-2  # log(512 ids) = 6.24
+        # the logprobs phase measured the untrained responses only; the update's forward the others
+        assert metrics["update/trained_tokens"] > 0 and not any("measured" in k for k in metrics)
+        assert sum(mb.num_loss_tokens for mb in measured) == metrics["loss_tokens"] - metrics["update/trained_tokens"]
         assert {"time/sample", "time/generate", "time/filter", "time/sleep", "time/sync"} <= metrics.keys()
 
         # the probe mode: the entropy of a probe batch at each candidate temperature, the nearest adopted

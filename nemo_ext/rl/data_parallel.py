@@ -12,8 +12,9 @@ Training is split over the backend's data-parallel *replicas* (``Backend.dp_rank
 context-parallel ranks of one replica take the same micro-batches. Each replica takes an equal number
 of the step's micro-batches, balanced by tokens (every FSDP forward is a collective, so the counts
 must match), padded with zero-weight copies where the count does not divide. Sums measured on a
-replica's share (the log-prob pass's entropy and mismatch) are added up over the replicas, each
-counted once. With one process every method is the identity and the loop is the single-process one.
+replica's share by the no-grad log-prob pass (entropy and mismatch) are added up over the replicas,
+each counted once (the train step reduces its own metrics over them). With one process every method
+is the identity and the loop is the single-process one.
 
 Exchanges go through ``all_gather_object`` (pickled Python objects): rollouts are token lists, small
 next to the weights, and generation dominates a step.

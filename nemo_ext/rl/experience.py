@@ -1,4 +1,5 @@
-"""Scored rollout groups -> the experience of one GRPO update (``ExperienceBatch``), and its statistics.
+"""Scored rollout groups -> the experience of one GRPO update (``ExperienceBatch``), and the
+statistics of its no-grad log-prob pass.
 
 The one form the experience takes from the rewards to the loss, built once by ``build_experience``:
 the [N, G] rewards, advantages and loss weights of the step's responses, and the packed micro-batches
@@ -23,7 +24,8 @@ from nemo_ext.data.batch import PackedBatch, pack_sequences
 from nemo_ext.data.packing import first_fit_decreasing
 from nemo_ext.rl.advantages import group_advantages
 from nemo_ext.rl.filters import overlong_weights
-from nemo_ext.rl.losses import ADVANTAGES, OLD_LOGPROBS, ROLLOUT_LOGPROBS, WEIGHTS, LossNormalizer, loss_normalizer
+from nemo_ext.rl.logprob_stats import LogprobStats, logprob_sums
+from nemo_ext.rl.losses import ADVANTAGES, ROLLOUT_LOGPROBS, WEIGHTS, LossNormalizer, loss_normalizer
 from nemo_ext.rl.prompts import RLPrompt
 
 
@@ -72,8 +74,9 @@ def step_tensors(groups: Sequence[Group]) -> StepTensors:
 class ExperienceBatch:
     """One update's experience. ``responses``, ``advantages_NG`` and ``weights_NG`` are [N, G] (group,
     response); ``trained`` are the micro-batches of the responses with a policy-gradient term (advantage
-    and weight both non-zero), ``untrained`` the others, which join the log-prob pass (entropy,
-    mismatch) and the normalizer but not the update, whose gradient they would not change;
+    and weight both non-zero), ``untrained`` the others, which join the no-grad log-prob pass (entropy,
+    mismatch: the update's forward measures the trained ones) and the normalizer but not the update,
+    whose gradient they would not change;
     ``normalizer`` counts every micro-batch, its ``metric_tokens`` the trained ones."""
 
     responses: StepTensors
@@ -118,41 +121,13 @@ def build_experience(groups: Sequence[Group], advantage: AdvantageConfig, overlo
     return ExperienceBatch(responses, advantages, weights, trained, untrained, normalizer)
 
 
-@dataclass
-class LogprobStats:
-    """Sums over the response tokens of a log-prob pass (filtered or not); ``merge`` adds the sums of
-    several passes (data-parallel ranks), ``metrics`` turns them into the logged means."""
-
-    tokens: float = 0.0
-    entropy: float = 0.0  # summed nats of the temperature-adjusted entropy
-    kl: float = 0.0  # summed k3 estimates of KL(vLLM || trainer)
-    max_abs: float = 0.0  # largest |log p_vLLM - log p_trainer|
-
-    @staticmethod
-    def merge(parts: Sequence[LogprobStats]) -> LogprobStats:
-        return LogprobStats(sum(p.tokens for p in parts), sum(p.entropy for p in parts), sum(p.kl for p in parts),
-                            max((p.max_abs for p in parts), default=0.0))
-
-    def metrics(self) -> dict[str, float]:
-        """``entropy`` (mean nats per token), ``mismatch/kl`` (mean k3 per token), ``mismatch/max_abs``."""
-        tokens = max(self.tokens, 1.0)
-        return {"entropy": self.entropy / tokens, "mismatch/kl": self.kl / tokens, "mismatch/max_abs": self.max_abs}
-
-
-def attach_old_logprobs(
+def logprob_pass_stats(
     micro_batches: Sequence[PackedBatch], logprobs: Sequence[tuple[torch.Tensor, torch.Tensor]]
 ) -> LogprobStats:
-    """Store the trainer's log-probs as ``old_logprobs`` and sum the rollout's statistics.
+    """The entropy and vLLM-mismatch sums of a no-grad log-prob pass over ``micro_batches``.
 
     logprobs: ``Backend.logprobs`` output, (logp_T, entropy_T) per micro-batch.
     """
-    stats = LogprobStats()
-    for mb, (logp, ent) in zip(micro_batches, logprobs, strict=True):
-        mb.token_fields[OLD_LOGPROBS] = logp
-        mask = mb.loss_mask
-        diff = (logp - mb.token_fields[ROLLOUT_LOGPROBS]) * mask  # log p_trainer - log p_vLLM
-        stats.tokens += float(mask.sum())
-        stats.entropy += float((ent * mask).sum())
-        stats.kl += float(((torch.expm1(diff) - diff) * mask).sum())
-        stats.max_abs = max(stats.max_abs, float(diff.abs().max()))
-    return stats
+    sums = [logprob_sums(logp, entropy, mb.token_fields[ROLLOUT_LOGPROBS], mb.loss_mask)
+            for mb, (logp, entropy) in zip(micro_batches, logprobs, strict=True)]
+    return LogprobStats.merge([LogprobStats.from_sums(s) for s in sums])

@@ -6,13 +6,15 @@ Each step is a sequence of named, timed phases (arXiv 2505.16400 sec. 3; ../shar
     limit; the reward pool scores each response as soon as it is generated) -> score (what is left)
     -> gather (the ranks' scored groups) -> filter (dynamic sampling: back to sample while short)
     -> advantages (the step's ExperienceBatch) -> sleep (vLLM frees the GPU) -> logprobs (the
-    trainer's, in chunks: entropy, vLLM mismatch, old log-probs) -> train (one on-policy update,
-    packed micro-batches) -> sync (new weights into vLLM) -> wake (vLLM's KV cache) -> log
+    trainer's no-grad pass, in chunks, over the micro-batches that are not trained: entropy, vLLM
+    mismatch) -> train (one on-policy update, packed micro-batches; its forward measures the trained
+    ones' entropy and mismatch) -> sync (new weights into vLLM) -> wake (vLLM's KV cache) -> log
 
-Strictly on-policy: one optimizer step per rollout batch, no KL, no entropy bonus. Each stage starts
-from the previous stage's weights with a fresh optimizer at its own learning rate, writes its Hugging
-Face export under ``stages/<name>/hf`` and its curves under ``logs/<name>``; checkpoints hold the
-schedule state, so a killed run resumes mid-stage where it stopped.
+Strictly on-policy: one optimizer step per rollout batch (so the old log-probs are the current ones,
+detached, and need no pass of their own), no KL, no entropy bonus. Each stage starts from the
+previous stage's weights with a fresh optimizer at its own learning rate, writes its Hugging Face
+export under ``stages/<name>/hf`` and its curves under ``logs/<name>``; checkpoints hold the schedule
+state, so a killed run resumes mid-stage where it stopped.
 
 Several processes (``trainer.devices`` > 1): each rank rolls out and scores its share of the prompts,
 and each data-parallel replica of the trainer (a rank with the torch backend; the TP x PP x CP ranks
@@ -41,8 +43,9 @@ from nemo_ext.observe import MetricsLogger, plot_curves
 from nemo_ext.output_lock import OutputLock
 from nemo_ext.rl.advantages import uniform_groups
 from nemo_ext.rl.data_parallel import RankShare
-from nemo_ext.rl.experience import Group, LogprobStats, attach_old_logprobs, build_experience, step_tensors
+from nemo_ext.rl.experience import Group, build_experience, logprob_pass_stats, step_tensors
 from nemo_ext.rl.filters import DynamicSampling, soft_overlong_penalty
+from nemo_ext.rl.logprob_stats import LogprobStats, split_measured
 from nemo_ext.rl.losses import PolicyLoss
 from nemo_ext.rl.prompts import RLPrompt, load_stage_prompts
 from nemo_ext.rl.run_state import read_eval, write_eval
@@ -102,9 +105,12 @@ def rollout_groups(rollouts: Rollouts, stage: StageConfig, prompts: list[RLPromp
 
 
 def measure_logprobs(update: PolicyUpdate, mine: list, temperature: float) -> LogprobStats:
-    """The trainer's log-probs of this replica's micro-batches, stored as their ``old_logprobs``; the
-    statistics summed over the replicas."""
-    stats = attach_old_logprobs(mine, update.backend.logprobs(mine, temperature))
+    """The statistics of the trainer's no-grad log-prob pass over this replica's micro-batches, merged
+    over the replicas; no pass where there are none (then on every replica: each gets a share of a
+    non-empty list)."""
+    if not mine:
+        return LogprobStats()
+    stats = logprob_pass_stats(mine, update.backend.logprobs(mine, temperature))
     return LogprobStats.merge(update.share.replica_gather(stats))
 
 
@@ -173,26 +179,30 @@ def grpo_step(run: RLRun, stage: StageConfig, prompts: dict[str, RLPrompt], temp
 def update_policy(update: PolicyUpdate, stage: StageConfig, groups: list[Group], temperature: float,
                   timer: PhaseTimer) -> dict[str, float]:
     """The advantages, sleep, logprobs, train, sync and wake phases: the step's ``ExperienceBatch`` ->
-    old log-probs -> one optimizer step on its trained micro-batches -> weights into vLLM, its KV cache
-    back."""
+    the untrained micro-batches' statistics (no-grad pass) -> one optimizer step on the trained ones,
+    whose forward measures theirs -> weights into vLLM, its KV cache back. ``entropy`` and
+    ``mismatch/*`` are over every response token, trained or not."""
     share = update.share
     with timer("advantages"):
         batch = build_experience(groups, update.advantage, stage.overlong.filter, update.micro_batch_tokens,
                                  stage.max_response_len)
-        # this replica's share: a trained micro-batch gets its old log-probs where it is trained
         my_trained, my_untrained = share.split_micro_batches(batch.trained), share.split_micro_batches(batch.untrained)
     with timer("sleep"):  # GPU: the trainer's passes get the memory of vLLM's weights and KV cache
         update.engine.sleep()
-    with timer("logprobs"):
-        metrics = measure_logprobs(update, my_trained + my_untrained, temperature).metrics()
+    with timer("logprobs"):  # the untrained micro-batches only (every one when the update is skipped)
+        untrained = measure_logprobs(update, my_untrained, temperature)
     norm = batch.normalizer
-    metrics.update({"loss_tokens": norm.tokens, "update/trained_tokens": norm.metric_tokens})
+    metrics = {"loss_tokens": norm.tokens, "update/trained_tokens": norm.metric_tokens}
+    trained = LogprobStats()
     if batch.trained:
         with timer("train"):
-            out = update.backend.train_step(my_trained, PolicyLoss(update.loss, norm), temperature)
+            out = update.backend.train_step(my_trained, PolicyLoss(update.loss, norm), temperature,
+                                            with_entropy=True)
+        trained, out = split_measured(out)
         metrics.update({f"update/{k}": v for k, v in out.items()})
     else:  # nothing to learn from: equal rewards everywhere, or every response filtered
         metrics["update/skipped"] = 1.0
+    metrics.update(LogprobStats.merge([untrained, trained]).metrics())
     with timer("sync"):  # wakes vLLM's weights, even after a skipped update
         update.engine.load_weights(update.backend.hf_weights())
     with timer("wake"):  # and its KV cache

@@ -39,6 +39,7 @@ import torch
 
 from nemo_ext.config.rl import Aggregation, LossConfig
 from nemo_ext.data.batch import PackedBatch
+from nemo_ext.rl.logprob_stats import logprob_sums
 
 ADVANTAGES, OLD_LOGPROBS, ROLLOUT_LOGPROBS, REF_LOGPROBS, WEIGHTS = (
     "advantages", "old_logprobs", "rollout_logprobs", "ref_logprobs", "weights",
@@ -161,9 +162,11 @@ class PolicyLoss:
     """A ``LossFn`` (nemo_ext/backends/base.py) for one optimizer step.
 
     Reads ``advantages`` [T] and optionally ``old_logprobs`` (default: the current log-probs,
-    detached: the strictly on-policy case), ``rollout_logprobs`` (needed when ``tis_cap`` is set),
-    ``ref_logprobs`` (needed with ``kl``) and ``weights`` from ``batch.token_fields``.
-    Metrics are token means over the micro-batches run (their shares add up).
+    detached: the strictly on-policy case), ``rollout_logprobs`` (needed when ``tis_cap`` is set, or
+    with ``entropy_T``), ``ref_logprobs`` (needed with ``kl``) and ``weights`` from ``batch.token_fields``.
+    Metrics are token means over the micro-batches run (their shares add up). Given ``entropy_T``
+    (``Backend.train_step(with_entropy=True)``), the forward's entropy and vLLM-mismatch sums too:
+    ``logprob_stats.logprob_sums``, the ``measured/*`` metrics.
     """
 
     cfg: LossConfig
@@ -171,7 +174,7 @@ class PolicyLoss:
     kl: KLPenalty | None = None
 
     def __call__(
-        self, logprobs_T: torch.Tensor, batch: PackedBatch
+        self, logprobs_T: torch.Tensor, batch: PackedBatch, entropy_T: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         fields, cfg = batch.token_fields, self.cfg
         old = fields.get(OLD_LOGPROBS, logprobs_T.detach())
@@ -191,6 +194,9 @@ class PolicyLoss:
             kl = kl_penalty(logprobs_T, ref, self.kl.estimator, self.kl.clamp)
             total = pg + self.kl.coef * kl
             metrics["kl_ref"] = (share * kl).sum().detach()
+        if entropy_T is not None:
+            rollout = _required(fields, ROLLOUT_LOGPROBS, "the forward measures the vLLM mismatch")
+            metrics.update(logprob_sums(logprobs_T, entropy_T, rollout, batch.loss_mask))
         weights = aggregation_weights(batch, cfg.aggregation, self.norm)
         metrics["pg_loss"] = (weights * pg).sum().detach()
         return (weights * total).sum(), metrics

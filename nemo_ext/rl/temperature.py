@@ -5,7 +5,8 @@ rollout temperature so that the temperature-adjusted entropy stays near 0.3: T =
 0.2 and explored too little, T = 1.0 started at 0.4 and was unstable, T = 0.85 (0.26 -> 0.38) was
 best. The paper gives no formula; here the temperature-adjusted entropy is the mean, over response
 tokens, of the entropy (nats) of the temperature-scaled next-token distribution softmax(z / T),
-measured on the rollouts themselves (the trainer's log-prob pass returns it at no extra cost).
+measured on the rollouts themselves (the trainer's update forward and log-prob pass return it at no
+extra cost).
 
 Three modes per stage: ``fixed`` (the configured T), ``probe`` (at stage start roll out a probe
 batch at each candidate T and keep the one whose entropy is nearest the target), ``adaptive`` (start

@@ -233,7 +233,7 @@ def rl_reference(tmp_path_factory, tiny, impl) -> dict:
 
 
 def _assert_same_update(ref: dict, other: dict) -> None:
-    """The same metrics (old log-probs' entropy and mismatch, loss, gradient norm) and the same weights
+    """The same metrics (entropy and mismatch, loss, gradient norm) and the same weights
     after the step, to fp32 noise; the step moved the weights far more than that (lr 1e-3). Adam's
     first step is lr * g / (|g| + eps): for gradients near eps = 1e-8 it magnifies fp32 noise up to
     lr * noise / eps, about 2e-5 here (seen: 1.7e-5 to 2.0e-5), hence 5% of lr."""
