@@ -40,7 +40,8 @@ def backend(args, precision: str, steps: int = 100, lr: float = 1e-3):
     from nemo_ext.backends.megatron.backend import MegatronBackend
 
     model = ModelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp,
-                        context_parallel_size=args.cp, sequence_parallel=args.sp, transformer_impl=args.impl)
+                        context_parallel_size=args.cp, sequence_parallel=args.sp, transformer_impl=args.impl,
+                        keep_logits=args.keep_logits)
     trainer = TrainerConfig(precision=Precision(precision), grad_clip=1.0, seed=1234)
     return MegatronBackend(args.model, model, trainer, OptimConfig(), LRSchedule(lr, 5, steps, lr / 10),
                            batch_sizes=(args.micro, 1))
@@ -293,6 +294,7 @@ def main() -> None:
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--cp", type=int, default=1)
     p.add_argument("--sp", action="store_true")
+    p.add_argument("--keep-logits", action="store_true", help="model.keep_logits")
     p.add_argument("--impl", default="auto", help="model.transformer_impl: auto, transformer_engine or local")
     p.add_argument("--micro", type=int, default=2, help="micro-batches (packed bins) per step")
     p.add_argument("--precision", default="fp32")

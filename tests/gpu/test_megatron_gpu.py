@@ -115,12 +115,22 @@ def tp1_grads(tmp_path_factory, tiny, impl) -> dict:
 
 def test_megatron_gradients_equal_the_hf_models(tp1_grads, impl):
     """fp32 loss and gradients of every parameter against the Hugging Face model's own autograd."""
-    assert tp1_grads["impl"] == impl
-    ref, mc = tp1_grads["hf_grads"], tp1_grads["grads"]
+    _assert_hf_grads(tp1_grads, impl)
+
+
+def test_megatron_gradients_with_kept_logits_equal_the_hf_models(tmp_path, tiny, impl):
+    """The same with ``model.keep_logits``: the output layer's backward from the kept logits, its
+    weight gradient in one GEMM over all tokens."""
+    _assert_hf_grads(run(tmp_path, tiny, "grads", impl=impl, **{"keep-logits": True}), impl)
+
+
+def _assert_hf_grads(result: dict, impl: str) -> None:
+    assert result["impl"] == impl
+    ref, mc = result["hf_grads"], result["grads"]
     errors = {name: float((mc[name] - g).norm() / g.norm().clamp_min(1e-12)) for name, g in ref.items() if name in mc}
     print("megatron vs HF gradients, worst:", sorted(errors.items(), key=lambda kv: -kv[1])[:6],
-          "loss", tp1_grads["loss"], tp1_grads["hf_loss"], "missing", sorted(ref.keys() - mc.keys()))
-    assert abs(tp1_grads["loss"] - tp1_grads["hf_loss"]) < 1e-5 * abs(tp1_grads["hf_loss"])
+          "loss", result["loss"], result["hf_loss"], "missing", sorted(ref.keys() - mc.keys()))
+    assert abs(result["loss"] - result["hf_loss"]) < 1e-5 * abs(result["hf_loss"])
     assert mc.keys() <= ref.keys() <= mc.keys() | {"lm_head.weight"}
     assert max(errors.values()) < 1e-4
 
