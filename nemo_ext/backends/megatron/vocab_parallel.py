@@ -117,34 +117,41 @@ class _VocabParallelLogprob(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_T, _grad_entropy):
         hidden_TH, weight_VH, targets_T, lse, logits_TV = ctx.saved_tensors
-        lo, n_valid, temperature, chunk, compiled = ctx.args
-        k = _kernels(compiled)
-        if logits_TV is not None:
-            return _backward_from_logits(logits_TV, hidden_TH, weight_VH, targets_T, lse, grad_T, ctx.args, k)
-        w = weight_VH[:n_valid]
-        grad_h = torch.empty_like(hidden_TH)
-        grad_w = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device)
-        for s in range(0, hidden_TH.shape[0], chunk):
-            h = hidden_TH[s:s + chunk]
-            dz = k["logit_grad"](h @ w.t(), lse[s:s + chunk], grad_T[s:s + chunk].float(),
-                                 targets_T[s:s + chunk] - lo, temperature)
-            grad_h[s:s + chunk] = dz @ w
-            grad_w[:n_valid] += dz.t() @ h  # a GEMM in h's dtype (fp32 accumulation inside), summed in fp32
-        return grad_h, grad_w.to(weight_VH.dtype), *[None] * 9
+        if logits_TV is None:
+            grad_h, grad_w = _recomputing_backward(hidden_TH, weight_VH, targets_T, lse, grad_T.float(), *ctx.args)
+        else:
+            grad_h, grad_w = _backward_from_logits(logits_TV, hidden_TH, weight_VH, targets_T, lse, grad_T.float(),
+                                                   *ctx.args)
+        return grad_h, grad_w, *[None] * 9
 
 
-def _backward_from_logits(logits_TV, hidden_TH, weight_VH, targets_T, lse, grad_T, args, k):
-    """The backward of the forward that kept its logits: each chunk's logits are overwritten by their
-    gradient (nothing else holds them), then two GEMMs over all T tokens give the hidden-state and the
-    weight gradients; the weight's is accumulated in fp32 inside the one GEMM, rounded once."""
-    lo, n_valid, temperature, chunk, _ = args
+def _recomputing_backward(hidden_TH, weight_VH, targets_T, lse, grad_T, lo, n_valid, temperature, chunk, compiled):
+    """(grad_hidden, grad_weight): each chunk's logits recomputed, their gradient taken to the hidden
+    states and summed into the weight's gradient in fp32, chunk by chunk."""
+    k, w = _kernels(compiled), weight_VH[:n_valid]
+    grad_h = torch.empty_like(hidden_TH)
+    grad_w = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device)
     for s in range(0, hidden_TH.shape[0], chunk):
-        logits_TV[s:s + chunk] = k["logit_grad"](logits_TV[s:s + chunk], lse[s:s + chunk],
-                                                 grad_T[s:s + chunk].float(), targets_T[s:s + chunk] - lo,
-                                                 temperature)
+        h = hidden_TH[s:s + chunk]
+        dz = k["logit_grad"](h @ w.t(), lse[s:s + chunk], grad_T[s:s + chunk], targets_T[s:s + chunk] - lo,
+                             temperature)
+        grad_h[s:s + chunk] = dz @ w
+        grad_w[:n_valid] += dz.t() @ h  # a GEMM in h's dtype (fp32 accumulation inside), summed in fp32
+    return grad_h, grad_w.to(weight_VH.dtype)
+
+
+def _backward_from_logits(logits_TV, hidden_TH, weight_VH, targets_T, lse, grad_T, lo, n_valid, temperature, chunk,
+                          compiled):
+    """(grad_hidden, grad_weight) from the logits the forward kept: each chunk's logits are overwritten
+    by their gradient (nothing else holds them), then one GEMM over all T tokens gives each gradient,
+    the weight's accumulated in fp32 inside it and rounded once."""
+    k = _kernels(compiled)
+    for s in range(0, hidden_TH.shape[0], chunk):
+        logits_TV[s:s + chunk] = k["logit_grad"](logits_TV[s:s + chunk], lse[s:s + chunk], grad_T[s:s + chunk],
+                                                 targets_T[s:s + chunk] - lo, temperature)
     grad_h = logits_TV @ weight_VH[:n_valid]
     grad_w = torch.nn.functional.pad(logits_TV.t() @ hidden_TH, (0, 0, 0, weight_VH.shape[0] - n_valid))
-    return grad_h, grad_w, *[None] * 9
+    return grad_h, grad_w
 
 
 def vocab_parallel_logprobs(
