@@ -7,9 +7,12 @@ One GPU, megatron with Transformer Engine's spec, random weights of a GPU-sized 
 its ids; ``--layers`` cuts it down), trained on the embedded synthetic task (the SFT recipe's data:
 chat-formatted arithmetic with worked steps, packed into ``--bin``-token bins, ``--micro`` bins a
 step). The same seed, weights and batches for every run; bf16 first (the baseline), then FP8
-(``model.fp8`` = ``--fp8``) for each recipe of ``--fp8-recipe``. Reported: each run's loss curve
-(``losses.json``), the mean of the last ``--window`` steps' losses against bf16's, tokens/s, and a
-PNG of the curves.
+(``model.fp8`` = ``--fp8``) for each recipe of ``--fp8-recipe``; with ``--spread-seed N`` also bf16
+at seed N (another data order and other initial weights), whose gap to bf16 is the comparison's own
+noise. Reported: each run's loss curve (``losses.json``), the mean of the last ``--window`` steps'
+losses against bf16's, the first steps at which the smoothed curve falls below ``THRESHOLDS`` (on a
+task whose loss drops steeply once it is solved, the end-of-run gap mostly says when that drop came),
+tokens/s, and a PNG of the curves.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+THRESHOLDS = (1.0, 0.5, 0.2, 0.1)  # losses (nats per token) whose first crossing each run reports
 
 
 def write_model(args, out: Path) -> None:
@@ -97,12 +101,28 @@ def worker(args) -> None:
         losses.append(be.train_step(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs)), temperature=1.0)["loss"])
         tokens += sum(b.num_tokens for b in mbs)
     torch.cuda.synchronize()
-    Path(args.result).write_text(json.dumps({"recipe": args.recipe, "losses": losses,
+    Path(args.result).write_text(json.dumps({"recipe": args.recipe, "seed": args.seed, "losses": losses,
                                              "tokens_per_s": tokens / (time.perf_counter() - start),
                                              "card": torch.cuda.get_device_name()}))
 
 
-def plot(results: list[dict], window: int, out: Path) -> None:
+def smoothed(losses: list[float], window: int) -> list[float]:
+    """The trailing mean of up to ``window`` losses at each step."""
+    return [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+            for i in range(len(losses))]
+
+
+def first_steps_below(losses: list[float], window: int, thresholds=THRESHOLDS) -> dict[float, int | None]:
+    """threshold -> the first step (1-based) whose smoothed loss is below it, None if never."""
+    curve = smoothed(losses, window)
+    return {t: next((i + 1 for i, x in enumerate(curve) if x < t), None) for t in thresholds}
+
+
+def label(result: dict, seed: int) -> str:
+    return result["recipe"] + (f" (seed {result['seed']})" if result.get("seed", seed) != seed else "")
+
+
+def plot(results: list[dict], window: int, seed: int, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,9 +130,7 @@ def plot(results: list[dict], window: int, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
-        smooth = [sum(r["losses"][max(0, i - window + 1):i + 1]) / len(r["losses"][max(0, i - window + 1):i + 1])
-                  for i in range(len(r["losses"]))]
-        ax.plot(smooth, lw=1.5, label=f"{r['recipe']} ({r['tokens_per_s']:.0f} tokens/s)")
+        ax.plot(smoothed(r["losses"], window), lw=1.5, label=f"{label(r, seed)} ({r['tokens_per_s']:.0f} tokens/s)")
     ax.set_xlabel("step")
     ax.set_ylabel(f"SFT loss (mean of the last {window} steps)")
     ax.set_yscale("log")
@@ -121,6 +139,30 @@ def plot(results: list[dict], window: int, out: Path) -> None:
     ax.set_title("FP8 vs bf16: megatron + Transformer Engine, synthetic task")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
+
+
+def planned_runs(args) -> list[tuple[str, int]]:
+    """(recipe, seed) of each run, in order: bf16 (the baseline), bf16 at ``--spread-seed``, the FP8 recipes."""
+    spread = [("bf16", args.spread_seed)] if args.spread_seed is not None else []
+    return [("bf16", args.seed), *spread, *[(recipe, args.seed) for recipe in args.fp8_recipe.split(",")]]
+
+
+def summary(results: list[dict], window: int, seed: int) -> list[str]:
+    """A line per run: the mean of its last ``window`` losses, against bf16's at ``seed``, its speed,
+    and the steps at which it first fell below ``THRESHOLDS``."""
+    base = next((r for r in results if r["recipe"] == "bf16" and r.get("seed", seed) == seed), None)
+    lines = []
+    for r in results:
+        end = sum(r["losses"][-window:]) / len(r["losses"][-window:])
+        line = f"{label(r, seed):>16}: final loss (mean of {window}) {end:.4f}, {r['tokens_per_s']:.0f} tokens/s"
+        if base is not None and r is not base:
+            base_end = sum(base["losses"][-window:]) / len(base["losses"][-window:])
+            line += f", {100 * (end / base_end - 1):+.2f}% loss and {r['tokens_per_s'] / base['tokens_per_s']:.2f}x " \
+                    "the speed of bf16"
+        crossings = first_steps_below(r["losses"], window)
+        line += "; below " + ", ".join(f"{t:g} at step {n if n is not None else '-'}" for t, n in crossings.items())
+        lines.append(line)
+    return lines
 
 
 def parser() -> argparse.ArgumentParser:
@@ -134,6 +176,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fp8-recipe", default="tensorwise", help="comma-separated: delayed, tensorwise, blockwise")
     p.add_argument("--window", type=int, default=20, help="steps averaged for the end-of-run comparison")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spread-seed", type=int, default=None,
+                   help="also run bf16 at this seed (other data order and initial weights): the comparison's noise")
     p.add_argument("--out-dir", default="runs/fp8_convergence")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--recipe", default=None, help=argparse.SUPPRESS)
@@ -151,29 +195,23 @@ def main() -> None:
     model_dir = out / "model"
     write_model(args, model_dir)
     results = []
-    for recipe in ["bf16", *args.fp8_recipe.split(",")]:
-        result = out / f"{recipe}.json"
+    for recipe, seed in planned_runs(args):
+        name = recipe if seed == args.seed else f"{recipe}_seed{seed}"
+        result = out / f"{name}.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", __file__,
-               "--worker", "--recipe", recipe, "--model-dir", str(model_dir), "--result", str(result),
-               *[f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("steps", "bin", "micro", "lr", "fp8", "seed")],
+               "--worker", "--recipe", recipe, "--model-dir", str(model_dir), "--result", str(result), f"--seed={seed}",
+               *[f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("steps", "bin", "micro", "lr", "fp8")],
                *([f"--layers={args.layers}"] if args.layers else [])]
         print("+", " ".join(cmd), flush=True)
-        with open(out / f"{recipe}.log", "w") as log:
+        with open(out / f"{name}.log", "w") as log:
             if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ).returncode != 0:
-                print(f"{recipe}: FAILED (log: {out / f'{recipe}.log'})", flush=True)
+                print(f"{name}: FAILED (log: {out / f'{name}.log'})", flush=True)
                 continue
         results.append(json.loads(result.read_text()))
     (out / "losses.json").write_text(json.dumps(results))
     if results:
-        plot(results, args.window, out / "fp8_convergence.png")
-    base = next((r for r in results if r["recipe"] == "bf16"), None)
-    for r in results:
-        end = sum(r["losses"][-args.window:]) / len(r["losses"][-args.window:])
-        line = f"{r['recipe']:>10}: final loss (mean of {args.window}) {end:.4f}, {r['tokens_per_s']:.0f} tokens/s"
-        if base is not None and r is not base:
-            base_end = sum(base["losses"][-args.window:]) / len(base["losses"][-args.window:])
-            line += f", {100 * (end / base_end - 1):+.2f}% loss and {r['tokens_per_s'] / base['tokens_per_s']:.2f}x " \
-                    "the speed of bf16"
+        plot(results, args.window, args.seed, out / "fp8_convergence.png")
+    for line in summary(results, args.window, args.seed):
         print(line)
     print(f"card: {results[0]['card'] if results else '?'}; curves: {out / 'fp8_convergence.png'}")
 

@@ -60,3 +60,27 @@ def test_rl_step_config():
     assert cfg.model.keep_logits
     assert cfg.rollout.sleep_mode and cfg.rollout.max_model_len == 8192 + 256
     assert not stage.overlong.filter  # every response is truncated: the filter would drop them all
+
+
+def test_fp8_convergence_reports_when_each_curve_crosses_each_loss():
+    b = bench("fp8_convergence")
+    losses = [2.0] * 5 + [0.6] * 5 + [0.15] * 10
+    assert b.first_steps_below(losses, window=1) == {1.0: 6, 0.5: 11, 0.2: 11, 0.1: None}
+    # smoothed over 2 steps: (2.0 + 0.6) / 2 = 1.3 at step 6, then 0.6, 0.375 (step 11), 0.15
+    assert b.first_steps_below(losses, window=2) == {1.0: 7, 0.5: 11, 0.2: 12, 0.1: None}
+    assert b.first_steps_below([0.05] * 3, window=20)[0.1] == 1
+
+    base = {"recipe": "bf16", "seed": 0, "losses": [1.0] * 10, "tokens_per_s": 100.0}
+    other_seed = {**base, "seed": 1, "losses": [1.1] * 10}
+    fp8 = {"recipe": "tensorwise", "seed": 0, "losses": [0.9] * 10, "tokens_per_s": 80.0}
+    lines = b.summary([base, other_seed, fp8], window=5, seed=0)
+    assert "+10.00% loss" in lines[1] and "bf16 (seed 1)" in lines[1]
+    assert "-10.00% loss and 0.80x the speed of bf16" in lines[2]
+    assert "below 1 at step 1" in lines[2] and "below 1 at step -" in lines[0]
+
+
+def test_fp8_convergence_spread_seed_runs_bf16_twice():
+    b = bench("fp8_convergence")
+    args = b.parser().parse_args(["--spread-seed", "1", "--fp8-recipe", "tensorwise,delayed"])
+    assert b.planned_runs(args) == [("bf16", 0), ("bf16", 1), ("tensorwise", 0), ("delayed", 0)]
+    assert b.planned_runs(b.parser().parse_args([])) == [("bf16", 0), ("tensorwise", 0)]
