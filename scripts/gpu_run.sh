@@ -6,9 +6,9 @@
 #   bash scripts/gpu_run.sh start PHASE [arguments]; then, in the next calls, bash scripts/gpu_run.sh wait
 # start runs PHASE in a process session of its own, which outlives the call (the device tool kills
 # what a call leaves running, except a new session) and so can run longer than one call's 10 minutes,
-# under DETACHED_TIMEOUT seconds (default 1700); its logs go to /tmp/detached/out. wait waits for it
-# (PHASE_TIMEOUT at most) and brings back those logs. The machine goes back 30 s after a call: issue
-# the wait calls back to back.
+# under DETACHED_TIMEOUT seconds (default 1700; scripts/detach.sh); its logs go to /tmp/detached_out.
+# wait waits for it (PHASE_TIMEOUT at most) and brings back those logs. The machine goes back 30 s
+# after a call: issue the wait calls back to back.
 # Each phase stops after PHASE_TIMEOUT seconds (default 540, within the 10-minute limit of a call),
 # so that two phases can share one call; logs go to $OUT (appended; at most 8 files).
 set -uo pipefail
@@ -33,14 +33,11 @@ case $phase in
   rollouthost) timeout $T python3 bench/rollout_host.py "$@" 2>&1 | tee -a $OUT/rollout_host.log | grep -v "^INFO\|^(\|WARNING" | tail -5 ;;
   fp8conv) timeout $T python3 bench/fp8_convergence.py --out-dir /tmp/fp8conv "$@" 2>&1 | tee -a $OUT/fp8conv.log | tail -30
     cp /tmp/fp8conv/losses.json /tmp/fp8conv/fp8_convergence.png $OUT/ 2>/dev/null; tar czf $OUT/fp8conv_logs.tgz -C /tmp fp8conv ;;
-  start) rm -rf /tmp/detached; mkdir -p /tmp/detached/out
-    OUT=/tmp/detached/out PHASE_TIMEOUT=${DETACHED_TIMEOUT:-1700} setsid bash -c \
-      'bash scripts/gpu_run.sh "$@" > /tmp/detached/log 2>&1; echo "rc=$?" > /tmp/detached/done' _ "$@" < /dev/null &
-    echo "started $* in its own session (pid $!)" ;;
-  wait) [[ -d /tmp/detached ]] || { echo "nothing was started on this machine"; exit 2; }
-    timeout $T bash -c 'until [[ -f /tmp/detached/done ]]; do sleep 5; done'
-    cp -r /tmp/detached/out/. $OUT/; cp /tmp/detached/log $OUT/detached.log
-    if [[ -f /tmp/detached/done ]]; then echo "finished: $(cat /tmp/detached/done)"; else echo "still running"; fi
+  start) rm -rf /tmp/detached_out && mkdir -p /tmp/detached_out
+    OUT=/tmp/detached_out PHASE_TIMEOUT=${DETACHED_TIMEOUT:-1700} bash scripts/detach.sh start /tmp/detached \
+      bash scripts/gpu_run.sh "$@" ;;
+  wait) bash scripts/detach.sh wait /tmp/detached $T
+    cp -r /tmp/detached_out/. $OUT/ 2>/dev/null; cp /tmp/detached/log $OUT/detached.log 2>/dev/null
     tail -40 /tmp/detached/log ;;
   *) echo "unknown phase $phase"; exit 2 ;;
 esac
