@@ -106,8 +106,8 @@ def rollout_groups(rollouts: Rollouts, stage: StageConfig, prompts: list[RLPromp
 
 def measure_logprobs(update: PolicyUpdate, mine: list, temperature: float) -> LogprobStats:
     """The statistics of the trainer's no-grad log-prob pass over this replica's micro-batches, merged
-    over the replicas; no pass where there are none (then on every replica: each gets a share of a
-    non-empty list)."""
+    over the replicas. No pass, and no exchange, without micro-batches: ``split_micro_batches`` gives
+    every replica the same number, so then all of them have none."""
     if not mine:
         return LogprobStats()
     stats = logprob_pass_stats(mine, update.backend.logprobs(mine, temperature))

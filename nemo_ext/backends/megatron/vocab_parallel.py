@@ -87,8 +87,9 @@ def _chunk_logp(z_CV, local_C, temperature, group, k) -> tuple[torch.Tensor, tor
 
 
 def _chunk_entropy(z_CV, lse_C, temperature, group, k) -> torch.Tensor:
-    """[C] float32 entropy (nats) over the whole (TP-split) vocabulary, without gradient."""
-    return _all_reduce(k["row_entropy_part"](z_CV.detach(), lse_C.detach(), temperature), dist.ReduceOp.SUM, group)
+    """[C] float32 entropy (nats) over the whole (TP-split) vocabulary (in the Function's forward: no
+    gradient)."""
+    return _all_reduce(k["row_entropy_part"](z_CV, lse_C, temperature), dist.ReduceOp.SUM, group)
 
 
 class _VocabParallelLogprob(torch.autograd.Function):
