@@ -84,3 +84,21 @@ def test_fp8_convergence_spread_seed_runs_bf16_twice():
     args = b.parser().parse_args(["--spread-seed", "1", "--fp8-recipe", "tensorwise,delayed"])
     assert b.planned_runs(args) == [("bf16", 0), ("bf16", 1), ("tensorwise", 0), ("delayed", 0)]
     assert b.planned_runs(b.parser().parse_args([])) == [("bf16", 0), ("tensorwise", 0)]
+
+
+def test_experience_bench_baseline_builds_the_loops_micro_batches():
+    """bench/experience.py times build_experience against the per-token lists it replaced: both must
+    give the same micro-batches (token ids, positions, boundaries, masks, advantages, log-probs)."""
+    from nemo_ext.config.rl import AdvantageConfig
+    from nemo_ext.rl.experience import build_experience
+
+    b = bench("experience")
+    groups = b.synthetic_groups(prompts=3, group=4, max_len=40)
+    batch = build_experience(groups, AdvantageConfig(), False, 400, 40)
+    reference = b.per_token_lists(groups, 400)
+    assert len(reference) == 6  # 12 sequences of 120 + 40 tokens, two to a 400-token micro-batch
+    b.assert_same_micro_batches(batch.trained + batch.untrained, reference)
+    groups[0].completions[1].logprobs[5] += 1.0  # one changed log-prob is seen
+    with pytest.raises(AssertionError, match="rollout_logprobs"):
+        b.assert_same_micro_batches(build_experience(groups, AdvantageConfig(), False, 400, 40).trained,
+                                    reference)

@@ -76,11 +76,12 @@ def cu_seqlens_of(lengths: Sequence[int], device: torch.device | str | None = No
 
 
 def pack_sequences(
-    token_ids: Sequence[Sequence[int]],
-    trained: Sequence[Sequence[int | bool]],
-    token_fields: dict[str, Sequence[Sequence[float]]] | None = None,
+    token_ids: Sequence[Sequence[int] | torch.Tensor],
+    trained: Sequence[Sequence[int | bool] | torch.Tensor],
+    token_fields: dict[str, Sequence[Sequence[float] | torch.Tensor]] | None = None,
 ) -> PackedBatch:
-    """Lay sequences end to end into one ``PackedBatch``.
+    """Lay sequences end to end into one ``PackedBatch``. Each sequence's values come as a list or a
+    1-D tensor (tensors are concatenated without a Python loop over their elements).
 
     token_ids[i]: the tokens of sequence i (length L_i >= 1).
     trained[i]:   [L_i], 1 where token j of sequence i is one the model learns to predict (an
@@ -94,8 +95,8 @@ def pack_sequences(
     lengths = [len(ids) for ids in token_ids]
     if min(lengths) < 1:
         raise ValueError("pack_sequences got an empty sequence")
-    input_ids = torch.tensor([t for ids in token_ids for t in ids], dtype=torch.long)
-    trained_flat = torch.tensor([float(m) for mask in trained for m in mask], dtype=torch.float32)
+    input_ids = _laid_end_to_end(token_ids, torch.long)
+    trained_flat = _laid_end_to_end(trained, torch.float32)
     if trained_flat.numel() != input_ids.numel():
         raise ValueError("trained masks must have one entry per token")
     cu_seqlens = cu_seqlens_of(lengths)
@@ -108,11 +109,16 @@ def pack_sequences(
     loss_mask = torch.roll(trained_flat, -1).masked_fill(is_last, 0.0)
     fields = {}
     for name, values in (token_fields or {}).items():
-        flat = torch.tensor([float(v) for seq in values for v in seq], dtype=torch.float32)
+        flat = _laid_end_to_end(values, torch.float32)
         if flat.numel() != input_ids.numel():
             raise ValueError(f"token field {name!r} must have one value per token")
         fields[name] = torch.roll(flat, -1).masked_fill(is_last, 0.0)
     return PackedBatch(input_ids, position_ids, cu_seqlens, targets, loss_mask, fields)
+
+
+def _laid_end_to_end(seqs: Sequence[Sequence[float] | torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """[sum L_i] ``dtype``: the sequences one after another (CPU)."""
+    return torch.cat([torch.as_tensor(s, dtype=dtype, device="cpu").reshape(-1) for s in seqs])
 
 
 def from_packed_row(input_ids: Sequence[int], loss_mask: Sequence[int], seq_start_id: Sequence[int]) -> PackedBatch:

@@ -98,15 +98,17 @@ def build_experience(groups: Sequence[Group], advantage: AdvantageConfig, overlo
     live = (advantages != 0) & (weights > 0) & (responses.lengths > 0)
     seqs, trained_mask, fields = [], [], {ADVANTAGES: [], WEIGHTS: [], ROLLOUT_LOGPROBS: []}
     for n, group in enumerate(groups):
-        prompt_len = len(group.prompt_ids)
+        prompt = torch.tensor(group.prompt_ids, dtype=torch.long)
+        on_prompt = torch.zeros(len(prompt))
         for g, completion in enumerate(group.completions):
-            resp = list(completion.token_ids)
-            seqs.append(group.prompt_ids + resp)
-            trained_mask.append([0] * prompt_len + [1] * len(resp))
-            fields[ADVANTAGES].append([0.0] * prompt_len + [float(advantages[n, g])] * len(resp))
-            fields[WEIGHTS].append([0.0] * prompt_len + [float(weights[n, g])] * len(resp))
-            logprobs = list(completion.logprobs) if completion.logprobs is not None else [0.0] * len(resp)
-            fields[ROLLOUT_LOGPROBS].append([0.0] * prompt_len + logprobs)
+            resp = torch.as_tensor(completion.token_ids, dtype=torch.long)
+            seqs.append(torch.cat([prompt, resp]))
+            trained_mask.append(torch.cat([on_prompt, torch.ones(len(resp))]))
+            fields[ADVANTAGES].append(torch.cat([on_prompt, torch.full((len(resp),), float(advantages[n, g]))]))
+            fields[WEIGHTS].append(torch.cat([on_prompt, torch.full((len(resp),), float(weights[n, g]))]))
+            logprobs = (torch.zeros(len(resp)) if completion.logprobs is None
+                        else torch.as_tensor(completion.logprobs, dtype=torch.float32))
+            fields[ROLLOUT_LOGPROBS].append(torch.cat([on_prompt, logprobs]))
     bin_size = max(micro_batch_tokens, max(len(s) for s in seqs))
 
     def pack(part: list[int]) -> list[PackedBatch]:

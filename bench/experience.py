@@ -1,0 +1,119 @@
+"""The GRPO step's "advantages" phase (``rl.experience.build_experience``: scored groups -> packed
+micro-batches) on a step of the 1-GPU bench's size, against a baseline run in the same process.
+
+    PYTHONPATH=. .venv/bin/python bench/experience.py [--prompts 16] [--group 8] [--max-len 8192] [--repeats 5]
+
+Input: ``--prompts`` x ``--group`` responses of ``--max-len`` tokens each (every one at the maximum,
+as in ``bench/rl_step.py``), 120-token prompts, token ids and log-probs as Python lists (the form
+vLLM hands them over in), half of each group rewarded. Reported: the best of ``--repeats`` wall
+times of each variant, and their ratio.
+
+- ``build_experience``: what the loop runs (one tensor per response and field, concatenated).
+- Baseline: the same micro-batches built the way the loop did before 2026-12-03, every per-token
+  value a Python list element (prompt masks, advantages, weights and log-probs of every token) turned
+  into tensors at the end. Both must give equal micro-batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from types import SimpleNamespace
+
+import torch
+
+from nemo_ext.config.rl import AdvantageConfig
+from nemo_ext.data.batch import PackedBatch
+from nemo_ext.data.packing import first_fit_decreasing
+from nemo_ext.rl.advantages import group_advantages
+from nemo_ext.rl.experience import Group, build_experience, step_tensors
+from nemo_ext.rl.losses import ADVANTAGES, ROLLOUT_LOGPROBS, WEIGHTS
+
+PROMPT_TOKENS = 120
+
+
+def synthetic_groups(prompts: int, group: int, max_len: int, seed: int = 0) -> list[Group]:
+    rng = random.Random(seed)
+    out = []
+    for n in range(prompts):
+        completions = [SimpleNamespace(token_ids=[rng.randrange(151_000) for _ in range(max_len)],
+                                       logprobs=[-rng.random() for _ in range(max_len)], truncated=False)
+                       for _ in range(group)]
+        out.append(Group(prompt=None, prompt_ids=[rng.randrange(151_000) for _ in range(PROMPT_TOKENS)],
+                         completions=completions, rewards=[float(g % 2) for g in range(group)],
+                         passed=[bool(g % 2) for g in range(group)]))
+    return out
+
+
+def per_token_lists(groups: list[Group], micro_batch_tokens: int) -> list[PackedBatch]:
+    """The baseline: every per-token value a list element, as the loop built them before."""
+    cfg = AdvantageConfig()
+    advantages = group_advantages(step_tensors(groups).rewards, cfg.estimator, cfg.eps)
+    seqs, masks, fields = [], [], {ADVANTAGES: [], WEIGHTS: [], ROLLOUT_LOGPROBS: []}
+    for n, group in enumerate(groups):
+        p = len(group.prompt_ids)
+        for g, c in enumerate(group.completions):
+            r = len(c.token_ids)
+            seqs.append(group.prompt_ids + list(c.token_ids))
+            masks.append([0] * p + [1] * r)
+            fields[ADVANTAGES].append([0.0] * p + [float(advantages[n, g])] * r)
+            fields[WEIGHTS].append([0.0] * p + [1.0] * r)
+            fields[ROLLOUT_LOGPROBS].append([0.0] * p + list(c.logprobs))
+    out = []
+    for b in first_fit_decreasing([len(s) for s in seqs], max(micro_batch_tokens, max(map(len, seqs)))):
+        ids = torch.tensor([t for i in b for t in seqs[i]], dtype=torch.long)
+        lengths = torch.tensor([len(seqs[i]) for i in b])
+        cu = torch.zeros(len(b) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(lengths, 0)
+        is_last = torch.zeros(len(ids), dtype=torch.bool)
+        is_last[cu[1:].long() - 1] = True
+        shifted = lambda rows: torch.roll(torch.tensor([float(v) for i in b for v in rows[i]]), -1).masked_fill(is_last, 0)
+        out.append(PackedBatch(ids, torch.arange(len(ids)) - torch.repeat_interleave(cu[:-1].long(), lengths), cu,
+                               torch.roll(ids, -1).masked_fill(is_last, 0), shifted(masks),
+                               {k: shifted(v) for k, v in fields.items()}))
+    return out
+
+
+def assert_same_micro_batches(ours: list[PackedBatch], reference: list[PackedBatch]) -> None:
+    assert len(ours) == len(reference), (len(ours), len(reference))
+    for a, b in zip(ours, reference, strict=True):
+        for name in ("input_ids", "position_ids", "cu_seqlens", "targets", "loss_mask"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert a.token_fields.keys() == b.token_fields.keys()
+        for name, values in b.token_fields.items():
+            assert torch.equal(a.token_fields[name], values), name
+
+
+def best_time(fn, repeats: int) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--max-len", type=int, default=8192)
+    p.add_argument("--micro-tokens", type=int, default=32768)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    groups = synthetic_groups(args.prompts, args.group, args.max_len)
+    built_s, batch = best_time(lambda: build_experience(groups, AdvantageConfig(), False, args.micro_tokens,
+                                                        args.max_len), args.repeats)
+    baseline_s, reference = best_time(lambda: per_token_lists(groups, args.micro_tokens), args.repeats)
+    trained = batch.trained + batch.untrained
+    assert_same_micro_batches(trained, reference)
+    tokens = sum(mb.num_tokens for mb in trained)
+    print(json.dumps({"responses": args.prompts * args.group, "tokens": tokens, "micro_batches": len(trained),
+                      "build_experience_s": round(built_s, 4), "per_token_lists_s": round(baseline_s, 4),
+                      "speedup": round(baseline_s / built_s, 2)}))
+
+
+if __name__ == "__main__":
+    main()
