@@ -1,7 +1,7 @@
 """The one-GPU RL recipe (recipes/conf/rl/acereason_1.5b_1gpu.yaml) runs on one GPU (marker ``gpu``).
 
 Three steps of its first stage (8K responses, groups of 8, its micro-batches, memory share, sleep
-mode, compile and recompute, the temperature probe) on random weights of the Qwen2.5-1.5B shape
+mode, compile without recompute, the temperature probe) on random weights of the Qwen2.5-1.5B shape
 with the synthetic prompts, eight prompts a step instead of 64 and two in the probe instead of eight
 (its six temperatures x 16 responses, one batch) to keep the check to minutes. Random
 weights solve nothing and rarely stop, so every group has equal rewards and the update is skipped:
