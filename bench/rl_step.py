@@ -25,7 +25,8 @@ it costs little of a call's ten minutes; figures are medians of the ``--steps`` 
 it. Every response hits the length limit, so overlong filtering is off (it would drop them all).
 
 Reported: seconds per phase, generation tokens/s against the ceiling's, the share of the step that
-is not generation, the weight-sync seconds, the engine's GPU memory (what it took at start) and the
+is not generation and its floor (what it would be with the update at 100% MFU and nothing else
+taking time), the update's MFU (``observe.model_flops``), the weight-sync seconds, the engine's GPU memory (what it took at start) and the
 trainer's peak (``torch.cuda.max_memory_allocated`` while the engine sleeps, less vLLM's sleeping pool
 where torch's statistics count it: ``vllm_pool_bytes``).
 """
@@ -190,7 +191,9 @@ def work_step(args) -> dict:
             counted = pool if at_reset >= pool else 0  # the sleeping pool's tensors, if torch's statistics count them
             wall = time.perf_counter() - start
             tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
+            seq_lens = [len(g.prompt_ids) + len(c.token_ids) for g in groups for c in g.completions]
             steps.append({"step_s": wall, "tokens": tokens, **{f"{k}_s": v for k, v in timer.seconds.items()},
+                          "train_flop": update_flops(args, seq_lens),
                           "trainer_peak_gib": (peak_allocated() - counted) / 2**30,
                           "allocated_peak_gib": peak_allocated() / 2**30, "allocated_at_sleep_gib": at_reset / 2**30,
                           "vllm_pool_gib": pool / 2**30, "generate_gc_s": generate_gc.seconds(),
@@ -203,10 +206,27 @@ def work_step(args) -> dict:
     return {"steps": steps, "engine_and_trainer_gib": engine_and_trainer / 2**30}
 
 
-def summarize(backend: str, step_result: dict, ceiling: dict) -> dict:
+def update_flops(args, seq_lens: list[int]) -> float:
+    """Model FLOPs of one update over sequences of ``seq_lens`` tokens (``observe.model_flops``, the
+    trainers' and the SFT bench's MFU count: no recompute counted)."""
+    from nemo_ext.models.hf_config import matmul_parameters
+    from nemo_ext.observe import model_flops
+
+    cfg = model_config(args.shape, args.layers)
+    return model_flops(matmul_parameters(cfg), cfg.num_hidden_layers, cfg.hidden_size, seq_lens)
+
+
+def summarize(backend: str, step_result: dict, ceiling: dict, peak_flops: float | None) -> dict:
+    """Medians of the timed steps, and against ``peak_flops`` (the card's dense bf16 FLOP/s, None on a
+    CPU): the update's MFU, and the not-generation share the step would have if the update ran at
+    100% MFU and everything else took no time (the floor of ``not_generation_share``)."""
     timed = step_result["steps"][1:]  # the first is the warm-up
     med = {k: statistics.median(s.get(k, 0.0) for s in timed) for k in timed[0] if isinstance(timed[0][k], float)}
     gen_tps = statistics.median(s["tokens"] / s["generate_s"] for s in timed)
+    if peak_flops:
+        at_peak_s = med["train_flop"] / peak_flops
+        med.update(train_mfu=med["train_flop"] / med["train_s"] / peak_flops,
+                   not_generation_floor=at_peak_s / (at_peak_s + med["generate_s"]))
     # 4 significant digits: seconds and GiB as 3 decimals would, and the mismatch KL (~1e-4) too
     return {"backend": backend, **{k: float(f"{v:.4g}") for k, v in med.items()},
             "generate_tokens_per_s": round(gen_tps), "ceiling_tokens_per_s": round(ceiling["tokens_per_s"]),
@@ -217,14 +237,28 @@ def summarize(backend: str, step_result: dict, ceiling: dict) -> dict:
             "timed_steps": len(timed)}
 
 
+# The driver's own options; every other one is a setting its workers get (``worker_settings``).
+DRIVER_ONLY = {"help", "backend", "ceiling", "logs", "out", "worker", "backend_name", "model_dir", "result"}
+
+
+def worker_settings(args) -> list[str]:
+    """``args``' settings as the workers' command-line options: every option of ``parser()`` but the
+    driver's own, flags where they differ from their default."""
+    argv = []
+    for action in parser()._actions:
+        if action.dest in DRIVER_ONLY:
+            continue
+        value, option = getattr(args, action.dest), action.option_strings[0]
+        if action.nargs == 0:  # a flag (store_true / store_false)
+            argv += [option] if value != action.default else []
+        elif value is not None:
+            argv += [option, str(value)]
+    return argv
+
+
 def run_worker(args, worker: str, result: Path, backend: str | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", worker, "--model-dir", args.model_dir, "--result", str(result)]
-    for key in ("shape", "layers", "max_len", "warmup_len", "prompts", "group", "steps", "micro_tokens",
-                "gpu_memory_utilization", "reward_workers", "accelerator"):
-        if getattr(args, key) is not None:
-            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    cmd += (["--backend-name", backend] if backend else []) + ([] if args.compile else ["--no-compile"])
-    cmd += ["--recompute"] if args.recompute else []
+    cmd = [sys.executable, __file__, "--worker", worker, "--model-dir", args.model_dir, "--result", str(result),
+           *(["--backend-name", backend] if backend else []), *worker_settings(args)]
     print("+", " ".join(cmd), flush=True)
     log = Path(args.logs) / f"{worker}{'_' + backend if backend else ''}.log" if args.logs else None
     with (log.open("w") if log else open(os.devnull, "w")) as sink:
@@ -297,6 +331,8 @@ def main() -> None:
         if result is not None:
             Path(args.result).write_text(json.dumps(result))
         return
+    from nemo_ext.observe import peak_flops
+
     if args.logs:
         Path(args.logs).mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -307,18 +343,21 @@ def main() -> None:
         ceiling = load_or_measure_ceiling(args, Path(tmp))
         summaries = []
         for backend in [b for b in args.backend.split(",") if b != "none"]:
-            summary = summarize(backend, run_worker(args, "step", Path(tmp) / f"{backend}.json", backend), ceiling)
+            summary = summarize(backend, run_worker(args, "step", Path(tmp) / f"{backend}.json", backend), ceiling,
+                                peak_flops(torch.device("cuda")) if torch.cuda.is_available() else None)
             summary.update(card=card, shape=args.shape, max_len=args.max_len, prompts=args.prompts, group=args.group)
             summaries.append(summary)
             print(json.dumps(summary), flush=True)
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(summary) + "\n")
-    header = ["backend", "step_s", *[f"{ph}_s" for ph in PHASES], "gen tok/s", "vs ceiling", "not gen", "peak GiB"]
+    header = ["backend", "step_s", *[f"{ph}_s" for ph in PHASES], "gen tok/s", "vs ceiling", "not gen",
+              "floor", "train MFU", "peak GiB"]
     print("\n" + " ".join(f"{h:>10}" for h in header))
     for s in summaries:
         row = [s["backend"], s["step_s"], *[s.get(f"{ph}_s", 0.0) for ph in PHASES], s["generate_tokens_per_s"],
-               s["generate_vs_ceiling"], s["not_generation_share"], s.get("trainer_peak_gib", 0.0)]
+               s["generate_vs_ceiling"], s["not_generation_share"], s.get("not_generation_floor", 0.0),
+               s.get("train_mfu", 0.0), s.get("trainer_peak_gib", 0.0)]
         print(" ".join(f"{v:>10.3g}" if isinstance(v, float) else f"{v!s:>10}" for v in row))
     print(f"card: {card}; shape {args.shape}, {args.prompts} prompts x {args.group} responses x {args.max_len} "
           f"tokens; ceiling (the engine alone) {ceiling['tokens_per_s']:.0f} tokens/s, engine "

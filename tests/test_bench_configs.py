@@ -102,3 +102,36 @@ def test_experience_bench_baseline_builds_the_loops_micro_batches():
     with pytest.raises(AssertionError, match="rollout_logprobs"):
         b.assert_same_micro_batches(build_experience(groups, AdvantageConfig(), False, 400, 40).trained,
                                     reference)
+
+
+def test_rl_step_workers_get_every_setting():
+    """Each of bench/rl_step.py's settings reaches its worker processes (``--keep-logits`` once did
+    not, and the step then ran without it)."""
+    b = bench("rl_step")
+    p = b.parser()
+    given = p.parse_args(["--shape", "tiny", "--layers", "3", "--max-len", "64", "--prompts", "2", "--group", "4",
+                          "--steps", "2", "--warmup-len", "16", "--micro-tokens", "512", "--gpu-memory-utilization",
+                          "0.3", "--reward-workers", "1", "--no-compile", "--recompute", "--keep-logits",
+                          "--accelerator", "cpu", "--backend", "torch,megatron", "--logs", "/tmp/logs"])
+    seen = p.parse_args(b.worker_settings(given))
+    settings = {k: v for k, v in vars(given).items() if k not in b.DRIVER_ONLY}
+    assert {k: getattr(seen, k) for k in settings} == settings
+    assert settings["keep_logits"] and settings["recompute"] and not settings["compile"]
+    assert b.worker_settings(p.parse_args([])) == ["--shape", "1.5b", "--max-len", "8192", "--prompts", "64",
+                                                  "--group", "8", "--steps", "1", "--warmup-len", "512",
+                                                  "--micro-tokens", "16384", "--gpu-memory-utilization", "0.5",
+                                                  "--reward-workers", "4", "--accelerator", "gpu"]
+
+
+def test_rl_step_summary_gives_the_updates_mfu_and_the_not_generation_floor():
+    b = bench("rl_step")
+    warmup = {"step_s": 50.0, "tokens": 10, "generate_s": 5.0, "train_s": 40.0, "train_flop": 1e12}
+    timed = {"step_s": 100.0, "tokens": 1_000_000, "generate_s": 60.0, "train_s": 30.0, "train_flop": 1.2e16}
+    s = b.summarize("torch", {"steps": [warmup, timed], "engine_and_trainer_gib": 100.0},
+                    {"tokens_per_s": 20_000.0, "engine_gib": 98.0}, peak_flops=1e15)
+    assert s["train_mfu"] == pytest.approx(1.2e16 / 30.0 / 1e15)  # 40%
+    assert s["not_generation_floor"] == pytest.approx(12.0 / (12.0 + 60.0), abs=1e-4)  # the update at peak: 12 s
+    assert s["not_generation_share"] == pytest.approx(0.4) and s["generate_vs_ceiling"] == pytest.approx(0.833, abs=1e-3)
+    cpu = b.summarize("torch", {"steps": [warmup, timed], "engine_and_trainer_gib": 0.0},
+                      {"tokens_per_s": 20_000.0, "engine_gib": 0.0}, peak_flops=None)
+    assert "train_mfu" not in cpu and "not_generation_floor" not in cpu
