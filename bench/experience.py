@@ -37,7 +37,7 @@ PROMPT_TOKENS = 120
 def synthetic_groups(prompts: int, group: int, max_len: int, seed: int = 0) -> list[Group]:
     rng = random.Random(seed)
     out = []
-    for n in range(prompts):
+    for _ in range(prompts):
         completions = [SimpleNamespace(token_ids=[rng.randrange(151_000) for _ in range(max_len)],
                                        logprobs=[-rng.random() for _ in range(max_len)], truncated=False)
                        for _ in range(group)]
@@ -69,11 +69,17 @@ def per_token_lists(groups: list[Group], micro_batch_tokens: int) -> list[Packed
         cu[1:] = torch.cumsum(lengths, 0)
         is_last = torch.zeros(len(ids), dtype=torch.bool)
         is_last[cu[1:].long() - 1] = True
-        shifted = lambda rows: torch.roll(torch.tensor([float(v) for i in b for v in rows[i]]), -1).masked_fill(is_last, 0)
         out.append(PackedBatch(ids, torch.arange(len(ids)) - torch.repeat_interleave(cu[:-1].long(), lengths), cu,
-                               torch.roll(ids, -1).masked_fill(is_last, 0), shifted(masks),
-                               {k: shifted(v) for k, v in fields.items()}))
+                               torch.roll(ids, -1).masked_fill(is_last, 0), _shifted(masks, b, is_last),
+                               {k: _shifted(v, b, is_last) for k, v in fields.items()}))
     return out
+
+
+def _shifted(rows: list[list[float]], members: list[int], is_last: torch.Tensor) -> torch.Tensor:
+    """The baseline's per-token values of the sequences ``members``, one list element each, moved onto
+    the targets (``pack_sequences``' shift)."""
+    flat = torch.tensor([float(v) for i in members for v in rows[i]])
+    return torch.roll(flat, -1).masked_fill(is_last, 0)
 
 
 def assert_same_micro_batches(ours: list[PackedBatch], reference: list[PackedBatch]) -> None:

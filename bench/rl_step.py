@@ -26,9 +26,9 @@ it. Every response hits the length limit, so overlong filtering is off (it would
 
 Reported: seconds per phase, generation tokens/s against the ceiling's, the share of the step that
 is not generation and its floor (what it would be with the update at 100% MFU and nothing else
-taking time), the update's MFU (``observe.model_flops``), the weight-sync seconds, the engine's GPU memory (what it took at start) and the
-trainer's peak (``torch.cuda.max_memory_allocated`` while the engine sleeps, less vLLM's sleeping pool
-where torch's statistics count it: ``vllm_pool_bytes``).
+taking time), the update's MFU (``observe.model_flops``), the weight-sync seconds, the engine's GPU
+memory (what it took at start) and the trainer's peak (``torch.cuda.max_memory_allocated`` while the
+engine sleeps, less vLLM's sleeping pool where torch's statistics count it: ``vllm_pool_bytes``).
 """
 
 from __future__ import annotations

@@ -131,7 +131,8 @@ def test_rl_step_summary_gives_the_updates_mfu_and_the_not_generation_floor():
                     {"tokens_per_s": 20_000.0, "engine_gib": 98.0}, peak_flops=1e15)
     assert s["train_mfu"] == pytest.approx(1.2e16 / 30.0 / 1e15)  # 40%
     assert s["not_generation_floor"] == pytest.approx(12.0 / (12.0 + 60.0), abs=1e-4)  # the update at peak: 12 s
-    assert s["not_generation_share"] == pytest.approx(0.4) and s["generate_vs_ceiling"] == pytest.approx(0.833, abs=1e-3)
+    assert s["not_generation_share"] == pytest.approx(0.4)
+    assert s["generate_vs_ceiling"] == pytest.approx(0.833, abs=1e-3)
     cpu = b.summarize("torch", {"steps": [warmup, timed], "engine_and_trainer_gib": 0.0},
                       {"tokens_per_s": 20_000.0, "engine_gib": 0.0}, peak_flops=None)
     assert "train_mfu" not in cpu and "not_generation_floor" not in cpu

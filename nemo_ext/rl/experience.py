@@ -99,16 +99,16 @@ def build_experience(groups: Sequence[Group], advantage: AdvantageConfig, overlo
     seqs, trained_mask, fields = [], [], {ADVANTAGES: [], WEIGHTS: [], ROLLOUT_LOGPROBS: []}
     for n, group in enumerate(groups):
         prompt = torch.tensor(group.prompt_ids, dtype=torch.long)
-        on_prompt = torch.zeros(len(prompt))
+        prompt_zeros = torch.zeros(len(prompt))
         for g, completion in enumerate(group.completions):
             resp = torch.as_tensor(completion.token_ids, dtype=torch.long)
             seqs.append(torch.cat([prompt, resp]))
-            trained_mask.append(torch.cat([on_prompt, torch.ones(len(resp))]))
-            fields[ADVANTAGES].append(torch.cat([on_prompt, torch.full((len(resp),), float(advantages[n, g]))]))
-            fields[WEIGHTS].append(torch.cat([on_prompt, torch.full((len(resp),), float(weights[n, g]))]))
+            trained_mask.append(torch.cat([prompt_zeros, torch.ones(len(resp))]))
+            fields[ADVANTAGES].append(torch.cat([prompt_zeros, torch.full((len(resp),), float(advantages[n, g]))]))
+            fields[WEIGHTS].append(torch.cat([prompt_zeros, torch.full((len(resp),), float(weights[n, g]))]))
             logprobs = (torch.zeros(len(resp)) if completion.logprobs is None
                         else torch.as_tensor(completion.logprobs, dtype=torch.float32))
-            fields[ROLLOUT_LOGPROBS].append(torch.cat([on_prompt, logprobs]))
+            fields[ROLLOUT_LOGPROBS].append(torch.cat([prompt_zeros, logprobs]))
     bin_size = max(micro_batch_tokens, max(len(s) for s in seqs))
 
     def pack(part: list[int]) -> list[PackedBatch]:
