@@ -136,3 +136,19 @@ def test_rl_step_summary_gives_the_updates_mfu_and_the_not_generation_floor():
     cpu = b.summarize("torch", {"steps": [warmup, timed], "engine_and_trainer_gib": 0.0},
                       {"tokens_per_s": 20_000.0, "engine_gib": 0.0}, peak_flops=None)
     assert "train_mfu" not in cpu and "not_generation_floor" not in cpu
+
+
+def test_rl_step_plot_reads_the_benchs_summaries_and_names_a_bad_line(tmp_path):
+    b = bench("plot_rl_step")
+    rows = ROOT / "docs" / "data" / "rl_step_2026-12-03_16x8x8k.jsonl"
+    summaries = b.read_summaries([str(rows)])
+    assert [s["backend"] for s in summaries] == ["torch", "megatron"]
+    png = b.plot(summaries, tmp_path / "steps.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(rows.read_text().splitlines()[0] + "\n{\"backend\": \"torch\"}\n")
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2: not a bench/rl_step.py summary"):
+        b.read_summaries([str(bad)])
+    bad.write_text("{oops\n")
+    with pytest.raises(SystemExit, match=r"bad.jsonl:1: not JSON"):
+        b.read_summaries([str(bad)])
