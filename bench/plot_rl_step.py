@@ -1,6 +1,6 @@
 """Where an RL step's time goes: one horizontal bar per step summary, split into its phases.
 
-    python bench/plot_rl_step.py RL_STEP_JSONL [...] --out docs/img/rl_step.png
+    PYTHONPATH=. .venv/bin/python bench/plot_rl_step.py RL_STEP_JSONL [...] --out docs/img/rl_step.png
 
 Input: the JSON lines ``bench/rl_step.py --out`` appends (one per backend and run). Each bar is a
 summary's median phase seconds (``PHASES``, in the loop's order), labelled with its backend, shape
