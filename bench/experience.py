@@ -10,8 +10,8 @@ times of each variant, and their ratio.
 
 - ``build_experience``: what the loop runs (one tensor per response and field, concatenated).
 - Baseline: the same micro-batches built the way the loop did before 2026-12-03, every per-token
-  value a Python list element (prompt masks, advantages, weights and log-probs of every token) turned
-  into tensors at the end. Both must give equal micro-batches.
+  value a Python list element (prompt masks, advantages, weights and log-probs of every token),
+  packed by the same ``pack_sequences``. Both must give equal micro-batches.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import torch
 
 from nemo_ext.config.rl import AdvantageConfig
-from nemo_ext.data.batch import PackedBatch
+from nemo_ext.data.batch import PackedBatch, pack_sequences
 from nemo_ext.data.packing import first_fit_decreasing
 from nemo_ext.rl.advantages import group_advantages
 from nemo_ext.rl.experience import Group, build_experience, step_tensors
@@ -61,25 +61,9 @@ def per_token_lists(groups: list[Group], micro_batch_tokens: int) -> list[Packed
             fields[ADVANTAGES].append([0.0] * p + [float(advantages[n, g])] * r)
             fields[WEIGHTS].append([0.0] * p + [1.0] * r)
             fields[ROLLOUT_LOGPROBS].append([0.0] * p + list(c.logprobs))
-    out = []
-    for b in first_fit_decreasing([len(s) for s in seqs], max(micro_batch_tokens, max(map(len, seqs)))):
-        ids = torch.tensor([t for i in b for t in seqs[i]], dtype=torch.long)
-        lengths = torch.tensor([len(seqs[i]) for i in b])
-        cu = torch.zeros(len(b) + 1, dtype=torch.int32)
-        cu[1:] = torch.cumsum(lengths, 0)
-        is_last = torch.zeros(len(ids), dtype=torch.bool)
-        is_last[cu[1:].long() - 1] = True
-        out.append(PackedBatch(ids, torch.arange(len(ids)) - torch.repeat_interleave(cu[:-1].long(), lengths), cu,
-                               torch.roll(ids, -1).masked_fill(is_last, 0), _shifted(masks, b, is_last),
-                               {k: _shifted(v, b, is_last) for k, v in fields.items()}))
-    return out
-
-
-def _shifted(rows: list[list[float]], members: list[int], is_last: torch.Tensor) -> torch.Tensor:
-    """The baseline's per-token values of the sequences ``members``, one list element each, moved onto
-    the targets (``pack_sequences``' shift)."""
-    flat = torch.tensor([float(v) for i in members for v in rows[i]])
-    return torch.roll(flat, -1).masked_fill(is_last, 0)
+    bins = first_fit_decreasing([len(s) for s in seqs], max(micro_batch_tokens, max(map(len, seqs))))
+    return [pack_sequences([seqs[i] for i in b], [masks[i] for i in b],
+                           {k: [v[i] for i in b] for k, v in fields.items()}) for b in bins]
 
 
 def assert_same_micro_batches(ours: list[PackedBatch], reference: list[PackedBatch]) -> None:
