@@ -238,22 +238,14 @@ def summarize(backend: str, step_result: dict, ceiling: dict, peak_flops: float 
 
 
 # The driver's own options; every other one is a setting its workers get (``worker_settings``).
-DRIVER_ONLY = {"help", "backend", "ceiling", "logs", "out", "worker", "backend_name", "model_dir", "result"}
+DRIVER_ONLY = {"backend", "ceiling", "logs", "out", "worker", "backend_name", "model_dir", "result"}
 
 
 def worker_settings(args) -> list[str]:
-    """``args``' settings as the workers' command-line options: every option of ``parser()`` but the
-    driver's own, flags where they differ from their default."""
-    argv = []
-    for action in parser()._actions:
-        if action.dest in DRIVER_ONLY:
-            continue
-        value, option = getattr(args, action.dest), action.option_strings[0]
-        if action.nargs == 0:  # a flag (store_true / store_false)
-            argv += [option] if value != action.default else []
-        elif value is not None:
-            argv += [option, str(value)]
-    return argv
+    """``args``' settings as the workers' command-line options (``bench.worker_args``)."""
+    from bench.worker_args import worker_settings as settings
+
+    return settings(parser(), args, DRIVER_ONLY)
 
 
 def run_worker(args, worker: str, result: Path, backend: str | None = None) -> dict:

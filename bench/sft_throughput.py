@@ -290,17 +290,25 @@ def oom_fallbacks(backend: str) -> list[str]:
     return ["full"] if backend == "torch" else ["selective", "full"]
 
 
+# The driver's own options (the FP8 ones and recompute are handed over per run, by ``run_backend``); every
+# other one is a setting its workers get.
+DRIVER_ONLY = {"backend", "out", "worker", "model_dir", "result", "fp8", "fp8_recipe", "recompute"}
+
+
+def worker_settings(args) -> list[str]:
+    """``args``' settings as the workers' command-line options (``bench.worker_args``)."""
+    from bench.worker_args import worker_settings as settings
+
+    return settings(parser(), args, DRIVER_ONLY)
+
+
 def run_backend(args, backend: str, model_dir: Path, result: Path, fp8_recipe: str | None = None) -> dict | None:
     nproc = args.gpus if backend.startswith("megatron") else 1
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__,
            "--worker", backend, "--model-dir", str(model_dir), "--result", str(result)]
     cmd += ["--fp8", args.fp8, "--fp8-recipe", fp8_recipe] if fp8_recipe else []
     name = backend + (f".{fp8_recipe}" if fp8_recipe else "")
-    for key in ("shape", "layers", "bin", "max_len", "micro", "warmup", "steps", "tp", "gpus", "seed", "memory_budget",
-                "worker_logs", "attention", "gc_interval", "logits_chunk"):
-        if getattr(args, key) is not None:
-            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    cmd += ["--no-optimizer"] if args.no_optimizer else []
+    cmd += worker_settings(args)
     cmd += ["--recompute", args.recompute]  # last: the OOM retry below replaces it
     for recompute in dict.fromkeys([args.recompute, *oom_fallbacks(backend)]):
         run_cmd = [*cmd[:-1], recompute] if cmd[-2] == "--recompute" else cmd

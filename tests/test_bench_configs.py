@@ -152,3 +152,22 @@ def test_rl_step_plot_reads_the_benchs_summaries_and_names_a_bad_line(tmp_path):
     bad.write_text("{oops\n")
     with pytest.raises(SystemExit, match=r"bad.jsonl:1: not JSON"):
         b.read_summaries([str(bad)])
+
+
+def test_sft_throughput_workers_get_every_setting_but_the_per_run_ones():
+    """bench/sft_throughput.py hands its workers every setting (``--logits-chunk`` once did not reach
+    them); the FP8 ones and ``--recompute`` go per run (one recipe each, recompute last for the
+    out-of-memory retry)."""
+    b = bench("sft_throughput")
+    p = b.parser()
+    given = p.parse_args(["--shape", "7b", "--layers", "8", "--bin", "8192", "--max-len", "4096", "--micro", "8",
+                          "--warmup", "1", "--steps", "3", "--tp", "2", "--gpus", "2", "--logits-chunk", "8192",
+                          "--memory-budget", "0.3", "--no-optimizer", "--attention", "te", "--worker-logs", "/tmp/w",
+                          "--gc-interval", "0", "--seed", "3", "--backend", "megatron_fp8", "--recompute", "full",
+                          "--fp8-recipe", "delayed,tensorwise"])
+    argv = b.worker_settings(given)
+    seen = p.parse_args(argv)
+    settings = {k: v for k, v in vars(given).items() if k not in b.DRIVER_ONLY}
+    assert {k: getattr(seen, k) for k in settings} == settings
+    assert settings["logits_chunk"] == 8192 and settings["no_optimizer"]
+    assert "--fp8-recipe" not in argv and "--recompute" not in argv and "--backend" not in argv
