@@ -153,10 +153,10 @@ def summary(results: list[dict], window: int, seed: int) -> list[str]:
     base = next((r for r in results if r["recipe"] == "bf16" and r.get("seed", seed) == seed), None)
     lines = []
     for r in results:
-        end = sum(r["losses"][-window:]) / len(r["losses"][-window:])
+        end = smoothed(r["losses"], window)[-1]
         line = f"{label(r, seed):>16}: final loss (mean of {window}) {end:.4f}, {r['tokens_per_s']:.0f} tokens/s"
         if base is not None and r is not base:
-            base_end = sum(base["losses"][-window:]) / len(base["losses"][-window:])
+            base_end = smoothed(base["losses"], window)[-1]
             line += f", {100 * (end / base_end - 1):+.2f}% loss and {r['tokens_per_s'] / base['tokens_per_s']:.2f}x " \
                     "the speed of bf16"
         crossings = first_steps_below(r["losses"], window)
