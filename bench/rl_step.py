@@ -17,7 +17,9 @@ backend, a process holding the trainer and the engine, as ``recipes/rl.py`` buil
 (``rl.setup.build_run``), runs the loop's own phases: ``grpo.rollout_groups`` (generate, the reward
 pool scoring each response as it finishes, gather), then ``grpo.update_policy`` (advantages, sleep,
 the log-prob pass over the untrained micro-batches, the update, whose forward measures the trained
-ones' entropy and mismatch, weight sync, wake). Random weights solve nothing, so every reward would
+ones' entropy and mismatch, weight sync, wake), then the loop's garbage collection (collect: the
+collector is off inside steps, ``trainer.gc_interval``; the ceiling generates under the same
+schedule). Random weights solve nothing, so every reward would
 be 0 and no group would train: the step's rewards are replaced by alternating 0/1 within each group,
 which makes every response train (the update's worst case; the log-prob pass then has nothing to
 do). A warm-up step (compiles, CUDA caches) at ``--warmup-len`` response tokens comes first, so that
@@ -49,7 +51,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHAPES = {"1.5b": "Qwen/Qwen2.5-1.5B", "7b": "Qwen/Qwen2.5-Math-7B"}  # nemo_ext.models.catalog names
-PHASES = ("generate", "score", "gather", "advantages", "sleep", "logprobs", "train", "sync", "wake")
+PHASES = ("generate", "score", "gather", "advantages", "sleep", "logprobs", "train", "sync", "wake", "collect")
 
 
 def model_config(shape: str, layers: int | None):
@@ -72,7 +74,15 @@ def write_model(args) -> None:
 
 
 def rl_config(args, backend: str):
-    from nemo_ext.config.rl import OverlongConfig, PolicyConfig, RLConfig, RolloutConfig, StageConfig, TemperatureConfig
+    from nemo_ext.config.rl import (
+        OverlongConfig,
+        PolicyConfig,
+        RLConfig,
+        RLTrainerConfig,
+        RolloutConfig,
+        StageConfig,
+        TemperatureConfig,
+    )
     from nemo_ext.config.schema import (
         Accelerator,
         BackendName,
@@ -80,7 +90,6 @@ def rl_config(args, backend: str):
         HeldoutConfig,
         LoggingConfig,
         ModelConfig,
-        TrainerConfig,
     )
 
     stage = StageConfig(name="bench", num_prompts=args.prompts * (args.steps + 1), max_response_len=args.max_len,
@@ -90,9 +99,9 @@ def rl_config(args, backend: str):
     return RLConfig(
         output_dir=str(Path(args.model_dir).parent / f"run_{backend}"), backend=BackendName(backend),
         policy=PolicyConfig(init=args.model_dir, micro_batch_tokens=args.micro_tokens),
-        trainer=TrainerConfig(accelerator=Accelerator(args.accelerator), seed=1234,
-                              compile=args.compile and args.accelerator == "gpu",
-                              activation_checkpointing=args.recompute),
+        trainer=RLTrainerConfig(accelerator=Accelerator(args.accelerator), seed=1234,
+                                compile=args.compile and args.accelerator == "gpu",
+                                activation_checkpointing=args.recompute),
         model=ModelConfig(logits_chunk_tokens=4096, keep_logits=args.keep_logits),
         rollout=RolloutConfig(gpu_memory_utilization=args.gpu_memory_utilization, sleep_mode=True,
                               max_model_len=args.max_len + 256, reward_workers=args.reward_workers),
@@ -133,7 +142,7 @@ def step_prompts(cfg, step: int) -> list:
 
 def work_ceiling(args) -> dict:
     """The engine alone: the same batch as the step's first timed one, generated once after a warm-up."""
-    from nemo_ext.garbage_collection import record_pauses
+    from nemo_ext.garbage_collection import collect_between_steps, record_pauses
     from nemo_ext.rl.grpo import step_seed
     from nemo_ext.rl.rollout import RolloutEngine
 
@@ -144,11 +153,11 @@ def work_ceiling(args) -> dict:
     step = 1  # the first timed step's batch (step 0 is the warm-up)
     texts = [p.text for p in step_prompts(cfg, step)]
     engine.sample(texts[:2], n=2, temperature=1.0, max_tokens=16, seed=0)  # warm-up
-    start = time.perf_counter()
-    with record_pauses() as gc_pauses:
+    with collect_between_steps(cfg.trainer.gc_interval), record_pauses() as gc_pauses:  # as the loop runs
+        start = time.perf_counter()
         groups = engine.sample(texts, n=stage.group_size, temperature=1.0, max_tokens=stage.max_response_len,
                                seed=step_seed(cfg.trainer.seed, step, 0))
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
     tokens = sum(len(c.token_ids) for cs in groups for c in cs)
     return {"generate_s": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
             "engine_gib": engine_bytes / 2**30, "gc_s": gc_pauses.seconds()}
@@ -156,8 +165,7 @@ def work_ceiling(args) -> dict:
 
 def work_step(args) -> dict:
     """The warm-up step and ``--steps`` timed steps of the loop's phases with the trainer in the process."""
-    from nemo_ext.garbage_collection import record_pauses
-    from nemo_ext.rl.grpo import PhaseTimer, rollout_groups, step_seed, update_policy
+    from nemo_ext.garbage_collection import collect_between_steps
     from nemo_ext.rl.setup import build_run, close_run
     from nemo_ext.rl.stages import stage_lr_schedule
 
@@ -171,39 +179,49 @@ def work_step(args) -> dict:
     warmup = dataclasses.replace(stage, max_response_len=args.warmup_len)
     steps = []
     try:
-        for step in range(args.steps + 1):
-            timer, start = PhaseTimer(), time.perf_counter()
-            step_stage = warmup if step == 0 else stage
-            with record_pauses() as generate_gc:
-                groups = rollout_groups(run.rollouts, step_stage, step_prompts(cfg, step), 1.0,
-                                        step_seed(cfg.trainer.seed, step, 0), timer)
-            for g in groups:  # every response trains (see the module docstring)
-                g.rewards = [float(j % 2) for j in range(len(g.rewards))]
-            # The update's first phase, done here so that the peak below covers the trainer's passes alone
-            # (update_policy's sleep is then a no-op).
-            with timer("sleep"):
-                run.rollouts.engine.sleep()
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            at_reset = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
-            metrics = update_policy(run.update, step_stage, groups, 1.0, timer)
-            pool = vllm_pool_bytes()
-            counted = pool if at_reset >= pool else 0  # the sleeping pool's tensors, if torch's statistics count them
-            wall = time.perf_counter() - start
-            tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
-            seq_lens = [len(g.prompt_ids) + len(c.token_ids) for g in groups for c in g.completions]
-            steps.append({"step_s": wall, "tokens": tokens, **{f"{k}_s": v for k, v in timer.seconds.items()},
-                          "train_flop": update_flops(args, seq_lens),
-                          "trainer_peak_gib": (peak_allocated() - counted) / 2**30,
-                          "allocated_peak_gib": peak_allocated() / 2**30, "allocated_at_sleep_gib": at_reset / 2**30,
-                          "vllm_pool_gib": pool / 2**30, "generate_gc_s": generate_gc.seconds(),
-                          "generate_gc_full": sum(g == 2 for g, _ in generate_gc.pauses),
-                          "mismatch_kl": metrics.get("mismatch/kl"),
-                          "grad_norm": metrics.get("update/grad_norm")})
-            print(json.dumps(steps[-1]), flush=True)
+        with collect_between_steps(cfg.trainer.gc_interval) as collector:  # as grpo.run_stage runs its steps
+            for step in range(args.steps + 1):
+                steps.append(timed_step(args, cfg, run, warmup if step == 0 else stage, step, collector))
+                print(json.dumps(steps[-1]), flush=True)
     finally:
         close_run(run)
     return {"steps": steps, "engine_and_trainer_gib": engine_and_trainer / 2**30}
+
+
+def timed_step(args, cfg, run, stage, step: int, collector) -> dict:
+    """Step ``step`` of the loop's phases at ``stage``'s lengths (the warm-up's or the timed steps'):
+    each phase's seconds, the update's FLOPs, memory peaks, collections while generating."""
+    from nemo_ext.garbage_collection import record_pauses
+    from nemo_ext.rl.grpo import PhaseTimer, rollout_groups, step_seed, update_policy
+
+    timer, start = PhaseTimer(), time.perf_counter()
+    with record_pauses() as generate_gc:
+        groups = rollout_groups(run.rollouts, stage, step_prompts(cfg, step), 1.0,
+                                step_seed(cfg.trainer.seed, step, 0), timer)
+    for g in groups:  # every response trains (see the module docstring)
+        g.rewards = [float(j % 2) for j in range(len(g.rewards))]
+    # The update's first phase, done here so that the peak below covers the trainer's passes alone
+    # (update_policy's sleep is then a no-op).
+    with timer("sleep"):
+        run.rollouts.engine.sleep()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    at_reset = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+    metrics = update_policy(run.update, stage, groups, 1.0, timer)
+    pool = vllm_pool_bytes()
+    counted = pool if at_reset >= pool else 0  # the sleeping pool's tensors, if torch's statistics count them
+    with timer("collect"):
+        collector.after_step(step + 1)
+    wall = time.perf_counter() - start
+    tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
+    seq_lens = [len(g.prompt_ids) + len(c.token_ids) for g in groups for c in g.completions]
+    return {"step_s": wall, "tokens": tokens, **{f"{k}_s": v for k, v in timer.seconds.items()},
+            "train_flop": update_flops(args, seq_lens),
+            "trainer_peak_gib": (peak_allocated() - counted) / 2**30,
+            "allocated_peak_gib": peak_allocated() / 2**30, "allocated_at_sleep_gib": at_reset / 2**30,
+            "vllm_pool_gib": pool / 2**30, "generate_gc_s": generate_gc.seconds(),
+            "generate_gc_full": sum(g == 2 for g, _ in generate_gc.pauses),
+            "mismatch_kl": metrics.get("mismatch/kl"), "grad_norm": metrics.get("update/grad_norm")}
 
 
 def update_flops(args, seq_lens: list[int]) -> float:

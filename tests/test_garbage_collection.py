@@ -1,5 +1,5 @@
-"""The SFT step loop's garbage collection (nemo_ext/garbage_collection.py, ``trainer.gc_interval``), and the
-pause recorder the benches use."""
+"""The step loops' garbage collection (nemo_ext/garbage_collection.py, ``trainer.gc_interval``; the RL loop's
+is checked end to end in tests/test_rl_integration.py), and the pause recorder the benches use."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import weakref
 
 import pytest
 
+from nemo_ext.config.rl import RLTrainerConfig
 from nemo_ext.config.schema import SFTTrainerConfig
 from nemo_ext.garbage_collection import collect_between_steps
 
@@ -60,8 +61,9 @@ def test_the_collector_comes_back_after_an_error():
 
 
 def test_a_negative_interval_is_refused_by_name():
-    with pytest.raises(ValueError, match="gc_interval"):
-        SFTTrainerConfig(gc_interval=-1)
+    for trainer in (SFTTrainerConfig, RLTrainerConfig):
+        with pytest.raises(ValueError, match="gc_interval"):
+            trainer(gc_interval=-1)
     with pytest.raises(ValueError, match="gc_interval"), collect_between_steps(-1):
         pass
 

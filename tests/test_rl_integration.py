@@ -6,6 +6,7 @@ stages switch on DAPO's soft overlong punishment (cache = the whole budget), whi
 update a non-zero gradient.
 """
 
+import gc
 import json
 from dataclasses import replace
 
@@ -23,7 +24,8 @@ from nemo_ext.config.rl import (
 from nemo_ext.config.schema import CheckpointConfig, HeldoutConfig, LoggingConfig
 from nemo_ext.data.batch import pack_sequences
 from nemo_ext.dist import launch
-from nemo_ext.rl.grpo import evaluate, grpo_step, probe_temperature, run_rl, train
+from nemo_ext.rl import grpo
+from nemo_ext.rl.grpo import evaluate, grpo_step, probe_temperature, run_rl, run_stage, train
 from nemo_ext.rl.prompts import load_stage_prompts
 from nemo_ext.rl.setup import build_run, close_run
 from nemo_ext.rl.stages import stage_lr_schedule
@@ -104,6 +106,43 @@ def test_an_update_reaches_vllm(tmp_path):
             assert torch.allclose(torch.tensor(after.logprobs), trainer_after, atol=1e-3)
     finally:
         close_run(run)
+
+
+def test_the_loop_collects_garbage_between_steps_not_inside_them(tmp_path, monkeypatch):
+    """RL's default ``trainer.gc_interval`` (1): no collection inside a step, one after each; with 0
+    (Python's own collector, the control) the same tiny step trips collections inside it."""
+    cfg = config(tmp_path, [stage("python", steps=1), stage("scheduled", steps=2)])
+    assert cfg.trainer.gc_interval == 1
+    run = build_run(cfg)
+    in_step, collections = [False], []  # (inside a step?, generation) per collection
+
+    def step(*args):
+        in_step[0] = True
+        try:
+            return real_step(*args)
+        finally:
+            in_step[0] = False
+
+    def record(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append((in_step[0], info["generation"]))
+
+    real_step = grpo.grpo_step
+    monkeypatch.setattr(grpo, "grpo_step", step)  # the real step, marked while it runs
+    gc.callbacks.append(record)
+    try:
+        run.gc_interval = 0
+        assert run_stage(run)["steps"] == 1
+        inside_with_python = sum(inside for inside, _ in collections)
+        run.schedule.next_stage()
+        run.gc_interval, collections[:] = 1, []
+        assert run_stage(run)["steps"] == 2
+    finally:
+        gc.callbacks.remove(record)
+        close_run(run)
+    assert inside_with_python > 0  # the control: a step allocates enough to trip Python's thresholds
+    assert not any(inside for inside, _ in collections)
+    assert [g for _, g in collections].count(2) >= 3  # at the loop's start, then after each step
 
 
 def rows(path) -> list[dict]:

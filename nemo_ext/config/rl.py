@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemo_ext.config.load import as_schema, with_refused_keys
 from nemo_ext.config.schema import (
+    AT_LEAST_0,
     BackendName,
     CheckpointConfig,
     HeldoutConfig,
@@ -26,6 +27,7 @@ from nemo_ext.config.schema import (
     ModelConfig,
     OptimConfig,
     TrainerConfig,
+    check_values,
 )
 
 
@@ -157,13 +159,28 @@ class RolloutConfig:
 
 
 @dataclass
+class RLTrainerConfig(TrainerConfig):
+    """RL's trainer: the shared keys plus the loop's garbage collection."""
+
+    # Steps between Python garbage collections (off inside the steps, what exists at a stage's start
+    # frozen: nemo_ext/garbage_collection.py); 0 = Python's collector. 1 (ours): a step is minutes
+    # long, and with the collector on, the in-process vLLM engine's generation alone tripped 16-24 full
+    # collections, 11-16 s of a 64 x 8 x 8K step of the 1.5B shape on an H200 (docs/performance.md).
+    gc_interval: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_values("trainer", self, gc_interval=AT_LEAST_0)
+
+
+@dataclass
 class RLConfig:
     output_dir: str = "runs/rl"
     # torch (HF model, FSDP2 over the ranks) or megatron (model.tensor_model_parallel_size etc.; the
     # ranks of one model replica train the same micro-batches, every rank rolls out with its own vLLM).
     backend: BackendName = BackendName.torch
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: RLTrainerConfig = field(default_factory=RLTrainerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     # AdamW betas, eps and weight decay; the learning rate is each stage's `lr`, constant after warmup.
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -39,6 +39,7 @@ import torch
 from nemo_ext import dist
 from nemo_ext.config.rl import RLConfig, StageConfig, validate_rl_config
 from nemo_ext.evaluation.heldout import evaluate_heldout
+from nemo_ext.garbage_collection import collect_between_steps
 from nemo_ext.observe import MetricsLogger, plot_curves
 from nemo_ext.output_lock import OutputLock
 from nemo_ext.rl.advantages import uniform_groups
@@ -253,27 +254,29 @@ def run_stage(run: RLRun, stop_at: int | None = None) -> dict | None:
     # Steps past the global step logged by a killed run are logged again: resume_step drops them.
     logger = MetricsLogger(run.out / "logs" / stage.name, tensorboard=run.logging.tensorboard,
                            enabled=run.share.is_main, resume_step=sched.state.global_step)
-    if controller.needs_probe:
-        logger.log(sched.state.global_step, probe_temperature(run, stage, prompts, controller))
-        sched.state.temperature = controller.state_dict()
-    while (reason := sched.done_reason()) is None:
-        if stop_at is not None and sched.state.global_step >= stop_at:
-            logger.close()
-            return None
-        metrics = grpo_step(run, stage, prompts, controller.temperature)
-        if metrics is None:  # no prompts left: done_reason() now says why
-            continue
-        if "entropy" in metrics:
-            controller.observe(metrics["entropy"])
-        sched.state.temperature = controller.state_dict()
-        metrics.update({"stage": sched.state.stage, "epoch": sched.state.epoch,
-                        "prompts/dropped": sched.state.dropped, "prompts/active": len(sched.state.active)})
-        sched.end_step(metrics)
-        logger.log(sched.state.global_step, metrics)
-        if run.share.is_main:
-            print(format_step(sched, metrics), flush=True)
-        if run.checkpoints.due():
-            run.checkpoints.save()
+    with collect_between_steps(run.gc_interval) as collector:
+        if controller.needs_probe:
+            logger.log(sched.state.global_step, probe_temperature(run, stage, prompts, controller))
+            sched.state.temperature = controller.state_dict()
+        while (reason := sched.done_reason()) is None:
+            if stop_at is not None and sched.state.global_step >= stop_at:
+                logger.close()
+                return None
+            metrics = grpo_step(run, stage, prompts, controller.temperature)
+            if metrics is None:  # no prompts left: done_reason() now says why
+                continue
+            if "entropy" in metrics:
+                controller.observe(metrics["entropy"])
+            sched.state.temperature = controller.state_dict()
+            metrics.update({"stage": sched.state.stage, "epoch": sched.state.epoch,
+                            "prompts/dropped": sched.state.dropped, "prompts/active": len(sched.state.active)})
+            sched.end_step(metrics)
+            logger.log(sched.state.global_step, metrics)
+            if run.share.is_main:
+                print(format_step(sched, metrics), flush=True)
+            if run.checkpoints.due():
+                run.checkpoints.save()
+            collector.after_step(sched.state.global_step)
     logger.close()
     return {"stage": stage.name, "end": reason, "steps": sched.state.step, "dropped": sched.state.dropped}
 

@@ -75,6 +75,7 @@ class RLRun:
     out: Path
     init: Path  # the starting weights (a Hugging Face directory)
     share: RankShare = field(default_factory=RankShare)  # this process among the ranks and replicas
+    gc_interval: int = 1  # steps between garbage collections (trainer.gc_interval)
 
     @property
     def backend(self) -> Backend:
@@ -179,7 +180,7 @@ def build_run(cfg: RLConfig) -> RLRun:
             print(f"[rl] resumed from {resumed}", flush=True)
     rollouts = Rollouts(engine, RewardPool(cfg.rollout.reward_workers), backend.tokenizer, share)
     return RLRun(rollouts, build_update(cfg, backend, engine), schedule, checkpoints, cfg.eval, cfg.logging, out,
-                 init, share)
+                 init, share, cfg.trainer.gc_interval)
 
 
 def close_run(run: RLRun) -> None:

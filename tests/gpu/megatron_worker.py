@@ -249,14 +249,15 @@ class WeightSink:
 
 
 def rl_update(args) -> dict:
-    from nemo_ext.config.rl import PolicyConfig, RLConfig, StageConfig
+    from nemo_ext.config.rl import PolicyConfig, RLConfig, RLTrainerConfig, StageConfig
     from nemo_ext.config.schema import Accelerator, BackendName
     from nemo_ext.rl import grpo
     from nemo_ext.rl.setup import build_policy, build_update, join_ranks
     from nemo_ext.rl.stages import stage_lr_schedule
 
     stage = StageConfig(max_response_len=64, group_size=4, lr=1e-3, steps=1)
-    trainer = TrainerConfig(precision=Precision.fp32, accelerator=Accelerator.gpu, fsdp=False, grad_clip=1.0, seed=1234)
+    trainer = RLTrainerConfig(precision=Precision.fp32, accelerator=Accelerator.gpu, fsdp=False, grad_clip=1.0,
+                              seed=1234)
 
     def one_update(backend_name: BackendName, device=None) -> dict:
         cfg = RLConfig(backend=backend_name, trainer=trainer, stages=[stage],

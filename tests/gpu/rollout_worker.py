@@ -26,14 +26,21 @@ from pathlib import Path
 
 import torch
 
-from nemo_ext.config.rl import OverlongConfig, PolicyConfig, RLConfig, RolloutConfig, StageConfig, TemperatureConfig
+from nemo_ext.config.rl import (
+    OverlongConfig,
+    PolicyConfig,
+    RLConfig,
+    RLTrainerConfig,
+    RolloutConfig,
+    StageConfig,
+    TemperatureConfig,
+)
 from nemo_ext.config.schema import (
     Accelerator,
     BackendName,
     CheckpointConfig,
     HeldoutConfig,
     LoggingConfig,
-    TrainerConfig,
 )
 
 QUESTIONS = ["Compute 12 + 34.", "Compute 7 * 8.", "Compute 100 - 58.", "Compute 9 + 16."]
@@ -49,7 +56,7 @@ def config(args, stages: list[StageConfig] | None = None) -> RLConfig:
     return RLConfig(
         output_dir=str(Path(args.out).parent / f"{args.scenario}_{args.backend}"), backend=BackendName(args.backend),
         policy=PolicyConfig(init=args.model, micro_batch_tokens=4096),
-        trainer=TrainerConfig(accelerator=Accelerator(args.accelerator), seed=1234, grad_clip=1.0),
+        trainer=RLTrainerConfig(accelerator=Accelerator(args.accelerator), seed=1234, grad_clip=1.0),
         rollout=RolloutConfig(gpu_memory_utilization=GPU_MEMORY_UTILIZATION, sleep_mode=True, max_model_len=512,
                               reward_workers=2),
         stages=stages or [StageConfig(steps=1)], checkpoint=CheckpointConfig(save_every=0),
