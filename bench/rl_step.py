@@ -50,27 +50,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHAPES = {"1.5b": "Qwen/Qwen2.5-1.5B", "7b": "Qwen/Qwen2.5-Math-7B"}  # nemo_ext.models.catalog names
+from bench.shapes import SHAPES, shape_config  # noqa: E402
+
 PHASES = ("generate", "score", "gather", "advantages", "sleep", "logprobs", "train", "sync", "wake", "collect")
-
-
-def model_config(shape: str, layers: int | None):
-    """The cataloged architecture with the paper's long-context RoPE (base 1e6, 128K positions), or
-    the tiny Qwen2 (``tiny``, CPU dry runs)."""
-    if shape == "tiny":
-        from nemo_ext.models.tiny import tiny_config
-
-        return tiny_config(512)
-    from nemo_ext.models.catalog import qwen2_config
-
-    overrides = {"num_hidden_layers": layers} if layers else {}
-    return qwen2_config(SHAPES[shape], rope_theta=1e6, max_position_embeddings=131072, **overrides)
 
 
 def write_model(args) -> None:
     from nemo_ext.models.catalog import random_checkpoint
 
-    random_checkpoint(model_config(args.shape, args.layers), args.model_dir)
+    random_checkpoint(shape_config(args.shape, args.layers), args.model_dir)
 
 
 def rl_config(args, backend: str):
@@ -230,7 +218,7 @@ def update_flops(args, seq_lens: list[int]) -> float:
     from nemo_ext.models.hf_config import matmul_parameters
     from nemo_ext.observe import model_flops
 
-    cfg = model_config(args.shape, args.layers)
+    cfg = shape_config(args.shape, args.layers)
     return model_flops(matmul_parameters(cfg), cfg.num_hidden_layers, cfg.hidden_size, seq_lens)
 
 

@@ -44,19 +44,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.shapes import SHAPES, shape_config  # noqa: E402
 from nemo_ext.garbage_collection import PauseRecorder, collect_between_steps  # noqa: E402
 
 GC_PAUSES = PauseRecorder()  # the collections during the timed steps
 STEP_LOSSES: list[float] = []  # every step's loss (warm-up too), where the backend returns it
-SHAPES = {"1.5b": "Qwen/Qwen2.5-1.5B", "7b": "Qwen/Qwen2.5-Math-7B"}  # nemo_ext.models.catalog names
 
 
 def hf_config(shape: str, layers: int | None):
     """The cataloged architecture (random weights), RoPE base 1e6, 32K context, ``layers`` if given."""
-    from nemo_ext.models.catalog import qwen2_config
-
-    overrides = {"num_hidden_layers": layers} if layers else {}
-    cfg = qwen2_config(SHAPES[shape], rope_theta=1e6, max_position_embeddings=32768, **overrides)
+    cfg = shape_config(shape, layers, max_position_embeddings=32768)
     cfg.layer_types = ["full_attention"] * cfg.num_hidden_layers
     return cfg
 
