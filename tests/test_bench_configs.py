@@ -171,3 +171,57 @@ def test_sft_throughput_workers_get_every_setting_but_the_per_run_ones():
     assert {k: getattr(seen, k) for k in settings} == settings
     assert settings["logits_chunk"] == 8192 and settings["no_optimizer"]
     assert "--fp8-recipe" not in argv and "--recompute" not in argv and "--backend" not in argv
+
+
+@pytest.mark.parametrize("shape", ["1.5b", "7b"])
+def test_fp8_gemm_covers_every_matmul_parameter_of_the_shape(shape):
+    """bench/fp8_gemm.py's GEMMs are the shape's matmuls: with the norms and QKV biases (not GEMMs)
+    they add up to the parameters the MFU counts."""
+    from nemo_ext.models.hf_config import matmul_parameters
+
+    b = bench("fp8_gemm")
+    cfg = b.shape_config(shape)
+    gemms = {g.name: g for g in b.shape_gemms(cfg)}
+    layer = sum(g.in_features * g.out_features for g in gemms.values() if g.per_layer)
+    not_gemms = cfg.num_hidden_layers * (2 * cfg.hidden_size + gemms["qkv"].out_features) + cfg.hidden_size
+    output = gemms["output_layer"].in_features * gemms["output_layer"].out_features
+    assert cfg.num_hidden_layers * layer + output + not_gemms == matmul_parameters(cfg)
+    assert gemms["mlp_gate_up"].flops(8192) == 6 * 8192 * cfg.hidden_size * 2 * cfg.intermediate_size
+
+
+def test_fp8_gemm_step_bound_is_amdahls():
+    b = bench("fp8_gemm")
+    gemms = [b.Gemm("a", 4, 4), b.Gemm("head", 4, 8, per_layer=False)]
+    bf16, fp8 = {"a": 2.0, "head": 3.0}, {"a": 1.0, "head": 1.0}  # ms; the head stays bf16 in the step
+    bound = b.step_bound(bf16, fp8, gemms, layers=10, step_s=0.046)  # 23 of 46 ms in GEMMs
+    assert (bound["gemm_ms_bf16"], bound["gemm_ms_fp8"]) == (23.0, 13.0)
+    assert bound["gemm_share"] == pytest.approx(0.5)
+    assert bound["step_speedup_bound"] == pytest.approx(46 / 36)
+    with pytest.raises(ValueError, match="--step-s 0.01: shorter than the step's bf16 GEMMs"):
+        b.step_bound(bf16, fp8, gemms, layers=10, step_s=0.01)
+
+
+def test_fp8_gemm_runs_its_bf16_baseline_on_the_cpu(tmp_path):
+    """Without Transformer Engine on a GPU, the bench times the bf16 GEMMs alone and says so."""
+    import json
+    import subprocess
+
+    out = tmp_path / "rows.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fp8_gemm.py"), "--shape", "tiny", "--tokens", "64",
+                           "--warmup", "1", "--repeats", "2", "--step-s", "10", "--out", str(out)],
+                          capture_output=True, text=True, check=True)
+    assert "the bf16 baseline alone" in proc.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    timed = [r for r in rows if "gemm" in r]
+    assert [r["gemm"] for r in timed] == ["qkv", "attention_out", "mlp_gate_up", "mlp_down", "output_layer"]
+    assert all(r["variant"] == "bf16" and r["ms"] > 0 for r in timed)
+    (summary,) = [r for r in rows if "gemm_speedup" in r]
+    assert summary["gemm_speedup"] == 1.0 and summary["step_speedup_bound"] == 1.0
+    layers = summary["layers"]
+    expected = sum(r["ms"] * (1 if r["gemm"] == "output_layer" else layers) for r in timed)
+    assert summary["gemm_ms_bf16"] == pytest.approx(expected)
+    assert summary["gemm_share"] == pytest.approx(expected / 1e4)
+    with pytest.raises(subprocess.CalledProcessError) as bad:
+        subprocess.run([sys.executable, str(ROOT / "bench" / "fp8_gemm.py"), "--fp8-recipe", "delayed,mxfp8"],
+                       capture_output=True, text=True, check=True)
+    assert "--fp8-recipe: mxfp8 unknown" in bad.value.stderr
