@@ -12,7 +12,9 @@ Every response runs to ``--max-len`` (``ignore_eos``): the worst case for memory
 Baseline, in the same run and first: the ceiling, a process holding only the rollout engine
 (``RolloutEngine``, the same settings) generating the same batch with the same seeds. With
 ``--ceiling FILE`` it can come from an earlier call on the same machine instead (the settings and
-card are checked), for sizes whose ceiling and step do not fit one 10-minute call together. Then, per
+card are checked), for sizes whose ceiling and step do not fit one 10-minute call together; with
+``--no-ceiling`` there is none (64 x 8 x 16K: the two generations alone outlast a session's device
+time), and the summary has no generation-vs-ceiling ratio. Then, per
 backend, a process holding the trainer and the engine, as ``recipes/rl.py`` builds them
 (``rl.setup.build_run``), runs the loop's own phases: ``grpo.rollout_groups`` (generate, the reward
 pool scoring each response as it finishes, gather), then ``grpo.update_policy`` (advantages, sleep,
@@ -222,10 +224,11 @@ def update_flops(args, seq_lens: list[int]) -> float:
     return model_flops(matmul_parameters(cfg), cfg.num_hidden_layers, cfg.hidden_size, seq_lens)
 
 
-def summarize(backend: str, step_result: dict, ceiling: dict, peak_flops: float | None) -> dict:
-    """Medians of the timed steps, and against ``peak_flops`` (the card's dense bf16 FLOP/s, None on a
-    CPU): the update's MFU, and the not-generation share the step would have if the update ran at
-    100% MFU and everything else took no time (the floor of ``not_generation_share``)."""
+def summarize(backend: str, step_result: dict, ceiling: dict | None, peak_flops: float | None) -> dict:
+    """Medians of the timed steps, generation against ``ceiling`` (None: not measured, no ratio), and
+    against ``peak_flops`` (the card's dense bf16 FLOP/s, None on a CPU): the update's MFU, and the
+    not-generation share the step would have if the update ran at 100% MFU and everything else took
+    no time (the floor of ``not_generation_share``)."""
     timed = step_result["steps"][1:]  # the first is the warm-up
     med = {k: statistics.median(s.get(k, 0.0) for s in timed) for k in timed[0] if isinstance(timed[0][k], float)}
     gen_tps = statistics.median(s["tokens"] / s["generate_s"] for s in timed)
@@ -234,17 +237,19 @@ def summarize(backend: str, step_result: dict, ceiling: dict, peak_flops: float 
         med.update(train_mfu=med["train_flop"] / med["train_s"] / peak_flops,
                    not_generation_floor=at_peak_s / (at_peak_s + med["generate_s"]))
     # 4 significant digits: seconds and GiB as 3 decimals would, and the mismatch KL (~1e-4) too
+    against = {} if ceiling is None else {
+        "ceiling_tokens_per_s": round(ceiling["tokens_per_s"]), "generate_vs_ceiling": round(
+            gen_tps / ceiling["tokens_per_s"], 3), "engine_gib": round(ceiling["engine_gib"], 1)}
     return {"backend": backend, **{k: float(f"{v:.4g}") for k, v in med.items()},
-            "generate_tokens_per_s": round(gen_tps), "ceiling_tokens_per_s": round(ceiling["tokens_per_s"]),
-            "generate_vs_ceiling": round(gen_tps / ceiling["tokens_per_s"], 3),
+            "generate_tokens_per_s": round(gen_tps), **against,
             "not_generation_share": round(1 - med["generate_s"] / med["step_s"], 3),
-            "engine_gib": round(ceiling["engine_gib"], 1),
             "engine_and_trainer_gib": round(step_result["engine_and_trainer_gib"], 1),
             "timed_steps": len(timed)}
 
 
 # The driver's own options; every other one is a setting its workers get (``worker_settings``).
-DRIVER_ONLY = {"backend", "ceiling", "logs", "out", "worker", "backend_name", "model_dir", "result"}
+DRIVER_ONLY = {"backend", "ceiling", "measure_ceiling", "logs", "out", "worker", "backend_name", "model_dir",
+               "result"}
 
 
 def worker_settings(args) -> list[str]:
@@ -298,6 +303,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ceiling", default=None,
                    help="a JSON file for the ceiling: read when it exists (measured by an earlier call with the same "
                         "settings), else measured and written, so the ceiling and each step fit calls of their own")
+    p.add_argument("--no-ceiling", dest="measure_ceiling", action="store_false",
+                   help="no ceiling (a size whose ceiling and step do not fit one session's device time): the "
+                        "steps' phases and memory without the generation-vs-ceiling ratio")
     p.add_argument("--shape", choices=["tiny", *sorted(SHAPES)], default="1.5b")
     p.add_argument("--layers", type=int, default=None, help="override the number of layers")
     p.add_argument("--max-len", type=int, default=8192, help="response tokens (every response runs to it)")
@@ -338,7 +346,7 @@ def main() -> None:
         args.model_dir = str(Path(tmp) / "model")
         subprocess.run([sys.executable, __file__, "--worker", "write_model", "--model-dir", args.model_dir,
                         "--shape", args.shape, *(["--layers", str(args.layers)] if args.layers else [])], check=True)
-        ceiling = load_or_measure_ceiling(args, Path(tmp))
+        ceiling = load_or_measure_ceiling(args, Path(tmp)) if args.measure_ceiling else None
         summaries = []
         for backend in [b for b in args.backend.split(",") if b != "none"]:
             summary = summarize(backend, run_worker(args, "step", Path(tmp) / f"{backend}.json", backend), ceiling,
@@ -354,12 +362,13 @@ def main() -> None:
     print("\n" + " ".join(f"{h:>10}" for h in header))
     for s in summaries:
         row = [s["backend"], s["step_s"], *[s.get(f"{ph}_s", 0.0) for ph in PHASES], s["generate_tokens_per_s"],
-               s["generate_vs_ceiling"], s["not_generation_share"], s.get("not_generation_floor", 0.0),
+               s.get("generate_vs_ceiling", "-"), s["not_generation_share"], s.get("not_generation_floor", 0.0),
                s.get("train_mfu", 0.0), s.get("trainer_peak_gib", 0.0)]
         print(" ".join(f"{v:>10.3g}" if isinstance(v, float) else f"{v!s:>10}" for v in row))
+    against = ("no ceiling (--no-ceiling)" if ceiling is None else f"ceiling (the engine alone) "
+               f"{ceiling['tokens_per_s']:.0f} tokens/s, engine {ceiling['engine_gib']:.1f} GiB")
     print(f"card: {card}; shape {args.shape}, {args.prompts} prompts x {args.group} responses x {args.max_len} "
-          f"tokens; ceiling (the engine alone) {ceiling['tokens_per_s']:.0f} tokens/s, engine "
-          f"{ceiling['engine_gib']:.1f} GiB")
+          f"tokens; {against}")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,9 @@ def test_rl_step_summary_gives_the_updates_mfu_and_the_not_generation_floor():
     cpu = b.summarize("torch", {"steps": [warmup, timed], "engine_and_trainer_gib": 0.0},
                       {"tokens_per_s": 20_000.0, "engine_gib": 0.0}, peak_flops=None)
     assert "train_mfu" not in cpu and "not_generation_floor" not in cpu
+    alone = b.summarize("torch", {"steps": [warmup, timed], "engine_and_trainer_gib": 100.0}, None, peak_flops=1e15)
+    assert not {"ceiling_tokens_per_s", "generate_vs_ceiling", "engine_gib"} & alone.keys()  # --no-ceiling
+    assert alone["generate_tokens_per_s"] == 16_667 and alone["not_generation_share"] == pytest.approx(0.4)
 
 
 def test_rl_step_plot_reads_the_benchs_summaries_and_names_a_bad_line(tmp_path):
