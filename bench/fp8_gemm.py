@@ -12,21 +12,21 @@ and once, then reused (``is_first_microbatch=False``: a step of several micro-ba
 each weight once per step). Without Transformer Engine (the CPU machine) ``torch.nn.Linear`` runs the
 bf16 baseline alone.
 
-Reported per GEMM: milliseconds per pass (median of ``--repeats`` after ``--warmup``, CUDA events on a
-GPU), TFLOP/s (6 x tokens x in x out a pass), the speedup over bf16. Then for a step of ``--layers``
-decoder layers (the shape's own by default) with the output layer in bf16, as the megatron backend's
-log-prob head runs it: the step's GEMM milliseconds and their FP8 speedup. With ``--step-s``, the bf16
-step's measured seconds for the same tokens (``bench/sft_throughput.py``'s median step, one bin of
-``--tokens``), also the GEMMs' share of that step and Amdahl's bound on the step's FP8 speedup: FP8
-gains what it gains in the decoder GEMMs and nothing elsewhere (attention, norms, SwiGLU, the output
-layer, the optimizer), and pays its casts and scaling-factor updates, which these timings include.
+Reported per GEMM: milliseconds per pass (the mean of ``--repeats`` passes back to back after
+``--warmup``, CUDA events on a GPU), TFLOP/s (6 x tokens x in x out a pass), the speedup over bf16.
+Then for a step of ``--layers`` decoder layers (the shape's own by default) with the output layer in
+bf16, as the megatron backend's log-prob head runs it: the step's GEMM milliseconds and their FP8
+speedup. With ``--step-s``, the bf16 step's measured seconds for the same tokens
+(``bench/sft_throughput.py``'s median step, one bin of ``--tokens``), also the GEMMs' share of that
+step and Amdahl's bound on the step's FP8 speedup: FP8 gains what it gains in the decoder GEMMs and
+nothing elsewhere (attention, norms, SwiGLU, the output layer, the optimizer), and pays its casts and
+scaling-factor updates, which these timings include.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -94,39 +94,39 @@ def fp8_recipe(name: str, fmt: str):
 
 def time_passes(layer, x: torch.Tensor, grad: torch.Tensor, warmup: int, repeats: int, quantized=None,
                 reuse_weight_cast: bool = False) -> float:
-    """Median milliseconds of one forward + backward of ``layer``; ``quantized``: a TE recipe to run
+    """Milliseconds of one forward + backward of ``layer``: the mean of ``repeats`` passes run back to
+    back (the host launching ahead, as in a step) after ``warmup``; ``quantized``: a TE recipe to run
     under; ``reuse_weight_cast``: the weights' FP8 copies made at the first pass only."""
     import contextlib
 
-    def context():
-        if quantized is None:
-            return contextlib.nullcontext()
-        import transformer_engine.pytorch as te
-
-        return te.autocast(enabled=True, recipe=quantized)
-
-    on_gpu = x.is_cuda
-    times = []
-    for i in range(warmup + repeats):
+    def one_pass(i: int) -> None:
         kwargs = {"is_first_microbatch": i == 0} if reuse_weight_cast else {}
-        if on_gpu:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+        if quantized is None:
+            context = contextlib.nullcontext()
         else:
-            tic = time.perf_counter()
-        with context():
+            import transformer_engine.pytorch as te
+
+            context = te.autocast(enabled=True, recipe=quantized)
+        with context:
             y = layer(x, **kwargs)
         y.backward(grad)
-        if on_gpu:
-            end.record()
-            end.synchronize()
-            elapsed = start.elapsed_time(end)
-        else:
-            elapsed = 1e3 * (time.perf_counter() - tic)
         x.grad, layer.weight.grad = None, None
-        if i >= warmup:
-            times.append(elapsed)
-    return statistics.median(times)
+
+    for i in range(warmup):
+        one_pass(i)
+    if x.is_cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for i in range(warmup, warmup + repeats):
+            one_pass(i)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / repeats
+    tic = time.perf_counter()
+    for i in range(warmup, warmup + repeats):
+        one_pass(i)
+    return 1e3 * (time.perf_counter() - tic) / repeats
 
 
 def variants(args) -> list[tuple[str, object, bool]]:
