@@ -109,40 +109,47 @@ def test_an_update_reaches_vllm(tmp_path):
 
 
 def test_the_loop_collects_garbage_between_steps_not_inside_them(tmp_path, monkeypatch):
-    """RL's default ``trainer.gc_interval`` (1): no collection inside a step, one after each; with 0
-    (Python's own collector, the control) the same tiny step trips collections inside it."""
+    """RL's default ``trainer.gc_interval`` (1): no collection inside a step or a held-out evaluation,
+    one after each step; with 0 (Python's own collector, the control) the same tiny step trips
+    collections inside it."""
     cfg = config(tmp_path, [stage("python", steps=1), stage("scheduled", steps=2)])
+    cfg.eval = HeldoutConfig(num_problems=2, max_new_tokens=MAX_LEN)
     assert cfg.trainer.gc_interval == 1
     run = build_run(cfg)
-    in_step, collections = [False], []  # (inside a step?, generation) per collection
+    inside, collections = [False], []  # (inside a step or evaluation?, generation) per collection
 
-    def step(*args):
-        in_step[0] = True
-        try:
-            return real_step(*args)
-        finally:
-            in_step[0] = False
+    def marked(real):
+        def call(*args, **kwargs):
+            inside[0] = True
+            try:
+                return real(*args, **kwargs)
+            finally:
+                inside[0] = False
+        return call
 
     def record(phase: str, info: dict) -> None:
         if phase == "start":
-            collections.append((in_step[0], info["generation"]))
+            collections.append((inside[0], info["generation"]))
 
-    real_step = grpo.grpo_step
-    monkeypatch.setattr(grpo, "grpo_step", step)  # the real step, marked while it runs
+    # the real step and evaluation, marked while they run
+    monkeypatch.setattr(grpo, "grpo_step", marked(grpo.grpo_step))
+    monkeypatch.setattr(grpo, "evaluate_heldout", marked(grpo.evaluate_heldout))
     gc.callbacks.append(record)
     try:
         run.gc_interval = 0
         assert run_stage(run)["steps"] == 1
-        inside_with_python = sum(inside for inside, _ in collections)
+        inside_with_python = sum(within for within, _ in collections)
         run.schedule.next_stage()
         run.gc_interval, collections[:] = 1, []
         assert run_stage(run)["steps"] == 2
+        evaluate(run, "scheduled", run.init)
     finally:
         gc.callbacks.remove(record)
         close_run(run)
     assert inside_with_python > 0  # the control: a step allocates enough to trip Python's thresholds
-    assert not any(inside for inside, _ in collections)
-    assert [g for _, g in collections].count(2) >= 3  # at the loop's start, then after each step
+    assert not any(within for within, _ in collections)
+    assert [g for _, g in collections].count(2) >= 4  # at the loop's start, after each step, before the evaluation
+    assert "scheduled" in json.loads((tmp_path / "eval.json").read_text())
 
 
 def rows(path) -> list[dict]:

@@ -297,8 +297,9 @@ def evaluate(run: RLRun, name: str, checkpoint: Path) -> None:
     if name in results or run.heldout.num_problems <= 0 or not run.share.is_main:
         return
     rollouts = run.rollouts
-    results[name] = evaluate_heldout(run.heldout, checkpoint, run.out / "heldout", name, rollouts.reward_pool,
-                                     llm=rollouts.engine.llm)
+    with collect_between_steps(run.gc_interval):  # its generation, like a step's, without the collector's stalls
+        results[name] = evaluate_heldout(run.heldout, checkpoint, run.out / "heldout", name, rollouts.reward_pool,
+                                         llm=rollouts.engine.llm)
     print(f"[rl] held-out accuracy after {name}: {results[name]['accuracy']:.3f}", flush=True)
     write_eval(run.out, results)
 
