@@ -99,15 +99,17 @@ def time_passes(layer, x: torch.Tensor, grad: torch.Tensor, warmup: int, repeats
     under; ``reuse_weight_cast``: the weights' FP8 copies made at the first pass only."""
     import contextlib
 
+    if quantized is None:
+        context = contextlib.nullcontext
+    else:
+        import transformer_engine.pytorch as te
+
+        def context():
+            return te.autocast(enabled=True, recipe=quantized)
+
     def one_pass(i: int) -> None:
         kwargs = {"is_first_microbatch": i == 0} if reuse_weight_cast else {}
-        if quantized is None:
-            context = contextlib.nullcontext()
-        else:
-            import transformer_engine.pytorch as te
-
-            context = te.autocast(enabled=True, recipe=quantized)
-        with context:
+        with context():
             y = layer(x, **kwargs)
         y.backward(grad)
         x.grad, layer.weight.grad = None, None

@@ -74,8 +74,8 @@ class RLRun:
     logging: LoggingConfig
     out: Path
     init: Path  # the starting weights (a Hugging Face directory)
+    gc_interval: int  # steps between garbage collections (trainer.gc_interval)
     share: RankShare = field(default_factory=RankShare)  # this process among the ranks and replicas
-    gc_interval: int = 1  # steps between garbage collections (trainer.gc_interval)
 
     @property
     def backend(self) -> Backend:
@@ -180,7 +180,7 @@ def build_run(cfg: RLConfig) -> RLRun:
             print(f"[rl] resumed from {resumed}", flush=True)
     rollouts = Rollouts(engine, RewardPool(cfg.rollout.reward_workers), backend.tokenizer, share)
     return RLRun(rollouts, build_update(cfg, backend, engine), schedule, checkpoints, cfg.eval, cfg.logging, out,
-                 init, share, cfg.trainer.gc_interval)
+                 init, cfg.trainer.gc_interval, share)
 
 
 def close_run(run: RLRun) -> None:
