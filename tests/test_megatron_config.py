@@ -67,3 +67,17 @@ def test_megatron_without_megatron_core_names_what_to_install():
     with pytest.raises(ModuleNotFoundError, match=r"backend=megatron needs megatron-core.*pip install -e '.\[gpu\]'"):
         build_backend(BackendName.megatron, "unused", ModelConfig(), TrainerConfig(), OptimConfig(),
                       LRSchedule(1e-5), torch.device("cpu"))
+
+
+def test_fp8_without_transformer_engine_names_the_key():
+    from nemo_ext.backends.megatron.impl import choose_impl
+    from nemo_ext.config.schema import ModelConfig
+
+    with pytest.raises(RuntimeError, match=r"model.fp8=hybrid needs Transformer Engine"):
+        choose_impl(ModelConfig(fp8="hybrid"), have_te=False)
+    with pytest.raises(RuntimeError, match=r"model.fp8=hybrid needs .*got local"):
+        choose_impl(ModelConfig(fp8="hybrid", transformer_impl="local"), have_te=True)
+    with pytest.raises(ValueError, match=r"model.fp8_recipe='mxfp8'; expected one of"):
+        choose_impl(ModelConfig(fp8_recipe="mxfp8"), have_te=True)
+    assert choose_impl(ModelConfig(fp8="hybrid"), have_te=True) == "transformer_engine"
+    assert choose_impl(ModelConfig(), have_te=False) == "local"

@@ -43,13 +43,10 @@ from nemo_ext.backends.megatron import checkpoint
 from nemo_ext.backends.megatron.context_parallel import gather_logprobs
 from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.fallback_kernels import install_foreach_kernels, use_fused_torch_adam
+from nemo_ext.backends.megatron.impl import choose_impl
 from nemo_ext.backends.megatron.layout import Layout, plan_layout
 from nemo_ext.backends.megatron.micro import Micro, build_micros
-from nemo_ext.backends.megatron.model import (
-    build_model_chunks,
-    choose_impl,
-    transformer_config,
-)
+from nemo_ext.backends.megatron.model import build_model_chunks, transformer_config
 from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
 from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
@@ -122,7 +119,7 @@ class MegatronBackend(Backend):
         self.hf_config = load_hf_config(model_path, model_cfg.rope_theta, model_cfg.max_position_embeddings)
         self.shape = Shape.from_hf_config(self.hf_config)
         self.layout = self._init_parallel(trainer_cfg, batch_sizes)
-        self.impl = choose_impl(model_cfg, self.layout)
+        self.impl = choose_impl(model_cfg)
         self.te = self.impl == "transformer_engine"
         bf16 = trainer_cfg.precision == Precision.bf16
         if recompute is None and trainer_cfg.activation_checkpointing:

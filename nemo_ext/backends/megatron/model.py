@@ -7,8 +7,8 @@ attention on packed THD batches through ``PackedSeqParams``, with its own contex
 spec with two swaps: ``VarlenCoreAttention`` as core attention (RoPE from per-token positions, then
 torch's flash-attention varlen kernel on the packed batch's ``cu_seqlens``, see varlen.py; under
 context parallelism the all-gather attention of context_parallel.py) and an HF-exact ``RMSNorm``
-that, unlike megatron's torch fallback, allows sequence parallelism. FP8 without TE is refused here,
-by name, before anything is built.
+that, unlike megatron's torch fallback, allows sequence parallelism. FP8 without TE is refused, by
+name, before anything is built (``impl.choose_impl``).
 
 GPTModel vs HybridModel: megatron-core 0.19 marks GPTModel deprecated in favour of HybridModel. This
 file is the one place that chooses; it builds GPTModel because HybridModel's stack spec in 0.19 is
@@ -45,41 +45,6 @@ from nemo_ext.backends.megatron.layout import Layout
 from nemo_ext.backends.varlen import apply_rope, packed_causal_attention
 from nemo_ext.config.schema import ModelConfig
 from nemo_ext.models.hf_config import rope_theta_of
-
-FP8_FORMATS = (None, "hybrid", "e4m3")
-FP8_RECIPES = ("delayed", "tensorwise", "blockwise")
-IMPLS = ("auto", "transformer_engine", "local")
-
-
-def te_available() -> bool:
-    from nemo_ext.backends.te_import import import_transformer_engine
-
-    try:
-        import_transformer_engine()
-    except ImportError:
-        return False
-    return True
-
-
-def choose_impl(model_cfg: ModelConfig, layout: Layout, have_te: bool | None = None) -> str:
-    """``transformer_engine`` or ``local``; FP8 or a forced TE without TE raise, naming the key."""
-    have_te = te_available() if have_te is None else have_te
-    impl, fp8 = model_cfg.transformer_impl, model_cfg.fp8
-    if impl not in IMPLS:
-        raise ValueError(f"model.transformer_impl={impl!r}; expected one of {IMPLS}")
-    if fp8 not in FP8_FORMATS:
-        raise ValueError(f"model.fp8={fp8!r}; expected one of {FP8_FORMATS}")
-    if model_cfg.fp8_recipe not in FP8_RECIPES:
-        raise ValueError(f"model.fp8_recipe={model_cfg.fp8_recipe!r}; expected one of {FP8_RECIPES}")
-    if impl == "auto":
-        impl = "transformer_engine" if have_te else "local"
-    missing = "Transformer Engine (`import transformer_engine.pytorch` fails here; install transformer-engine[pytorch])"
-    if impl == "transformer_engine" and not have_te:
-        raise RuntimeError(f"model.transformer_impl=transformer_engine needs {missing}")
-    if fp8 is not None and impl != "transformer_engine":
-        raise RuntimeError(f"model.fp8={fp8} needs {missing} and model.transformer_impl auto or "
-                           f"transformer_engine (got {model_cfg.transformer_impl})")
-    return impl
 
 
 def transformer_config(shape: Shape, hf_config, model_cfg: ModelConfig, layout: Layout, *, impl: str,

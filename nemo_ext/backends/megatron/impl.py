@@ -1,0 +1,45 @@
+"""Which layer spec the megatron backend builds, checked before megatron-core is imported.
+
+``choose_impl`` resolves ``model.transformer_impl`` (auto: Transformer Engine's spec where TE imports,
+else megatron's local spec) and refuses, naming the key, the settings that need TE where it is missing
+or not chosen. Pure Python: the configs' errors reach the user without megatron-core or a GPU.
+"""
+
+from __future__ import annotations
+
+from nemo_ext.config.schema import ModelConfig
+
+FP8_FORMATS = (None, "hybrid", "e4m3")
+FP8_RECIPES = ("delayed", "tensorwise", "blockwise")
+IMPLS = ("auto", "transformer_engine", "local")
+
+
+def te_available() -> bool:
+    from nemo_ext.backends.te_import import import_transformer_engine
+
+    try:
+        import_transformer_engine()
+    except ImportError:
+        return False
+    return True
+
+
+def choose_impl(model_cfg: ModelConfig, have_te: bool | None = None) -> str:
+    """``transformer_engine`` or ``local``; FP8 or a forced TE without TE raise, naming the key."""
+    have_te = te_available() if have_te is None else have_te
+    impl, fp8 = model_cfg.transformer_impl, model_cfg.fp8
+    if impl not in IMPLS:
+        raise ValueError(f"model.transformer_impl={impl!r}; expected one of {IMPLS}")
+    if fp8 not in FP8_FORMATS:
+        raise ValueError(f"model.fp8={fp8!r}; expected one of {FP8_FORMATS}")
+    if model_cfg.fp8_recipe not in FP8_RECIPES:
+        raise ValueError(f"model.fp8_recipe={model_cfg.fp8_recipe!r}; expected one of {FP8_RECIPES}")
+    if impl == "auto":
+        impl = "transformer_engine" if have_te else "local"
+    missing = "Transformer Engine (`import transformer_engine.pytorch` fails here; install transformer-engine[pytorch])"
+    if impl == "transformer_engine" and not have_te:
+        raise RuntimeError(f"model.transformer_impl=transformer_engine needs {missing}")
+    if fp8 is not None and impl != "transformer_engine":
+        raise RuntimeError(f"model.fp8={fp8} needs {missing} and model.transformer_impl auto or "
+                           f"transformer_engine (got {model_cfg.transformer_impl})")
+    return impl
