@@ -14,14 +14,15 @@ Model FLOPs = 6 x matmul params x tokens + 6 x layers x hidden x sum(len^2) (cau
 not counted; the input embedding, a lookup, is not a matmul: ``models.hf_config.matmul_parameters``), as
 the trainers log it; MFU = model FLOP/s per GPU / the card's dense bf16 peak (``observe.PEAK_FLOPS``:
 989 TFLOP/s for H100 and H200 SXM).
-Backends: ``megatron[_te|_local][_compile][_keep][_fp8]``: the layer spec (default: Transformer Engine's
-where it imports, as ``backend=megatron`` picks; ``_te`` / ``_local`` force one), ``trainer.compile=true``
-(each decoder layer under torch.compile), ``model.keep_logits=true`` (the output layer's logits kept for
-the backward instead of recomputed), and FP8 in the format ``--fp8`` with each recipe of
-``--fp8-recipe`` (comma-separated: one run per recipe; TE 2.20 on Hopper has delayed, tensorwise
-and blockwise); torch (eager); torch_compile (``trainer.compile=true``); torch_compile_fsdp (the same
-with FSDP2's bf16 parameters on one rank); hf_baseline. On running out of memory a backend is
-retried with more recompute (``oom_fallbacks``).
+Backends: ``megatron[_te|_local][_compile][_keep][_fused][_fp8]``: the layer spec (default: Transformer
+Engine's where it imports, as ``backend=megatron`` picks; ``_te`` / ``_local`` force one),
+``trainer.compile=true`` (each decoder layer under torch.compile), ``model.keep_logits=true`` (the output
+layer's logits kept for the backward instead of recomputed), ``model.gradient_accumulation_fusion=true``
+(TE's weight-gradient GEMMs add into the fp32 gradient buffer themselves), and FP8 in the format
+``--fp8`` with each recipe of ``--fp8-recipe`` (comma-separated: one run per recipe; TE 2.20 on Hopper
+has delayed, tensorwise and blockwise); torch (eager); torch_compile (``trainer.compile=true``);
+torch_compile_fsdp (the same with FSDP2's bf16 parameters on one rank); hf_baseline. On running out of
+memory a backend is retried with more recompute (``oom_fallbacks``).
 hf_baseline is the plain Hugging Face way: each sequence alone (a padded batch of 1), sdpa attention,
 gradient checkpointing, fp32 master weights + bf16 autocast, fused AdamW, one optimizer step per bin.
 """
@@ -126,14 +127,16 @@ def _timed(args, steps, run_step) -> list[float]:
 
 
 def megatron_variant(name: str) -> dict:
-    """``megatron[_te|_local][_compile][_keep][_fp8]`` -> the layer spec, layer compilation, kept logits,
-    FP8 on or off."""
+    """``megatron[_te|_local][_compile][_keep][_fused][_fp8]`` -> the layer spec, layer compilation, kept
+    logits, the fused gradient accumulation, FP8 on or off."""
     parts = name.split("_")
     flags = set(parts[1:])
-    if parts[0] != "megatron" or not flags <= {"te", "local", "compile", "keep", "fp8"} or {"te", "local"} <= flags:
-        raise ValueError(f"backend {name!r}: expected megatron[_te|_local][_compile][_keep][_fp8]")
+    if parts[0] != "megatron" or not flags <= {"te", "local", "compile", "keep", "fused", "fp8"} \
+            or {"te", "local"} <= flags:
+        raise ValueError(f"backend {name!r}: expected megatron[_te|_local][_compile][_keep][_fused][_fp8]")
     impl = "transformer_engine" if "te" in flags else "local" if "local" in flags else "auto"
-    return {"impl": impl, "compile_layers": "compile" in flags, "keep_logits": "keep" in flags, "fp8": "fp8" in flags}
+    return {"impl": impl, "compile_layers": "compile" in flags, "keep_logits": "keep" in flags,
+            "fused_accumulation": "fused" in flags, "fp8": "fp8" in flags}
 
 
 def _configs(args, model_dir: str):
@@ -147,13 +150,15 @@ def _configs(args, model_dir: str):
 
 
 def work_megatron(args, model_dir: str, bins, impl: str = "auto", compile_layers: bool = False,
-                  keep_logits: bool = False, fp8: bool = False) -> tuple[list[float], dict]:
+                  keep_logits: bool = False, fused_accumulation: bool = False, fp8: bool = False
+                  ) -> tuple[list[float], dict]:
     """A ``megatron_variant``; also returns the spec it ran and its FP8 setting."""
     from nemo_ext.backends.megatron.backend import MegatronBackend
     from nemo_ext.sft.loss import sft_loss
 
     model, trainer, optim, schedule = _configs(args, model_dir)
     model.transformer_impl, model.keep_logits = impl, keep_logits
+    model.gradient_accumulation_fusion = fused_accumulation
     if fp8:
         model.fp8, model.fp8_recipe = args.fp8, args.fp8_recipe
     trainer.compile = compile_layers

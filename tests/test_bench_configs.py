@@ -42,7 +42,10 @@ def test_sft_throughput_configs():
     assert model.logits_chunk_tokens == 8192 and not model.keep_logits
     assert schedule.total_steps == 100
     assert b.megatron_variant("megatron_te_keep") == {"impl": "transformer_engine", "compile_layers": False,
-                                                      "keep_logits": True, "fp8": False}
+                                                      "keep_logits": True, "fused_accumulation": False, "fp8": False}
+    assert b.megatron_variant("megatron_keep_fused_fp8") == {"impl": "auto", "compile_layers": False,
+                                                             "keep_logits": True, "fused_accumulation": True,
+                                                             "fp8": True}
     with pytest.raises(ValueError, match="megatron_kept"):
         b.megatron_variant("megatron_kept")
 

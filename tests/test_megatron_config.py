@@ -81,3 +81,15 @@ def test_fp8_without_transformer_engine_names_the_key():
         choose_impl(ModelConfig(fp8_recipe="mxfp8"), have_te=True)
     assert choose_impl(ModelConfig(fp8="hybrid"), have_te=True) == "transformer_engine"
     assert choose_impl(ModelConfig(), have_te=False) == "local"
+
+
+def test_fused_gradient_accumulation_without_transformer_engine_names_the_key():
+    from nemo_ext.backends.megatron.impl import choose_impl
+    from nemo_ext.config.schema import ModelConfig
+
+    fused = ModelConfig(gradient_accumulation_fusion=True)
+    with pytest.raises(RuntimeError, match=r"model.gradient_accumulation_fusion=True needs Transformer Engine"):
+        choose_impl(fused, have_te=False)
+    with pytest.raises(RuntimeError, match=r"model.gradient_accumulation_fusion=True needs .*got local"):
+        choose_impl(ModelConfig(gradient_accumulation_fusion=True, transformer_impl="local"), have_te=True)
+    assert choose_impl(fused, have_te=True) == "transformer_engine"

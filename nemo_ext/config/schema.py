@@ -126,6 +126,11 @@ class ModelConfig:
     transformer_impl: str = "auto"  # auto | transformer_engine | local
     fp8: str | None = None  # null | hybrid | e4m3
     fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise
+    # Transformer Engine's spec: each weight-gradient GEMM adds into the fp32 gradient buffer itself
+    # (megatron's gradient_accumulation_fusion), instead of a bf16 gradient that DDP adds in after it:
+    # 5.3% of the 7B slice's step went to those additions (docs/performance.md). Off until measured on
+    # the GPU
+    gradient_accumulation_fusion: bool = False
 
     def __post_init__(self):
         check_values("model", self, logits_chunk_tokens=AT_LEAST_1, tensor_model_parallel_size=AT_LEAST_1,

@@ -124,6 +124,34 @@ def test_megatron_gradients_with_kept_logits_equal_the_hf_models(tmp_path, tiny,
     _assert_hf_grads(run(tmp_path, tiny, "grads", impl=impl, **{"keep-logits": True}), impl)
 
 
+needs_te = pytest.mark.skipif(not HAVE_TE, reason="Transformer Engine is not installed")
+
+
+@needs_te
+def test_gradients_accumulated_inside_te_gemms_equal_the_hf_models(tmp_path, tiny):
+    """``model.gradient_accumulation_fusion``: TE's weight-gradient GEMMs add each of the two
+    micro-batches' gradients into ``main_grad`` themselves."""
+    result = run(tmp_path, tiny, "grads", impl="transformer_engine", **{"grad-accum-fusion": True})
+    assert result["fused_layers"] >= 4 * 4  # qkv, attention out, MLP in and out of each of the 4 layers
+    _assert_hf_grads(result, "transformer_engine")
+
+
+@needs_te
+def test_fused_gradient_accumulation_under_fp8_sums_every_micro_batch(tmp_path, tiny):
+    """Under FP8 the schedule marks each step's first micro-batch, and TE then writes ``main_grad``
+    instead of adding to it: the fused gradients of two micro-batches must still equal the unfused ones
+    (the same FP8 GEMMs; only where the sum is taken differs). A sum that kept one micro-batch would be
+    off by about half."""
+    plain = run(tmp_path, tiny, "grads", name="plain", impl="transformer_engine", fp8="hybrid")
+    fused = run(tmp_path, tiny, "grads", name="fused", impl="transformer_engine", fp8="hybrid",
+                **{"grad-accum-fusion": True})
+    assert plain["fused_layers"] == 0 and fused["fused_layers"] >= 16
+    errors = {n: float((fused["grads"][n] - g).norm() / g.norm().clamp_min(1e-12)) for n, g in plain["grads"].items()}
+    print("fused vs plain FP8 gradients, worst:", sorted(errors.items(), key=lambda kv: -kv[1])[:4])
+    assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-6)
+    assert max(errors.values()) < 1e-3
+
+
 def _assert_hf_grads(result: dict, impl: str) -> None:
     assert result["impl"] == impl
     ref, mc = result["hf_grads"], result["grads"]

@@ -46,7 +46,7 @@ from nemo_ext.backends.megatron.fallback_kernels import install_foreach_kernels,
 from nemo_ext.backends.megatron.impl import choose_impl
 from nemo_ext.backends.megatron.layout import Layout, plan_layout
 from nemo_ext.backends.megatron.micro import Micro, build_micros
-from nemo_ext.backends.megatron.model import build_model_chunks, transformer_config
+from nemo_ext.backends.megatron.model import build_model_chunks, fuse_wgrad_accumulation, transformer_config
 from nemo_ext.backends.megatron.vocab_parallel import vocab_parallel_logprobs
 from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.config.schema import ModelConfig, OptimConfig, Precision, TrainerConfig
@@ -128,6 +128,8 @@ class MegatronBackend(Backend):
                                          bf16=bf16, recompute=recompute, init_weights=not load_weights)
         self.config.finalize_model_grads_func = _finalize_grads
         self.chunks = build_model_chunks(self.shape, self.hf_config, self.config, self.impl)
+        if model_cfg.gradient_accumulation_fusion:
+            fuse_wgrad_accumulation(self.chunks)
         self.rope = None if self.te else (self.shape.head_dim, rope_theta_of(self.hf_config),
                                           self.config.params_dtype)
         for chunk in self.chunks:

@@ -25,7 +25,8 @@ def te_available() -> bool:
 
 
 def choose_impl(model_cfg: ModelConfig, have_te: bool | None = None) -> str:
-    """``transformer_engine`` or ``local``; FP8 or a forced TE without TE raise, naming the key."""
+    """``transformer_engine`` or ``local``; a forced TE, FP8 or the fused gradient accumulation without TE
+    raise, naming the key."""
     have_te = te_available() if have_te is None else have_te
     impl, fp8 = model_cfg.transformer_impl, model_cfg.fp8
     if impl not in IMPLS:
@@ -39,7 +40,8 @@ def choose_impl(model_cfg: ModelConfig, have_te: bool | None = None) -> str:
     missing = "Transformer Engine (`import transformer_engine.pytorch` fails here; install transformer-engine[pytorch])"
     if impl == "transformer_engine" and not have_te:
         raise RuntimeError(f"model.transformer_impl=transformer_engine needs {missing}")
-    if fp8 is not None and impl != "transformer_engine":
-        raise RuntimeError(f"model.fp8={fp8} needs {missing} and model.transformer_impl auto or "
-                           f"transformer_engine (got {model_cfg.transformer_impl})")
+    for key, on in (("fp8", fp8 is not None), ("gradient_accumulation_fusion", model_cfg.gradient_accumulation_fusion)):
+        if on and impl != "transformer_engine":
+            raise RuntimeError(f"model.{key}={getattr(model_cfg, key)} needs {missing} and model.transformer_impl "
+                               f"auto or transformer_engine (got {model_cfg.transformer_impl})")
     return impl
