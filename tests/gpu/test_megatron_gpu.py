@@ -36,9 +36,8 @@ def gpus() -> int:
 
 needs_two = pytest.mark.skipif(gpus() < 2, reason="needs 2 GPUs (TP=2 / PP=2 / CP=2)")
 HAVE_TE = importlib.util.find_spec("transformer_engine") is not None
-IMPLS = [pytest.param("transformer_engine", marks=pytest.mark.skipif(not HAVE_TE, reason="Transformer Engine is "
-                                                                     "not installed")),
-         pytest.param("local")]
+needs_te = pytest.mark.skipif(not HAVE_TE, reason="Transformer Engine is not installed")
+IMPLS = [pytest.param("transformer_engine", marks=needs_te), pytest.param("local")]
 NO_TF32 = {"NVIDIA_TF32_OVERRIDE": "0"}  # exact fp32 under TE (see the module docstring)
 
 
@@ -81,7 +80,7 @@ def test_megatron_logits_equal_hf_and_export_round_trips(tmp_path, tiny, impl):
         assert r[precision]["export_keys_equal"] and r[precision]["export_max_abs_diff"] == 0.0
 
 
-@pytest.mark.skipif(not HAVE_TE, reason="Transformer Engine is not installed")
+@needs_te
 def test_transformer_engine_fp32_logits_with_tf32_stay_within_its_rounding(tmp_path, tiny):
     """TE's default fp32 path (TF32 GEMMs, no override): the bound of 10-bit mantissa products, not
     exactness; the local spec and TE without TF32 meet 1e-4 above."""
@@ -122,9 +121,6 @@ def test_megatron_gradients_with_kept_logits_equal_the_hf_models(tmp_path, tiny,
     """The same with ``model.keep_logits``: the output layer's backward from the kept logits, its
     weight gradient in one GEMM over all tokens."""
     _assert_hf_grads(run(tmp_path, tiny, "grads", impl=impl, **{"keep-logits": True}), impl)
-
-
-needs_te = pytest.mark.skipif(not HAVE_TE, reason="Transformer Engine is not installed")
 
 
 @needs_te
@@ -201,7 +197,7 @@ def test_checkpoint_saved_at_tp2_loads_at_tp1(tmp_path, tiny, impl):
     _assert_same_checkpoint(saved, loaded)
 
 
-@pytest.mark.skipif(not HAVE_TE, reason="Transformer Engine is not installed")
+@needs_te
 @pytest.mark.parametrize("saved_impl,loaded_impl", [("transformer_engine", "local"), ("local", "transformer_engine")],
                          ids=["te_to_local", "local_to_te"])
 def test_checkpoint_written_under_one_layer_spec_loads_under_the_other(tmp_path, tiny, saved_impl, loaded_impl):

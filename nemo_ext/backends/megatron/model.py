@@ -47,10 +47,10 @@ from nemo_ext.config.schema import ModelConfig
 from nemo_ext.models.hf_config import rope_theta_of
 
 
-def fuse_wgrad_accumulation(chunks: list[GPTModel]) -> int:
+def fuse_wgrad_accumulation(chunks: list[GPTModel]) -> None:
     """Have Transformer Engine's linear layers add each weight gradient into the parameter's fp32
     ``main_grad`` (megatron DDP's buffer) inside the weight-gradient GEMM, instead of returning a bf16
-    gradient for DDP's hook to add with a kernel of its own. Returns the number of layers switched.
+    gradient for DDP's hook to add with a kernel of its own.
 
     Set on the built layers, not through ``TransformerConfig.gradient_accumulation_fusion``: that flag
     also turns the fusion on in megatron's own ``ColumnParallelLinear`` (GPTModel's output layer), which
@@ -59,10 +59,10 @@ def fuse_wgrad_accumulation(chunks: list[GPTModel]) -> int:
     forward. On a micro-batch marked first (the model's first ever; under FP8 each step's first) it
     writes ``main_grad`` instead of adding to it: the same, since each step starts from zeroed buffers.
     """
-    layers = [m for chunk in chunks for m in chunk.modules() if hasattr(m, "fuse_wgrad_accumulation")]
-    for layer in layers:
-        layer.fuse_wgrad_accumulation = True
-    return len(layers)
+    for chunk in chunks:
+        for module in chunk.modules():
+            if hasattr(module, "fuse_wgrad_accumulation"):
+                module.fuse_wgrad_accumulation = True
 
 
 def transformer_config(shape: Shape, hf_config, model_cfg: ModelConfig, layout: Layout, *, impl: str,
