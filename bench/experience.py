@@ -2,16 +2,23 @@
 micro-batches) on a step of the 1-GPU bench's size, against a baseline run in the same process.
 
     PYTHONPATH=. .venv/bin/python bench/experience.py [--prompts 16] [--group 8] [--max-len 8192] [--repeats 5]
+    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/experience.py --prompts 8 --max-len 32768 --busy 2
 
 Input: ``--prompts`` x ``--group`` responses of ``--max-len`` tokens each (every one at the maximum,
 as in ``bench/rl_step.py``), 120-token prompts, token ids and log-probs as Python lists (the form
-vLLM hands them over in), half of each group rewarded. Reported: the best of ``--repeats`` wall
-times of each variant, and their ratio.
+vLLM hands them over in), half of each group rewarded. Reported: the median of ``--repeats`` wall
+times of each variant, and their ratio against the baseline. ``--busy N`` keeps N other processes
+spinning meanwhile, as the GPU machine's cores are while a step runs (vLLM's and the reward pool's).
 
-- ``build_experience``: what the loop runs (one tensor per response and field, concatenated).
-- Baseline: the same micro-batches built the way the loop did before 2026-12-03, every per-token
-  value a Python list element (prompt masks, advantages, weights and log-probs of every token),
-  packed by the same ``pack_sequences``. Both must give equal micro-batches.
+- Baseline: the micro-batches built the way the loop did before 2026-12-03, every per-token value a
+  Python list element (prompt masks, advantages, weights and log-probs of every token), packed by the
+  same ``pack_sequences``, on the process's torch threads.
+- ``build_experience``: what the loop runs (one tensor per response and field, concatenated), on
+  one torch thread (its default).
+- ``build_experience_all_threads``: the same on the process's torch threads (``threads=None``), as it
+  ran before 2026-12-04.
+
+All three must give equal micro-batches.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -76,13 +86,20 @@ def assert_same_micro_batches(ours: list[PackedBatch], reference: list[PackedBat
             assert torch.equal(a.token_fields[name], values), name
 
 
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    best, result = float("inf"), None
+def median_time(fn, repeats: int) -> tuple[float, object]:
+    """The median wall time of ``repeats`` calls (a stall in one call shows, unlike in the best), and
+    the last result."""
+    times, result = [], None
     for _ in range(repeats):
         start = time.perf_counter()
         result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def spinning(count: int) -> list[subprocess.Popen]:
+    """``count`` processes that keep a core busy until terminated."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(count)]
 
 
 def main() -> None:
@@ -92,17 +109,29 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=8192)
     p.add_argument("--micro-tokens", type=int, default=32768)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--busy", type=int, default=0, help="other processes spinning on the host meanwhile")
     args = p.parse_args()
     groups = synthetic_groups(args.prompts, args.group, args.max_len)
-    built_s, batch = best_time(lambda: build_experience(groups, AdvantageConfig(), False, args.micro_tokens,
-                                                        args.max_len), args.repeats)
-    baseline_s, reference = best_time(lambda: per_token_lists(groups, args.micro_tokens), args.repeats)
-    trained = batch.trained + batch.untrained
-    assert_same_micro_batches(trained, reference)
-    tokens = sum(mb.num_tokens for mb in trained)
-    print(json.dumps({"responses": args.prompts * args.group, "tokens": tokens, "micro_batches": len(trained),
-                      "build_experience_s": round(built_s, 4), "per_token_lists_s": round(baseline_s, 4),
-                      "speedup": round(baseline_s / built_s, 2)}))
+    spinners = spinning(args.busy)
+    try:
+        seconds, built = {}, {}
+        seconds["per_token_lists"], reference = median_time(lambda: per_token_lists(groups, args.micro_tokens),
+                                                          args.repeats)
+        for name, threads in (("build_experience", 1), ("build_experience_all_threads", None)):
+            seconds[name], built[name] = median_time(
+                lambda threads=threads: build_experience(groups, AdvantageConfig(), False, args.micro_tokens,
+                                                         args.max_len, threads=threads), args.repeats)
+    finally:
+        for proc in spinners:
+            proc.terminate()
+    for batch in built.values():
+        assert_same_micro_batches(batch.trained + batch.untrained, reference)
+    tokens = sum(mb.num_tokens for mb in reference)
+    print(json.dumps({"responses": args.prompts * args.group, "tokens": tokens, "micro_batches": len(reference),
+                      "torch_threads": torch.get_num_threads(), "busy": args.busy,
+                      **{f"{k}_s": round(v, 4) for k, v in seconds.items()},
+                      **{f"{k}_speedup": round(seconds["per_token_lists"] / v, 2)
+                         for k, v in seconds.items() if k != "per_token_lists"}}))
 
 
 if __name__ == "__main__":

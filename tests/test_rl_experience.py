@@ -40,6 +40,39 @@ def experience(group_: Group, micro_batch_tokens: int, estimator: str = "dr_grpo
                             micro_batch_tokens, max_response_len=4)
 
 
+def test_experience_is_built_on_one_torch_thread_and_the_count_restored():
+    """build_experience runs its tensor work on one thread (parallel regions from 32,768 elements stall
+    on a busy host) and hands the process its own thread count back; the micro-batches are the same on
+    any count, here with a response past that size."""
+    long = Group(PROMPT, [1, 2], [FakeCompletion(list(range(40_000)), [-0.5] * 40_000, False),
+                                  FakeCompletion([5], [-0.3], False)], rewards=[1.0, 0.0], passed=[True, False])
+    seen = []
+
+    class Recording(FakeCompletion):
+        @property
+        def token_ids(self):  # read while building: the thread count of that moment
+            seen.append(torch.get_num_threads())
+            return self._ids
+
+        @token_ids.setter
+        def token_ids(self, ids):
+            self._ids = ids
+
+    process_threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a count to come back to, other than the one set inside
+    try:
+        recorded = Group(PROMPT, [1, 2], [Recording(c.token_ids, c.logprobs, c.truncated) for c in long.completions],
+                         long.rewards, long.passed)
+        one = build_experience([recorded], AdvantageConfig(), False, 32_768, 40_000)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(process_threads)
+    default = build_experience([long], AdvantageConfig(), False, 32_768, 40_000, threads=None)
+    for a, b in zip(one.trained, default.trained, strict=True):
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.loss_mask, b.loss_mask)
+        assert all(torch.equal(a.token_fields[k], b.token_fields[k]) for k in b.token_fields)
+
+
 def test_the_experience_batch_is_built_once_from_the_rewards():
     # rewards [1, 0]: dr_grpo advantages [0.5, -0.5]; the second response is truncated, so overlong
     # filtering gives it weight 0 (its reward still entered the mean)

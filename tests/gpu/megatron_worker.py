@@ -120,7 +120,11 @@ def grads(args) -> dict:
     out = be.forward_backward(batches, sft_loss(total), temperature=1.0)
     named = {name: g.float().cpu() for name, g in be.hf_grads()}
     fused = sum(bool(getattr(m, "fuse_wgrad_accumulation", False)) for chunk in be.chunks for m in chunk.modules())
-    result = {"loss": out["loss"], "grads": named, "impl": be.impl, "fused_layers": fused}
+    # TE marks a weight whose gradient its GEMM added into main_grad (DDP then skips its own add);
+    # the mark lasts until the next step zeroes the buffers
+    added_in_gemm = sum(bool(getattr(p, "grad_added_to_main_grad", False)) for c in be.chunks for p in c.parameters())
+    result = {"loss": out["loss"], "grads": named, "impl": be.impl, "fused_layers": fused,
+              "added_in_gemm": added_in_gemm}
     if dist.get_world_size() == 1:
         result["hf_loss"], result["hf_grads"] = hf_reference_grads(args.model, batches, total, "cuda")
     return result

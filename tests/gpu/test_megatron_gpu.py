@@ -129,6 +129,7 @@ def test_gradients_accumulated_inside_te_gemms_equal_the_hf_models(tmp_path, tin
     micro-batches' gradients into ``main_grad`` themselves."""
     result = run(tmp_path, tiny, "grads", impl="transformer_engine", **{"grad-accum-fusion": True})
     assert result["fused_layers"] >= 4 * 4  # qkv, attention out, MLP in and out of each of the 4 layers
+    assert result["added_in_gemm"] >= 4 * 4  # and their GEMMs did add into main_grad
     _assert_hf_grads(result, "transformer_engine")
 
 
@@ -142,6 +143,7 @@ def test_fused_gradient_accumulation_under_fp8_sums_every_micro_batch(tmp_path, 
     fused = run(tmp_path, tiny, "grads", name="fused", impl="transformer_engine", fp8="hybrid",
                 **{"grad-accum-fusion": True})
     assert plain["fused_layers"] == 0 and fused["fused_layers"] >= 16
+    assert plain["added_in_gemm"] == 0 and fused["added_in_gemm"] >= 16
     errors = {n: float((fused["grads"][n] - g).norm() / g.norm().clamp_min(1e-12)) for n, g in plain["grads"].items()}
     print("fused vs plain FP8 gradients, worst:", sorted(errors.items(), key=lambda kv: -kv[1])[:4])
     assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-6)
