@@ -14,11 +14,12 @@ Model FLOPs = 6 x matmul params x tokens + 6 x layers x hidden x sum(len^2) (cau
 not counted; the input embedding, a lookup, is not a matmul: ``models.hf_config.matmul_parameters``), as
 the trainers log it; MFU = model FLOP/s per GPU / the card's dense bf16 peak (``observe.PEAK_FLOPS``:
 989 TFLOP/s for H100 and H200 SXM).
-Backends: ``megatron[_te|_local][_compile][_keep][_fused][_fp8]``: the layer spec (default: Transformer
+Backends: ``megatron[_te|_local][_compile][_keep][_fused|_unfused][_fp8]``: the layer spec (default: Transformer
 Engine's where it imports, as ``backend=megatron`` picks; ``_te`` / ``_local`` force one),
 ``trainer.compile=true`` (each decoder layer under torch.compile), ``model.keep_logits=true`` (the output
-layer's logits kept for the backward instead of recomputed), ``model.gradient_accumulation_fusion=true``
-(TE's weight-gradient GEMMs add into the fp32 gradient buffer themselves), and FP8 in the format
+layer's logits kept for the backward instead of recomputed), ``model.gradient_accumulation_fusion``
+true or false (TE's weight-gradient GEMMs add into the fp32 gradient buffer themselves; neither flag:
+the config's default, on with TE's spec), and FP8 in the format
 ``--fp8`` with each recipe of ``--fp8-recipe`` (comma-separated: one run per recipe; TE 2.20 on Hopper
 has delayed, tensorwise and blockwise); torch (eager); torch_compile (``trainer.compile=true``);
 torch_compile_fsdp (the same with FSDP2's bf16 parameters on one rank); hf_baseline. On running out of
@@ -127,16 +128,18 @@ def _timed(args, steps, run_step) -> list[float]:
 
 
 def megatron_variant(name: str) -> dict:
-    """``megatron[_te|_local][_compile][_keep][_fused][_fp8]`` -> the layer spec, layer compilation, kept
-    logits, the fused gradient accumulation, FP8 on or off."""
+    """``megatron[_te|_local][_compile][_keep][_fused|_unfused][_fp8]`` -> the layer spec, layer
+    compilation, kept logits, the fused gradient accumulation (neither: the config's default, on with
+    TE's spec), FP8 on or off."""
     parts = name.split("_")
     flags = set(parts[1:])
-    if parts[0] != "megatron" or not flags <= {"te", "local", "compile", "keep", "fused", "fp8"} \
-            or {"te", "local"} <= flags:
-        raise ValueError(f"backend {name!r}: expected megatron[_te|_local][_compile][_keep][_fused][_fp8]")
+    if parts[0] != "megatron" or not flags <= {"te", "local", "compile", "keep", "fused", "unfused", "fp8"} \
+            or {"te", "local"} <= flags or {"fused", "unfused"} <= flags:
+        raise ValueError(f"backend {name!r}: expected megatron[_te|_local][_compile][_keep][_fused|_unfused][_fp8]")
     impl = "transformer_engine" if "te" in flags else "local" if "local" in flags else "auto"
+    fused = True if "fused" in flags else False if "unfused" in flags else None
     return {"impl": impl, "compile_layers": "compile" in flags, "keep_logits": "keep" in flags,
-            "fused_accumulation": "fused" in flags, "fp8": "fp8" in flags}
+            "fused_accumulation": fused, "fp8": "fp8" in flags}
 
 
 def _configs(args, model_dir: str):
@@ -150,7 +153,7 @@ def _configs(args, model_dir: str):
 
 
 def work_megatron(args, model_dir: str, bins, impl: str = "auto", compile_layers: bool = False,
-                  keep_logits: bool = False, fused_accumulation: bool = False, fp8: bool = False
+                  keep_logits: bool = False, fused_accumulation: bool | None = None, fp8: bool = False
                   ) -> tuple[list[float], dict]:
     """A ``megatron_variant``; also returns the spec it ran and its FP8 setting."""
     from nemo_ext.backends.megatron.backend import MegatronBackend

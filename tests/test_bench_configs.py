@@ -42,12 +42,14 @@ def test_sft_throughput_configs():
     assert model.logits_chunk_tokens == 8192 and not model.keep_logits
     assert schedule.total_steps == 100
     assert b.megatron_variant("megatron_te_keep") == {"impl": "transformer_engine", "compile_layers": False,
-                                                      "keep_logits": True, "fused_accumulation": False, "fp8": False}
+                                                      "keep_logits": True, "fused_accumulation": None, "fp8": False}
+    assert b.megatron_variant("megatron_keep_unfused")["fused_accumulation"] is False
     assert b.megatron_variant("megatron_keep_fused_fp8") == {"impl": "auto", "compile_layers": False,
                                                              "keep_logits": True, "fused_accumulation": True,
                                                              "fp8": True}
-    with pytest.raises(ValueError, match="megatron_kept"):
-        b.megatron_variant("megatron_kept")
+    for bad in ("megatron_kept", "megatron_fused_unfused"):
+        with pytest.raises(ValueError, match=bad):
+            b.megatron_variant(bad)
 
 
 def test_rl_step_config():

@@ -93,3 +93,17 @@ def test_fused_gradient_accumulation_without_transformer_engine_names_the_key():
     with pytest.raises(RuntimeError, match=r"model.gradient_accumulation_fusion=True needs .*got local"):
         choose_impl(ModelConfig(gradient_accumulation_fusion=True, transformer_impl="local"), have_te=True)
     assert choose_impl(fused, have_te=True) == "transformer_engine"
+
+
+def test_fused_gradient_accumulation_is_on_by_default_wherever_transformer_engine_runs():
+    from nemo_ext.backends.megatron.impl import choose_impl, gradient_accumulation_fusion_on
+    from nemo_ext.config.schema import ModelConfig
+
+    default = ModelConfig()
+    assert default.gradient_accumulation_fusion is None
+    assert gradient_accumulation_fusion_on(default, choose_impl(default, have_te=True))
+    assert not gradient_accumulation_fusion_on(default, choose_impl(default, have_te=False))  # no error: auto
+    local = ModelConfig(transformer_impl="local")
+    assert not gradient_accumulation_fusion_on(local, choose_impl(local, have_te=True))
+    off = ModelConfig(gradient_accumulation_fusion=False)
+    assert not gradient_accumulation_fusion_on(off, choose_impl(off, have_te=True))

@@ -127,10 +127,11 @@ class ModelConfig:
     fp8: str | None = None  # null | hybrid | e4m3
     fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise
     # Transformer Engine's spec: each weight-gradient GEMM adds into the fp32 gradient buffer itself
-    # (megatron's gradient_accumulation_fusion), instead of a bf16 gradient that DDP adds in after it:
-    # 5.3% of the 7B slice's step went to those additions (docs/performance.md). Off until measured on
-    # the GPU
-    gradient_accumulation_fusion: bool = False
+    # (megatron's gradient_accumulation_fusion), instead of a bf16 gradient that DDP adds in after it.
+    # None: on wherever TE's spec runs (measured, one H200, 2026-12-04: 1.02x at the 7B slice, the
+    # gradients equal HF's; docs/performance.md "Weight gradients accumulated inside the GEMM"); True
+    # needs TE's spec; False: off
+    gradient_accumulation_fusion: bool | None = None
 
     def __post_init__(self):
         check_values("model", self, logits_chunk_tokens=AT_LEAST_1, tensor_model_parallel_size=AT_LEAST_1,

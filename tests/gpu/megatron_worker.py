@@ -42,7 +42,8 @@ def backend(args, precision: str, steps: int = 100, lr: float = 1e-3):
     model = ModelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp,
                         context_parallel_size=args.cp, sequence_parallel=args.sp, transformer_impl=args.impl,
                         keep_logits=args.keep_logits, fp8=args.fp8,
-                        gradient_accumulation_fusion=args.grad_accum_fusion)
+                        gradient_accumulation_fusion=None if args.grad_accum_fusion is None
+                        else args.grad_accum_fusion == "on")
     trainer = TrainerConfig(precision=Precision(precision), grad_clip=1.0, seed=1234)
     return MegatronBackend(args.model, model, trainer, OptimConfig(), LRSchedule(lr, 5, steps, lr / 10),
                            batch_sizes=(args.micro, 1))
@@ -304,7 +305,8 @@ def main() -> None:
     p.add_argument("--keep-logits", action="store_true", help="model.keep_logits")
     p.add_argument("--impl", default="auto", help="model.transformer_impl: auto, transformer_engine or local")
     p.add_argument("--fp8", default=None, help="model.fp8: hybrid or e4m3 (TE spec)")
-    p.add_argument("--grad-accum-fusion", action="store_true", help="model.gradient_accumulation_fusion")
+    p.add_argument("--grad-accum-fusion", choices=("on", "off"), default=None,
+                   help="model.gradient_accumulation_fusion (default: the config's, on with TE's spec)")
     p.add_argument("--micro", type=int, default=2, help="micro-batches (packed bins) per step")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--steps", type=int, default=50)

@@ -127,7 +127,7 @@ def test_megatron_gradients_with_kept_logits_equal_the_hf_models(tmp_path, tiny,
 def test_gradients_accumulated_inside_te_gemms_equal_the_hf_models(tmp_path, tiny):
     """``model.gradient_accumulation_fusion``: TE's weight-gradient GEMMs add each of the two
     micro-batches' gradients into ``main_grad`` themselves."""
-    result = run(tmp_path, tiny, "grads", impl="transformer_engine", **{"grad-accum-fusion": True})
+    result = run(tmp_path, tiny, "grads", impl="transformer_engine", **{"grad-accum-fusion": "on"})
     assert result["fused_layers"] >= 4 * 4  # qkv, attention out, MLP in and out of each of the 4 layers
     assert result["added_in_gemm"] >= 4 * 4  # and their GEMMs did add into main_grad
     _assert_hf_grads(result, "transformer_engine")
@@ -139,9 +139,10 @@ def test_fused_gradient_accumulation_under_fp8_sums_every_micro_batch(tmp_path, 
     instead of adding to it: the fused gradients of two micro-batches must still equal the unfused ones
     (the same FP8 GEMMs; only where the sum is taken differs). A sum that kept one micro-batch would be
     off by about half."""
-    plain = run(tmp_path, tiny, "grads", name="plain", impl="transformer_engine", fp8="hybrid")
+    plain = run(tmp_path, tiny, "grads", name="plain", impl="transformer_engine", fp8="hybrid",
+                **{"grad-accum-fusion": "off"})
     fused = run(tmp_path, tiny, "grads", name="fused", impl="transformer_engine", fp8="hybrid",
-                **{"grad-accum-fusion": True})
+                **{"grad-accum-fusion": "on"})
     assert plain["fused_layers"] == 0 and fused["fused_layers"] >= 16
     assert plain["added_in_gemm"] == 0 and fused["added_in_gemm"] >= 16
     errors = {n: float((fused["grads"][n] - g).norm() / g.norm().clamp_min(1e-12)) for n, g in plain["grads"].items()}

@@ -43,7 +43,7 @@ from nemo_ext.backends.megatron import checkpoint
 from nemo_ext.backends.megatron.context_parallel import gather_logprobs
 from nemo_ext.backends.megatron.convert import Shape
 from nemo_ext.backends.megatron.fallback_kernels import install_foreach_kernels, use_fused_torch_adam
-from nemo_ext.backends.megatron.impl import choose_impl
+from nemo_ext.backends.megatron.impl import choose_impl, gradient_accumulation_fusion_on
 from nemo_ext.backends.megatron.layout import Layout, plan_layout
 from nemo_ext.backends.megatron.micro import Micro, build_micros
 from nemo_ext.backends.megatron.model import build_model_chunks, fuse_wgrad_accumulation, transformer_config
@@ -128,7 +128,7 @@ class MegatronBackend(Backend):
                                          bf16=bf16, recompute=recompute, init_weights=not load_weights)
         self.config.finalize_model_grads_func = _finalize_grads
         self.chunks = build_model_chunks(self.shape, self.hf_config, self.config, self.impl)
-        if model_cfg.gradient_accumulation_fusion:
+        if gradient_accumulation_fusion_on(model_cfg, self.impl):
             fuse_wgrad_accumulation(self.chunks)
         self.rope = None if self.te else (self.shape.head_dim, rope_theta_of(self.hf_config),
                                           self.config.params_dtype)

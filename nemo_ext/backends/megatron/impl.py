@@ -2,7 +2,8 @@
 
 ``choose_impl`` resolves ``model.transformer_impl`` (auto: Transformer Engine's spec where TE imports,
 else megatron's local spec) and refuses, naming the key, the settings that need TE where it is missing
-or not chosen. Pure Python: the configs' errors reach the user without megatron-core or a GPU.
+or not chosen; ``gradient_accumulation_fusion_on`` resolves ``model.gradient_accumulation_fusion`` for the
+chosen spec. Pure Python: the configs' errors reach the user without megatron-core or a GPU.
 """
 
 from __future__ import annotations
@@ -40,8 +41,16 @@ def choose_impl(model_cfg: ModelConfig, have_te: bool | None = None) -> str:
     missing = "Transformer Engine (`import transformer_engine.pytorch` fails here; install transformer-engine[pytorch])"
     if impl == "transformer_engine" and not have_te:
         raise RuntimeError(f"model.transformer_impl=transformer_engine needs {missing}")
-    for key, on in (("fp8", fp8 is not None), ("gradient_accumulation_fusion", model_cfg.gradient_accumulation_fusion)):
+    for key, on in (("fp8", fp8 is not None), ("gradient_accumulation_fusion",
+                                                 model_cfg.gradient_accumulation_fusion is True)):
         if on and impl != "transformer_engine":
             raise RuntimeError(f"model.{key}={getattr(model_cfg, key)} needs {missing} and model.transformer_impl "
                                f"auto or transformer_engine (got {model_cfg.transformer_impl})")
     return impl
+
+
+def gradient_accumulation_fusion_on(model_cfg: ModelConfig, impl: str) -> bool:
+    """Whether the weight-gradient GEMMs add into the fp32 gradient buffer: ``model.gradient_accumulation_fusion``,
+    None meaning on wherever ``impl`` (``choose_impl``'s answer, which refused True without TE) is TE's."""
+    fusion = model_cfg.gradient_accumulation_fusion
+    return impl == "transformer_engine" if fusion is None else fusion
