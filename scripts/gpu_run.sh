@@ -3,7 +3,7 @@
 # Carry .gpu/stack/install.sh, .gpu/stack/manifest, .gpu/wheels and .gpu/tiny_sft (a tiny SFT export).
 #   bash scripts/gpu_run.sh rollout|megatron|recipe [pytest -k expr]; rlstep|sft [bench arguments]
 #   bash scripts/gpu_run.sh fp8conv [bench/fp8_convergence.py arguments]; rollouthost [bench/rollout_host.py ...]
-#   bash scripts/gpu_run.sh fp8gemm [bench/fp8_gemm.py arguments]
+#   bash scripts/gpu_run.sh fp8gemm [bench/fp8_gemm.py arguments]; experience [bench/experience.py arguments]
 #   bash scripts/gpu_run.sh start PHASE [arguments]; then, in the next calls, bash scripts/gpu_run.sh wait
 # start runs PHASE in a process session of its own, which outlives the call (the device tool kills
 # what a call leaves running, except a new session) and so can run longer than one call's 10 minutes,
@@ -32,6 +32,7 @@ case $phase in
   rlstep) mkdir -p /tmp/rlstep; timeout $T python3 bench/rl_step.py --logs /tmp/rlstep --out $OUT/rl_step.jsonl "$@" 2>&1 | tee -a $OUT/rl_step.log | tail -30; tar czf $OUT/rl_step_workers.tgz -C /tmp rlstep ;;
   sft) mkdir -p /tmp/sftlogs; timeout $T python3 bench/sft_throughput.py --worker-logs /tmp/sftlogs --out $OUT/sft.jsonl "$@" 2>&1 | tee -a $OUT/sft.log | tail -30; tar czf $OUT/sft_workers.tgz -C /tmp sftlogs ;;
   fp8gemm) timeout $T python3 bench/fp8_gemm.py --out $OUT/fp8_gemm.jsonl "$@" 2>&1 | tee -a $OUT/fp8_gemm.log | tail -30 ;;
+  experience) timeout $T python3 bench/experience.py "$@" 2>&1 | tee -a $OUT/experience.log | tail -5 ;;
   rollouthost) timeout $T python3 bench/rollout_host.py "$@" 2>&1 | tee -a $OUT/rollout_host.log | grep -v "^INFO\|^(\|WARNING" | tail -5 ;;
   fp8conv) timeout $T python3 bench/fp8_convergence.py --out-dir /tmp/fp8conv "$@" 2>&1 | tee -a $OUT/fp8conv.log | tail -30
     cp /tmp/fp8conv/losses.json /tmp/fp8conv/fp8_convergence.png $OUT/ 2>/dev/null; tar czf $OUT/fp8conv_logs.tgz -C /tmp fp8conv ;;
