@@ -32,7 +32,9 @@ Reported: seconds per phase, generation tokens/s against the ceiling's, the shar
 is not generation and its floor (what it would be with the update at 100% MFU and nothing else
 taking time), the update's MFU (``observe.model_flops``), the weight-sync seconds, the engine's GPU
 memory (what it took at start) and the trainer's peak (``torch.cuda.max_memory_allocated`` while the
-engine sleeps, less vLLM's sleeping pool where torch's statistics count it: ``vllm_pool_bytes``).
+engine sleeps, less vLLM's sleeping pool where torch's statistics count it: ``vllm_pool_bytes``);
+and, after each step and outside its time, the advantages phase's work again on the process's torch
+threads and on one (``experience_all_threads_s``, ``experience_one_thread_s``), a same-host A/B.
 """
 
 from __future__ import annotations
@@ -203,6 +205,7 @@ def timed_step(args, cfg, run, stage, step: int, collector) -> dict:
     with timer("collect"):
         collector.after_step(step + 1)
     wall = time.perf_counter() - start
+    threads_ab = experience_threads_ab(run.update, stage, groups)
     tokens = sum(len(c.token_ids) for g in groups for c in g.completions)
     seq_lens = [len(g.prompt_ids) + len(c.token_ids) for g in groups for c in g.completions]
     return {"step_s": wall, "tokens": tokens, **{f"{k}_s": v for k, v in timer.seconds.items()},
@@ -211,7 +214,21 @@ def timed_step(args, cfg, run, stage, step: int, collector) -> dict:
             "allocated_peak_gib": peak_allocated() / 2**30, "allocated_at_sleep_gib": at_reset / 2**30,
             "vllm_pool_gib": pool / 2**30, "generate_gc_s": generate_gc.seconds(),
             "generate_gc_full": sum(g == 2 for g, _ in generate_gc.pauses),
-            "mismatch_kl": metrics.get("mismatch/kl"), "grad_norm": metrics.get("update/grad_norm")}
+            "mismatch_kl": metrics.get("mismatch/kl"), "grad_norm": metrics.get("update/grad_norm"), **threads_ab}
+
+
+def experience_threads_ab(update, stage, groups) -> dict:
+    """The advantages phase's work again, after the step (outside its time), on the process's torch
+    threads and on one (``build_experience``'s default): the same host, the same responses."""
+    from nemo_ext.rl.experience import build_experience
+
+    out = {}
+    for name, threads in (("experience_all_threads_s", None), ("experience_one_thread_s", 1)):
+        begin = time.perf_counter()
+        build_experience(groups, update.advantage, stage.overlong.filter, update.micro_batch_tokens,
+                         stage.max_response_len, threads=threads)
+        out[name] = time.perf_counter() - begin
+    return out
 
 
 def update_flops(args, seq_lens: list[int]) -> float:
