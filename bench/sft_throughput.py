@@ -22,7 +22,8 @@ true or false (TE's weight-gradient GEMMs add into the fp32 gradient buffer them
 the config's default, on with TE's spec), and FP8 in the format
 ``--fp8`` with each recipe of ``--fp8-recipe`` (comma-separated: one run per recipe; TE 2.20 on Hopper
 has delayed, tensorwise and blockwise); torch (eager); torch_compile (``trainer.compile=true``);
-torch_compile_fsdp (the same with FSDP2's bf16 parameters on one rank); hf_baseline. On running out of
+torch_compile_fsdp (the same with FSDP2's bf16 parameters on one rank), each torch one with every
+attention of ``--attention`` (comma-separated: one run each); hf_baseline. On running out of
 memory a backend is retried with more recompute (``oom_fallbacks``).
 hf_baseline is the plain Hugging Face way: each sequence alone (a padded batch of 1), sdpa attention,
 gradient checkpointing, fp32 master weights + bf16 autocast, fused AdamW, one optimizer step per bin.
@@ -295,9 +296,10 @@ def oom_fallbacks(backend: str) -> list[str]:
     return ["full"] if backend == "torch" else ["selective", "full"]
 
 
-# The driver's own options (the FP8 ones and recompute are handed over per run, by ``run_backend``); every
-# other one is a setting its workers get.
-DRIVER_ONLY = {"backend", "out", "worker", "model_dir", "result", "fp8", "fp8_recipe", "recompute"}
+# The driver's own options (the FP8 ones, the attention and recompute are handed over per run, by
+# ``run_backend``); every other one is a setting its workers get.
+DRIVER_ONLY = {"backend", "out", "worker", "model_dir", "result", "fp8", "fp8_recipe", "recompute", "attention"}
+ATTENTIONS = ("auto", "varlen", "te")
 
 
 def worker_settings(args) -> list[str]:
@@ -307,12 +309,25 @@ def worker_settings(args) -> list[str]:
     return settings(parser(), args, DRIVER_ONLY)
 
 
-def run_backend(args, backend: str, model_dir: Path, result: Path, fp8_recipe: str | None = None) -> dict | None:
+def planned_runs(args) -> list[tuple[str, str | None, str | None]]:
+    """(backend, FP8 recipe, attention) of each run: every recipe of ``--fp8-recipe`` for a ``*_fp8``
+    backend, every attention of ``--attention`` for a torch one; None where the setting does not apply."""
+    attentions = args.attention.split(",")
+    if not set(attentions) <= set(ATTENTIONS):
+        raise SystemExit(f"--attention {args.attention!r}: expected a comma-separated subset of {ATTENTIONS}")
+    return [(b, recipe, attention) for b in args.backend.split(",")
+            for recipe in (args.fp8_recipe.split(",") if "fp8" in b.split("_") else [None])
+            for attention in (attentions if b.startswith("torch") else [None])]
+
+
+def run_backend(args, backend: str, model_dir: Path, result: Path, fp8_recipe: str | None = None,
+                attention: str | None = None) -> dict | None:
     nproc = args.gpus if backend.startswith("megatron") else 1
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", __file__,
            "--worker", backend, "--model-dir", str(model_dir), "--result", str(result)]
     cmd += ["--fp8", args.fp8, "--fp8-recipe", fp8_recipe] if fp8_recipe else []
-    name = backend + (f".{fp8_recipe}" if fp8_recipe else "")
+    cmd += ["--attention", attention] if attention else []
+    name = ".".join([backend, *filter(None, [fp8_recipe, attention])])
     cmd += worker_settings(args)
     cmd += ["--recompute", args.recompute]  # last: the OOM retry below replaces it
     for recompute in dict.fromkeys([args.recompute, *oom_fallbacks(backend)]):
@@ -350,8 +365,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", type=float, default=0.5,
                    help="torch_compile* with --recompute selective: trainer.activation_memory_budget")
     p.add_argument("--no-optimizer", action="store_true", help="forward + backward only (megatron)")
-    p.add_argument("--attention", choices=["auto", "varlen", "te"], default="auto",
-                   help="model.attn_implementation of the torch backends (te: Transformer Engine's cuDNN attention)")
+    p.add_argument("--attention", default="auto",
+                   help="model.attn_implementation of the torch backends, comma-separated: one run each (auto, "
+                        "varlen: torch's flash-attention varlen kernel, te: Transformer Engine's cuDNN attention)")
     p.add_argument("--fp8", choices=["hybrid", "e4m3"], default="hybrid", help="model.fp8 of the *_fp8 backends")
     p.add_argument("--fp8-recipe", default="tensorwise",
                    help="model.fp8_recipe of the *_fp8 backends, comma-separated: one run each "
@@ -380,15 +396,15 @@ def main() -> None:
             megatron_variant(b)  # a bad name fails here, before any model is built
         elif f"work_{b}" not in globals():
             raise SystemExit(f"--backend {b!r}: unknown (see the module docstring)")
-    runs = [(b, r) for b in backends for r in (args.fp8_recipe.split(",") if "fp8" in b.split("_") else [None])]
+    runs = planned_runs(args)
     if args.worker_logs:
         Path(args.worker_logs).mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         write_model_dir(args, model_dir, weights=any(not b.startswith("megatron") for b in backends))
-        for b, recipe in runs:
-            r = run_backend(args, b, model_dir, Path(tmp) / f"{b}.{recipe}.json", recipe)
+        for b, recipe, attention in runs:
+            r = run_backend(args, b, model_dir, Path(tmp) / f"{b}.{recipe}.{attention}.json", recipe, attention)
             if r:
                 results.append(r)
                 print(json.dumps(r), flush=True)

@@ -162,10 +162,21 @@ def test_rl_step_plot_reads_the_benchs_summaries_and_names_a_bad_line(tmp_path):
         b.read_summaries([str(bad)])
 
 
+def test_sft_throughput_runs_every_fp8_recipe_and_every_attention_where_they_apply():
+    b = bench("sft_throughput")
+    args = b.parser().parse_args(["--backend", "megatron,torch_compile,megatron_keep_fp8", "--attention", "varlen,te",
+                                  "--fp8-recipe", "delayed,tensorwise"])
+    assert b.planned_runs(args) == [("megatron", None, None), ("torch_compile", None, "varlen"),
+                                    ("torch_compile", None, "te"), ("megatron_keep_fp8", "delayed", None),
+                                    ("megatron_keep_fp8", "tensorwise", None)]
+    with pytest.raises(SystemExit, match="--attention 'varlen,flash'"):
+        b.planned_runs(b.parser().parse_args(["--attention", "varlen,flash"]))
+
+
 def test_sft_throughput_workers_get_every_setting_but_the_per_run_ones():
     """bench/sft_throughput.py hands its workers every setting (``--logits-chunk`` once did not reach
-    them); the FP8 ones and ``--recompute`` go per run (one recipe each, recompute last for the
-    out-of-memory retry)."""
+    them); the FP8 ones, the attention and ``--recompute`` go per run (one recipe or attention each,
+    recompute last for the out-of-memory retry)."""
     b = bench("sft_throughput")
     p = b.parser()
     given = p.parse_args(["--shape", "7b", "--layers", "8", "--bin", "8192", "--max-len", "4096", "--micro", "8",
@@ -179,6 +190,7 @@ def test_sft_throughput_workers_get_every_setting_but_the_per_run_ones():
     assert {k: getattr(seen, k) for k in settings} == settings
     assert settings["logits_chunk"] == 8192 and settings["no_optimizer"]
     assert "--fp8-recipe" not in argv and "--recompute" not in argv and "--backend" not in argv
+    assert "--attention" not in argv
 
 
 @pytest.mark.parametrize("shape", ["1.5b", "7b"])
