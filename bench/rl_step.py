@@ -94,7 +94,7 @@ def rl_config(args, backend: str):
         trainer=RLTrainerConfig(accelerator=Accelerator(args.accelerator), seed=1234,
                                 compile=args.compile and args.accelerator == "gpu",
                                 activation_checkpointing=args.recompute),
-        model=ModelConfig(logits_chunk_tokens=4096, keep_logits=args.keep_logits),
+        model=ModelConfig(logits_chunk_tokens=4096, keep_logits=args.keep_logits, attn_implementation=args.attention),
         rollout=RolloutConfig(gpu_memory_utilization=args.gpu_memory_utilization, sleep_mode=True,
                               max_model_len=args.max_len + 256, reward_workers=args.reward_workers),
         stages=[stage], checkpoint=CheckpointConfig(save_every=0), logging=LoggingConfig(tensorboard=False),
@@ -336,6 +336,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="trainer.compile=false")
     p.add_argument("--recompute", action="store_true", help="trainer.activation_checkpointing=true")
     p.add_argument("--keep-logits", action="store_true", help="model.keep_logits=true")
+    p.add_argument("--attention", choices=["auto", "varlen", "te"], default="auto",
+                   help="model.attn_implementation (the torch backend's packed attention; te: TE's cuDNN attention)")
     p.add_argument("--accelerator", choices=["gpu", "cpu"], default="gpu")
     p.add_argument("--logs", default=None, help="a directory for each worker's log (created)")
     p.add_argument("--out", default=None, help="append the summaries as JSON lines here")
@@ -368,7 +370,8 @@ def main() -> None:
         for backend in [b for b in args.backend.split(",") if b != "none"]:
             summary = summarize(backend, run_worker(args, "step", Path(tmp) / f"{backend}.json", backend), ceiling,
                                 peak_flops(torch.device("cuda")) if torch.cuda.is_available() else None)
-            summary.update(card=card, shape=args.shape, max_len=args.max_len, prompts=args.prompts, group=args.group)
+            summary.update(card=card, shape=args.shape, max_len=args.max_len, prompts=args.prompts, group=args.group,
+                           attention=args.attention)
             summaries.append(summary)
             print(json.dumps(summary), flush=True)
             if args.out:

@@ -117,15 +117,18 @@ def test_rl_step_workers_get_every_setting():
     given = p.parse_args(["--shape", "tiny", "--layers", "3", "--max-len", "64", "--prompts", "2", "--group", "4",
                           "--steps", "2", "--warmup-len", "16", "--micro-tokens", "512", "--gpu-memory-utilization",
                           "0.3", "--reward-workers", "1", "--no-compile", "--recompute", "--keep-logits",
-                          "--accelerator", "cpu", "--backend", "torch,megatron", "--logs", "/tmp/logs"])
+                          "--attention", "te", "--accelerator", "cpu", "--backend", "torch,megatron",
+                          "--logs", "/tmp/logs"])
     seen = p.parse_args(b.worker_settings(given))
     settings = {k: v for k, v in vars(given).items() if k not in b.DRIVER_ONLY}
     assert {k: getattr(seen, k) for k in settings} == settings
     assert settings["keep_logits"] and settings["recompute"] and not settings["compile"]
+    assert settings["attention"] == "te"
     assert b.worker_settings(p.parse_args([])) == ["--shape", "1.5b", "--max-len", "8192", "--prompts", "64",
                                                   "--group", "8", "--steps", "1", "--warmup-len", "512",
                                                   "--micro-tokens", "16384", "--gpu-memory-utilization", "0.5",
-                                                  "--reward-workers", "4", "--accelerator", "gpu"]
+                                                  "--reward-workers", "4", "--attention", "auto",
+                                                  "--accelerator", "gpu"]
 
 
 def test_rl_step_summary_gives_the_updates_mfu_and_the_not_generation_floor():
