@@ -107,9 +107,10 @@ def build_experience(groups: Sequence[Group], advantage: AdvantageConfig, overlo
     of at most ``micro_batch_tokens`` tokens (or the longest sequence, if longer).
 
     threads: torch's CPU threads for the tensor work (None: the process's). One by default: each op is
-    memory-bound and small, and from 32,768 elements (a 32K response) torch runs it as a parallel region
-    that stalls while the host's cores are busy (2.1M tokens of 32K responses took 6.3 s on the GPU
-    machine; on two busy cores 0.40 s on one thread against 2.05 s on two: docs/performance.md).
+    memory-bound and small, and above a size threshold (32,768 elements for elementwise ops: a 32K
+    response) torch runs it as a parallel region, which stalls while the host's cores are busy (2.1M
+    tokens of 32K responses took 6.3 s on the GPU machine; on two busy cores 0.40 s on one thread
+    against 2.05 s on two: docs/performance.md).
     """
     with cpu_threads(threads):
         return _build(groups, advantage, overlong_filter, micro_batch_tokens, max_response_len)
