@@ -55,6 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.shapes import SHAPES, shape_config  # noqa: E402
+from nemo_ext.backends.attention import ATTENTION  # noqa: E402
 
 PHASES = ("generate", "score", "gather", "advantages", "sleep", "logprobs", "train", "sync", "wake", "collect")
 
@@ -336,7 +337,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="trainer.compile=false")
     p.add_argument("--recompute", action="store_true", help="trainer.activation_checkpointing=true")
     p.add_argument("--keep-logits", action="store_true", help="model.keep_logits=true")
-    p.add_argument("--attention", choices=["auto", "varlen", "te"], default="auto",
+    p.add_argument("--attention", choices=list(ATTENTION), default="auto",
                    help="model.attn_implementation (the torch backend's packed attention; te: TE's cuDNN attention)")
     p.add_argument("--accelerator", choices=["gpu", "cpu"], default="gpu")
     p.add_argument("--logs", default=None, help="a directory for each worker's log (created)")

@@ -48,6 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.shapes import SHAPES, shape_config  # noqa: E402
+from nemo_ext.backends.attention import ATTENTION  # noqa: E402
 from nemo_ext.garbage_collection import PauseRecorder, collect_between_steps  # noqa: E402
 
 GC_PAUSES = PauseRecorder()  # the collections during the timed steps
@@ -299,7 +300,6 @@ def oom_fallbacks(backend: str) -> list[str]:
 # The driver's own options (the FP8 ones, the attention and recompute are handed over per run, by
 # ``run_backend``); every other one is a setting its workers get.
 DRIVER_ONLY = {"backend", "out", "worker", "model_dir", "result", "fp8", "fp8_recipe", "recompute", "attention"}
-ATTENTIONS = ("auto", "varlen", "te")
 
 
 def worker_settings(args) -> list[str]:
@@ -313,8 +313,8 @@ def planned_runs(args) -> list[tuple[str, str | None, str | None]]:
     """(backend, FP8 recipe, attention) of each run: every recipe of ``--fp8-recipe`` for a ``*_fp8``
     backend, every attention of ``--attention`` for a torch one; None where the setting does not apply."""
     attentions = args.attention.split(",")
-    if not set(attentions) <= set(ATTENTIONS):
-        raise SystemExit(f"--attention {args.attention!r}: expected a comma-separated subset of {ATTENTIONS}")
+    if not set(attentions) <= ATTENTION.keys():
+        raise SystemExit(f"--attention {args.attention!r}: expected a comma-separated subset of {tuple(ATTENTION)}")
     return [(b, recipe, attention) for b in args.backend.split(",")
             for recipe in (args.fp8_recipe.split(",") if "fp8" in b.split("_") else [None])
             for attention in (attentions if b.startswith("torch") else [None])]

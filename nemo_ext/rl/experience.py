@@ -113,40 +113,35 @@ def build_experience(groups: Sequence[Group], advantage: AdvantageConfig, overlo
     against 2.05 s on two: docs/performance.md).
     """
     with cpu_threads(threads):
-        return _build(groups, advantage, overlong_filter, micro_batch_tokens, max_response_len)
+        responses = step_tensors(groups)
+        advantages = group_advantages(responses.rewards, advantage.estimator, advantage.eps)
+        weights = overlong_weights(responses.truncated, overlong_filter)
+        live = (advantages != 0) & (weights > 0) & (responses.lengths > 0)
+        seqs, trained_mask, fields = [], [], {ADVANTAGES: [], WEIGHTS: [], ROLLOUT_LOGPROBS: []}
+        for n, group in enumerate(groups):
+            prompt = torch.tensor(group.prompt_ids, dtype=torch.long)
+            prompt_zeros = torch.zeros(len(prompt))
+            for g, completion in enumerate(group.completions):
+                resp = torch.as_tensor(completion.token_ids, dtype=torch.long)
+                seqs.append(torch.cat([prompt, resp]))
+                trained_mask.append(torch.cat([prompt_zeros, torch.ones(len(resp))]))
+                fields[ADVANTAGES].append(torch.cat([prompt_zeros, torch.full((len(resp),), float(advantages[n, g]))]))
+                fields[WEIGHTS].append(torch.cat([prompt_zeros, torch.full((len(resp),), float(weights[n, g]))]))
+                logprobs = (torch.zeros(len(resp)) if completion.logprobs is None
+                            else torch.as_tensor(completion.logprobs, dtype=torch.float32))
+                fields[ROLLOUT_LOGPROBS].append(torch.cat([prompt_zeros, logprobs]))
+        bin_size = max(micro_batch_tokens, max(len(s) for s in seqs))
 
+        def pack(part: list[int]) -> list[PackedBatch]:
+            bins = [[part[j] for j in b] for b in first_fit_decreasing([len(seqs[i]) for i in part], bin_size)]
+            return [pack_sequences([seqs[i] for i in b], [trained_mask[i] for i in b],
+                                   {k: [v[i] for i in b] for k, v in fields.items()}) for b in bins]
 
-def _build(groups: Sequence[Group], advantage: AdvantageConfig, overlong_filter: bool,
-           micro_batch_tokens: int, max_response_len: int) -> ExperienceBatch:
-    responses = step_tensors(groups)
-    advantages = group_advantages(responses.rewards, advantage.estimator, advantage.eps)
-    weights = overlong_weights(responses.truncated, overlong_filter)
-    live = (advantages != 0) & (weights > 0) & (responses.lengths > 0)
-    seqs, trained_mask, fields = [], [], {ADVANTAGES: [], WEIGHTS: [], ROLLOUT_LOGPROBS: []}
-    for n, group in enumerate(groups):
-        prompt = torch.tensor(group.prompt_ids, dtype=torch.long)
-        prompt_zeros = torch.zeros(len(prompt))
-        for g, completion in enumerate(group.completions):
-            resp = torch.as_tensor(completion.token_ids, dtype=torch.long)
-            seqs.append(torch.cat([prompt, resp]))
-            trained_mask.append(torch.cat([prompt_zeros, torch.ones(len(resp))]))
-            fields[ADVANTAGES].append(torch.cat([prompt_zeros, torch.full((len(resp),), float(advantages[n, g]))]))
-            fields[WEIGHTS].append(torch.cat([prompt_zeros, torch.full((len(resp),), float(weights[n, g]))]))
-            logprobs = (torch.zeros(len(resp)) if completion.logprobs is None
-                        else torch.as_tensor(completion.logprobs, dtype=torch.float32))
-            fields[ROLLOUT_LOGPROBS].append(torch.cat([prompt_zeros, logprobs]))
-    bin_size = max(micro_batch_tokens, max(len(s) for s in seqs))
-
-    def pack(part: list[int]) -> list[PackedBatch]:
-        bins = [[part[j] for j in b] for b in first_fit_decreasing([len(seqs[i]) for i in part], bin_size)]
-        return [pack_sequences([seqs[i] for i in b], [trained_mask[i] for i in b],
-                               {k: [v[i] for i in b] for k, v in fields.items()}) for b in bins]
-
-    flat = live.flatten().tolist()
-    trained = pack([i for i, on in enumerate(flat) if on])
-    untrained = pack([i for i, on in enumerate(flat) if not on])
-    normalizer = loss_normalizer(trained + untrained, max_response_len, run=trained)
-    return ExperienceBatch(responses, advantages, weights, trained, untrained, normalizer)
+        flat = live.flatten().tolist()
+        trained = pack([i for i, on in enumerate(flat) if on])
+        untrained = pack([i for i, on in enumerate(flat) if not on])
+        normalizer = loss_normalizer(trained + untrained, max_response_len, run=trained)
+        return ExperienceBatch(responses, advantages, weights, trained, untrained, normalizer)
 
 
 def logprob_pass_stats(
