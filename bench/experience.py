@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -97,9 +98,17 @@ def median_time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+# Spins until its parent is gone: a bench killed by a timeout's SIGTERM runs no ``finally``, and the
+# spinners, in sessions of their own, would outlive it (on the GPU machine, 2026-12-04: spinning on
+# into the next phase, and holding the output pipe open so that ``| tee`` never returned).
+SPIN_WHILE_PARENT_LIVES = "import os, sys\nparent = int(sys.argv[1])\nwhile os.getppid() == parent: pass\n"
+
+
 def spinning(count: int) -> list[subprocess.Popen]:
-    """``count`` processes that keep a core busy until terminated."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(count)]
+    """``count`` processes that keep a core busy until terminated or until this process exits."""
+    return [subprocess.Popen([sys.executable, "-c", SPIN_WHILE_PARENT_LIVES, str(os.getpid())], start_new_session=True,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(count)]
 
 
 def main() -> None:

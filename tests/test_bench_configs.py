@@ -5,7 +5,10 @@ runs there must not first meet a renamed config key there (bench/fp8_convergence
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +110,34 @@ def test_experience_bench_baseline_builds_the_loops_micro_batches():
     with pytest.raises(AssertionError, match="rollout_logprobs"):
         b.assert_same_micro_batches(build_experience(groups, AdvantageConfig(), False, 400, 40).trained,
                                     reference)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_experience_bench_spinners_end_with_a_killed_bench():
+    """bench/experience.py --busy: a bench killed outright (a timeout's signal; no ``finally`` runs)
+    leaves no spinning process behind, and none of them keeps its output pipe open (a ``| tee`` after
+    it would wait for ever, as on the GPU machine on 2026-12-04)."""
+    child_code = (f"import importlib.util, sys, time\n"
+                  f"spec = importlib.util.spec_from_file_location('b', {str(ROOT / 'bench' / 'experience.py')!r})\n"
+                  f"b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)\n"
+                  f"print(*[p.pid for p in b.spinning(2)], flush=True)\n"
+                  f"time.sleep(120)\n")
+    child = subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    spinners = [int(pid) for pid in child.stdout.readline().split()]
+    assert len(spinners) == 2 and all(_alive(pid) for pid in spinners)
+    child.kill()
+    child.communicate(timeout=10)  # the pipe reaches EOF: no spinner holds it
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in spinners) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in spinners), "a spinner outlived the bench"
 
 
 def test_rl_step_workers_get_every_setting():
