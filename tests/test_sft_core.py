@@ -3,11 +3,13 @@ gradients, the packed-batch layout, and loss accumulation over micro-batches."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from nemo_ext.backends.attention import VARLEN_ATTENTION, packed_attention_kwargs
+from nemo_ext.backends.attention import TE_ATTENTION, VARLEN_ATTENTION, attention_name, packed_attention_kwargs
 from nemo_ext.backends.logprobs import token_logprobs
 from nemo_ext.backends.schedule import LRSchedule
 from nemo_ext.data.batch import pack_sequences
@@ -41,6 +43,20 @@ def test_packed_attention_equals_each_sequence_alone(tiny_model_dir):
     alone.sum().backward()
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(packed_grad, model.model.layers[0].self_attn.q_proj.weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_names_refuse_what_cannot_run():
+    """model.attn_implementation: an unknown value is refused naming the key and the choices; te is
+    refused where Transformer Engine is missing (this machine), at model load."""
+    assert attention_name("auto") == attention_name("varlen") == VARLEN_ATTENTION
+    expected = r"model.attn_implementation='flash3'; expected one of \['auto', 'te', 'varlen'\]"
+    with pytest.raises(ValueError, match=expected):
+        attention_name("flash3")
+    if importlib.util.find_spec("transformer_engine") is None:
+        with pytest.raises(ValueError, match="model.attn_implementation=te needs Transformer Engine"):
+            attention_name("te")
+    else:
+        assert attention_name("te") == TE_ATTENTION
 
 
 @pytest.mark.parametrize("keep_logits", [False, True], ids=["recomputed", "kept"])

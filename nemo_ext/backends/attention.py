@@ -8,6 +8,8 @@ already threads through every layer (``cu_seq_lens_q`` ...), so no model code is
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
@@ -40,9 +42,15 @@ for _name, _kernel in ((VARLEN_ATTENTION, packed_causal_attention), (TE_ATTENTIO
 
 
 def attention_name(attn_implementation: str) -> str:
-    """The registered attention of ``model.attn_implementation``; an unknown value names the key."""
+    """The registered attention of ``model.attn_implementation``; an unknown value, or ``te`` where
+    Transformer Engine is not installed, is refused naming the key (at model load, not at the first
+    forward after vLLM has started)."""
     if attn_implementation not in ATTENTION:
         raise ValueError(f"model.attn_implementation={attn_implementation!r}; expected one of {sorted(ATTENTION)}")
+    if ATTENTION[attn_implementation] == TE_ATTENTION and importlib.util.find_spec("transformer_engine") is None:
+        raise ValueError("model.attn_implementation=te needs Transformer Engine (transformer_engine is not installed; "
+                         "NVIDIA's PyTorch containers have it); set model.attn_implementation=varlen to use torch's "
+                         "flash-attention kernel instead")
     return ATTENTION[attn_implementation]
 
 
