@@ -270,23 +270,41 @@ DRIVER_ONLY = {"backend", "ceiling", "measure_ceiling", "logs", "out", "worker",
                "result"}
 
 
-def worker_settings(args) -> list[str]:
-    """``args``' settings as the workers' command-line options (``bench.worker_args``)."""
+def worker_settings(args, attention: str | None = None) -> list[str]:
+    """``args``' settings as the workers' command-line options (``bench.worker_args``), with one run's
+    ``attention`` (default: the first of ``--attention``; the ceiling's engine has no trainer)."""
     from bench.worker_args import worker_settings as settings
 
-    return settings(parser(), args, DRIVER_ONLY)
+    one_run = argparse.Namespace(**{**vars(args), "attention": attention or args.attention.split(",")[0]})
+    return settings(parser(), one_run, DRIVER_ONLY)
 
 
-def run_worker(args, worker: str, result: Path, backend: str | None = None) -> dict:
+def planned_runs(args) -> list[tuple[str, str]]:
+    """(backend, attention) of each step run: every attention of ``--attention`` for the torch backend,
+    the first alone for megatron (whose layer spec brings its own attention)."""
+    attentions = args.attention.split(",")
+    if not set(attentions) <= ATTENTION.keys():
+        raise SystemExit(f"--attention {args.attention!r}: expected a comma-separated subset of {tuple(ATTENTION)}")
+    return [(backend, attention) for backend in args.backend.split(",") if backend != "none"
+            for attention in (attentions if backend == "torch" else attentions[:1])]
+
+
+def run_label(backend: str, attention: str, args) -> str:
+    """``torch[te]`` where the run compares attentions, else the backend's name."""
+    return f"{backend}[{attention}]" if backend == "torch" and "," in args.attention else backend
+
+
+def run_worker(args, worker: str, result: Path, backend: str | None = None, attention: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", worker, "--model-dir", args.model_dir, "--result", str(result),
-           *(["--backend-name", backend] if backend else []), *worker_settings(args)]
+           *(["--backend-name", backend] if backend else []), *worker_settings(args, attention)]
     print("+", " ".join(cmd), flush=True)
-    log = Path(args.logs) / f"{worker}{'_' + backend if backend else ''}.log" if args.logs else None
+    name = run_label(backend, attention, args) if backend else None
+    log = Path(args.logs) / f"{worker}{'_' + name if name else ''}.log" if args.logs else None
     with (log.open("w") if log else open(os.devnull, "w")) as sink:
         proc = subprocess.run(cmd, stdout=sink if log else None, stderr=subprocess.STDOUT if log else None)
     if proc.returncode != 0:
         tail = log.read_text()[-4000:] if log else ""
-        raise RuntimeError(f"{worker} {backend or ''} failed (exit {proc.returncode}):\n{tail}")
+        raise RuntimeError(f"{worker} {name or ''} failed (exit {proc.returncode}):\n{tail}")
     return json.loads(result.read_text())
 
 
@@ -337,8 +355,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="trainer.compile=false")
     p.add_argument("--recompute", action="store_true", help="trainer.activation_checkpointing=true")
     p.add_argument("--keep-logits", action="store_true", help="model.keep_logits=true")
-    p.add_argument("--attention", choices=list(ATTENTION), default="auto",
-                   help="model.attn_implementation (the torch backend's packed attention; te: TE's cuDNN attention)")
+    p.add_argument("--attention", default="auto",
+                   help="model.attn_implementation of the torch backend's steps, comma-separated: one step each "
+                        f"(of {', '.join(ATTENTION)}; te: TE's cuDNN attention)")
     p.add_argument("--accelerator", choices=["gpu", "cpu"], default="gpu")
     p.add_argument("--logs", default=None, help="a directory for each worker's log (created)")
     p.add_argument("--out", default=None, help="append the summaries as JSON lines here")
@@ -359,6 +378,7 @@ def main() -> None:
         return
     from nemo_ext.observe import peak_flops
 
+    runs = planned_runs(args)  # a bad --attention stops here, before the ceiling's generation
     if args.logs:
         Path(args.logs).mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -368,11 +388,13 @@ def main() -> None:
                         "--shape", args.shape, *(["--layers", str(args.layers)] if args.layers else [])], check=True)
         ceiling = load_or_measure_ceiling(args, Path(tmp)) if args.measure_ceiling else None
         summaries = []
-        for backend in [b for b in args.backend.split(",") if b != "none"]:
-            summary = summarize(backend, run_worker(args, "step", Path(tmp) / f"{backend}.json", backend), ceiling,
+        for backend, attention in runs:
+            name = run_label(backend, attention, args)
+            result = run_worker(args, "step", Path(tmp) / f"{name}.json", backend, attention)
+            summary = summarize(name, result, ceiling,
                                 peak_flops(torch.device("cuda")) if torch.cuda.is_available() else None)
             summary.update(card=card, shape=args.shape, max_len=args.max_len, prompts=args.prompts, group=args.group,
-                           attention=args.attention)
+                           attention=attention)
             summaries.append(summary)
             print(json.dumps(summary), flush=True)
             if args.out:

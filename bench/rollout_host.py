@@ -6,6 +6,7 @@ alternating in one process; and, for scale, the rollout setting unseeded (vLLM's
 generator per response: what per-response seeds cost).
 
     PYTHONPATH=. .venv/bin/python bench/rollout_host.py [--requests 256] [--max-tokens 128]
+    python3 bench/rollout_host.py --shape 1.5b --requests 512 --max-tokens 1024 --variants rollout,rollout_unseeded
 
 With hundreds of responses in flight, vLLM's per-token host work (its incremental detokenizer, one
 decode per sampled token's log-prob entry, a ``Logprob`` and a dict per token, every request's output
@@ -13,21 +14,28 @@ rebuilt at every step) runs between decode steps and bounds decode speed (docs/p
 "Generation is host-bound"). On the CPU with the tiny model the forward pass is cheap, so the ratio
 is mostly that host work; on a GPU the same Python runs between CUDA-graph steps (``python3
 bench/rollout_host.py`` there: the tiny model's forward is negligible, so it measures the GPU host's
-rate). The seeded settings sample identical tokens with identical log-probs and texts (checked here).
-The tiny checkpoint is built here, never downloaded.
+rate). ``--shape 1.5b`` runs a real shape on random weights instead, in the process as the rollout
+engine runs it (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so that the host work is timed against real
+decode steps. The seeded settings sample identical tokens with identical log-probs and texts
+(checked here, among those run). The checkpoints are built here, never downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from vllm import SamplingParams
 
+from bench.shapes import SHAPES
 from bench.tiny_vllm import best_of, tiny_engine_and_prompts
 from nemo_ext.generation import Completion, _completion, generate
 
 GROUP = 8
+# vllm_defaults: vLLM's LLM.generate as it comes; vllm_no_detokenize: the same, detokenizing off;
+# rollout: generation.generate as the rollout engine calls it; rollout_unseeded: the same, no seeds
+VARIANTS = ("vllm_defaults", "vllm_no_detokenize", "rollout", "rollout_unseeded")
 
 
 def main() -> None:
@@ -35,8 +43,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256, help=f"responses in flight (prompts x {GROUP})")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shape", choices=["tiny", *sorted(SHAPES)], default="tiny",
+                        help="tiny: the project's tiny model; else that shape on random weights (a GPU)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.7, help="the one-GPU recipe's share")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {', '.join(VARIANTS)}; the first is the speedups' baseline")
     args = parser.parse_args()
-    llm, prompts = tiny_engine_and_prompts(args.requests // GROUP, max_model_len=512)
+    chosen = args.variants.split(",")
+    if unknown := sorted(set(chosen) - set(VARIANTS)):
+        parser.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # as nemo_ext.rl.rollout runs the engine
+    engine_kwargs = {} if args.shape == "tiny" else {"gpu_memory_utilization": args.gpu_memory_utilization}
+    llm, prompts = tiny_engine_and_prompts(args.requests // GROUP, max_model_len=args.max_tokens + 256,
+                                           shape=args.shape, **engine_kwargs)
     sampling = dict(temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, ignore_eos=True)
 
     def vllm_generate(detokenize: bool) -> list[Completion]:
@@ -51,21 +70,19 @@ def main() -> None:
         groups = generate(llm, prompts, n=GROUP, seed=seed, logprobs=True, detokenize=False, **sampling)
         return [c for g in groups for c in g]
 
-    variants = {"vllm_defaults": lambda: vllm_generate(True), "vllm_no_detokenize": lambda: vllm_generate(False),
-                "rollout": lambda: ours(list(range(len(prompts)))), "rollout_unseeded": lambda: ours(None)}
-    variants["vllm_defaults"]()  # warm-up
+    runs = {"vllm_defaults": lambda: vllm_generate(True), "vllm_no_detokenize": lambda: vllm_generate(False),
+            "rollout": lambda: ours(list(range(len(prompts)))), "rollout_unseeded": lambda: ours(None)}
+    variants = {name: runs[name] for name in chosen}
+    variants[chosen[0]]()  # warm-up
     best, samples = best_of(variants, args.repeats)
-
-    def sample_facts(name: str) -> list[tuple]:
-        return [(c.token_ids, c.logprobs, c.text) for c in samples[name]]
-
-    same = sample_facts("vllm_defaults") == sample_facts("vllm_no_detokenize") == sample_facts("rollout")
-    tokens = sum(len(c.token_ids) for c in samples["rollout"])
-    print(json.dumps({"requests": len(samples["rollout"]), "generated_tokens": tokens, "identical_samples": same,
+    seeded = [name for name in chosen if name != "rollout_unseeded"]
+    facts = [[(c.token_ids, c.logprobs, c.text) for c in samples[name]] for name in seeded]
+    tokens = sum(len(c.token_ids) for c in samples[chosen[0]])
+    print(json.dumps({"shape": args.shape, "requests": len(samples[chosen[0]]), "generated_tokens": tokens,
+                      "identical_samples": all(f == facts[0] for f in facts),
                       **{f"{v}_tokens_per_s": round(tokens / best[v]) for v in variants},
-                      "rollout_speedup": round(best["vllm_defaults"] / best["rollout"], 3),
-                      "no_detokenize_speedup": round(best["vllm_defaults"] / best["vllm_no_detokenize"], 3),
-                      "unseeded_speedup": round(best["rollout"] / best["rollout_unseeded"], 3)}))
+                      **{f"{v}_speedup": round(best[chosen[0]] / best[v], 3) for v in chosen[1:]},
+                      "baseline": chosen[0]}))
 
 
 if __name__ == "__main__":

@@ -162,6 +162,24 @@ def test_rl_step_workers_get_every_setting():
                                                   "--accelerator", "gpu"]
 
 
+def test_rl_step_runs_the_torch_backend_once_per_attention():
+    """bench/rl_step.py --attention varlen,te: one torch step each (a same-run A/B), megatron once;
+    each worker gets its own attention, and a bad name stops the run before the ceiling."""
+    b = bench("rl_step")
+    p = b.parser()
+    args = p.parse_args(["--backend", "torch,megatron", "--attention", "varlen,te"])
+    assert b.planned_runs(args) == [("torch", "varlen"), ("torch", "te"), ("megatron", "varlen")]
+    assert [b.run_label(*run, args) for run in b.planned_runs(args)] == ["torch[varlen]", "torch[te]", "megatron"]
+    for attention in ("varlen", "te"):
+        assert p.parse_args(b.worker_settings(args, attention)).attention == attention
+    assert p.parse_args(b.worker_settings(args)).attention == "varlen"  # the ceiling's
+    one = p.parse_args(["--backend", "torch"])
+    assert b.planned_runs(one) == [("torch", "auto")] and b.run_label("torch", "auto", one) == "torch"
+    assert b.planned_runs(p.parse_args(["--backend", "none"])) == []
+    with pytest.raises(SystemExit, match="--attention 'varlen,flash3'"):
+        b.planned_runs(p.parse_args(["--attention", "varlen,flash3"]))
+
+
 def test_rl_step_summary_gives_the_updates_mfu_and_the_not_generation_floor():
     b = bench("rl_step")
     warmup = {"step_s": 50.0, "tokens": 10, "generate_s": 5.0, "train_s": 40.0, "train_flop": 1e12}
