@@ -198,6 +198,7 @@ def recipe(args) -> dict:
     return {"rows": rows, "wall_s": time.perf_counter() - start, "max_response_len": first.max_response_len,
             "group_size": first.group_size, "micro_batch_tokens": cfg.policy.micro_batch_tokens,
             "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
+            "attn_implementation": cfg.model.attn_implementation,
             "exported": (Path(cfg.output_dir) / "stages" / first.name / "hf" / "config.json").exists()}
 
 

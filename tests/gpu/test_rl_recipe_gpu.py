@@ -22,9 +22,11 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(cuda_vllm_missing() is not Non
 def test_the_one_gpu_recipe_runs_three_steps_at_its_lengths(tmp_path):
     r = run_worker(tmp_path, "recipe", "torch", str(tmp_path / "random_1.5b"), steps=3, prompts=8, probe_prompts=2)
     steps = [row for row in r["rows"] if "time/step" in row]
-    print("one-GPU recipe:", r["wall_s"], [{k: row[k] for k in ("time/step", "time/generate", "response_length/mean",
-                                                                "mismatch/kl") if k in row} for row in steps])
+    keys = ("time/step", "time/generate", "response_length/mean", "mismatch/kl")
+    print("one-GPU recipe:", r["wall_s"], r["attn_implementation"],
+          [{k: row[k] for k in keys if k in row} for row in steps])
     assert r["max_response_len"] == 8192 and r["group_size"] == 8
+    assert r["attn_implementation"] == "te"  # the recipe's, TE's cuDNN attention in the log-prob pass
     assert len(steps) == 3
     assert all(row["response_length/max"] <= 8192 for row in steps)
     assert max(row["response_length/mean"] for row in steps) > 4096  # random weights run long
