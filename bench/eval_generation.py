@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.tiny_vllm import tiny_engine_and_prompts
+from bench.tiny_vllm import engine_and_prompts
 from nemo_ext.evaluation.records import RecordWriter
 from nemo_ext.generation import iter_generate
 
@@ -39,7 +39,7 @@ def main() -> None:
     from vllm import SamplingParams
 
     tmp = Path(tempfile.mkdtemp())  # the generation records
-    llm, prompts = tiny_engine_and_prompts(args.prompts, max_model_len=1024)
+    llm, prompts = engine_and_prompts(args.prompts, max_model_len=1024)
     seeds = [1000 * i for i in range(len(prompts))]
     sampling = {"temperature": 0.6, "top_p": 0.95, "max_tokens": args.max_tokens}
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.tiny_vllm import best_of, tiny_engine_and_prompts
+from bench.tiny_vllm import best_of, engine_and_prompts
 from nemo_ext.generation import Completion, generate
 
 # the candidate temperatures of the AceReason configs' probe (recipes/conf/rl/acereason_7b.yaml)
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    llm, prompts = tiny_engine_and_prompts(args.prompts, max_model_len=512)
+    llm, prompts = engine_and_prompts(args.prompts, max_model_len=512)
     seeds = [1000 * i for i in range(len(prompts))]
     common = dict(n=args.group, top_p=1.0, max_tokens=args.max_tokens, logprobs=True, detokenize=False)
 

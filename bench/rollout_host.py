@@ -29,7 +29,7 @@ import os
 from vllm import SamplingParams
 
 from bench.shapes import SHAPES
-from bench.tiny_vllm import best_of, tiny_engine_and_prompts
+from bench.tiny_vllm import best_of, engine_and_prompts
 from nemo_ext.generation import Completion, _completion, generate
 
 GROUP = 8
@@ -54,7 +54,7 @@ def main() -> None:
         parser.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # as nemo_ext.rl.rollout runs the engine
     engine_kwargs = {} if args.shape == "tiny" else {"gpu_memory_utilization": args.gpu_memory_utilization}
-    llm, prompts = tiny_engine_and_prompts(args.requests // GROUP, max_model_len=args.max_tokens + 256,
+    llm, prompts = engine_and_prompts(args.requests // GROUP, max_model_len=args.max_tokens + 256,
                                            shape=args.shape, **engine_kwargs)
     sampling = dict(temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, ignore_eos=True)
 

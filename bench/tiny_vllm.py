@@ -23,7 +23,7 @@ from nemo_ext.models.tiny import build_tiny_checkpoint
 T = TypeVar("T")
 
 
-def tiny_engine_and_prompts(prompts: int, max_model_len: int, shape: str = "tiny", **engine_kwargs):
+def engine_and_prompts(prompts: int, max_model_len: int, shape: str = "tiny", **engine_kwargs):
     """A vLLM engine and ``prompts`` rendered math prompts. ``shape``: ``tiny``, a freshly built tiny
     checkpoint, or a ``bench.shapes`` name (``1.5b``, ``7b``) on random weights with the tiny
     tokenizer; ``engine_kwargs`` go to ``generation.build_engine``."""
