@@ -25,22 +25,41 @@ nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,nohe
 python3 -c "import torch, vllm, transformer_engine, megatron.core as m; print('torch', torch.__version__, 'vllm', vllm.__version__, 'te', transformer_engine.__version__, 'mcore', m.__version__)" 2>&1 | tail -1
 phase=$1; shift
 T=${PHASE_TIMEOUT:-540}
+# run LOG NOISE LINES CMD...: CMD under the phase's limit (SIGTERM at T s, SIGKILL 20 s later), its output
+# appended to $OUT/LOG, then that log's last LINES lines without those matching NOISE ("": none). A file,
+# not a pipe through tee: a process CMD leaves behind (in a session of its own) would hold a pipe open and
+# the call would wait on it to its end (the GPU machine, 2026-12-04).
+run() {
+  local log=$OUT/$1 noise=$2 lines=$3; shift 3
+  timeout -k 20 "$T" "$@" >> "$log" 2>&1
+  local rc=$?
+  if [[ -n $noise ]]; then grep -av -e "$noise" "$log"; else cat "$log"; fi | tail -n "$lines"
+  if [[ $rc == 124 || $rc == 137 ]]; then echo "stopped at PHASE_TIMEOUT=$T s"; fi
+  return $rc
+}
+NONE=''
+VLLM_NOISE='^INFO\|^(\|WARNING'
 case $phase in
-  rollout) timeout $T python3 -m pytest -q -m gpu tests/gpu/test_rollout_gpu.py -s -p no:cacheprovider -k "${1:-not (expandable and megatron) and not (learns and megatron)}" 2>&1 | tee -a $OUT/rollout.log | grep -v "^INFO\|^(\|WARNING" | tail -60 ;;
-  megatron) timeout $T python3 -m pytest -q -m gpu tests/gpu/test_megatron_gpu.py tests/gpu/test_torch_backend_gpu.py -s -p no:cacheprovider -k "${1:-not nothing}" 2>&1 | tee -a $OUT/megatron.log | tail -60 ;;
-  recipe) timeout $T python3 -m pytest -q -m gpu tests/gpu/test_rl_recipe_gpu.py -s -p no:cacheprovider 2>&1 | tee -a $OUT/recipe.log | grep -v "^INFO\|^(" | tail -40 ;;
-  rlstep) mkdir -p /tmp/rlstep; timeout $T python3 bench/rl_step.py --logs /tmp/rlstep --out $OUT/rl_step.jsonl "$@" 2>&1 | tee -a $OUT/rl_step.log | tail -30; tar czf $OUT/rl_step_workers.tgz -C /tmp rlstep ;;
-  sft) mkdir -p /tmp/sftlogs; timeout $T python3 bench/sft_throughput.py --worker-logs /tmp/sftlogs --out $OUT/sft.jsonl "$@" 2>&1 | tee -a $OUT/sft.log | tail -30; tar czf $OUT/sft_workers.tgz -C /tmp sftlogs ;;
-  fp8gemm) timeout $T python3 bench/fp8_gemm.py --out $OUT/fp8_gemm.jsonl "$@" 2>&1 | tee -a $OUT/fp8_gemm.log | tail -30 ;;
-  experience) timeout $T python3 bench/experience.py "$@" 2>&1 | tee -a $OUT/experience.log | tail -5 ;;
-  rollouthost) timeout $T python3 bench/rollout_host.py "$@" 2>&1 | tee -a $OUT/rollout_host.log | grep -v "^INFO\|^(\|WARNING" | tail -5 ;;
-  fp8conv) timeout $T python3 bench/fp8_convergence.py --out-dir /tmp/fp8conv "$@" 2>&1 | tee -a $OUT/fp8conv.log | tail -30
+  rollout) run rollout.log "$VLLM_NOISE" 60 python3 -m pytest -q -m gpu tests/gpu/test_rollout_gpu.py -s -p no:cacheprovider \
+      -k "${1:-not (expandable and megatron) and not (learns and megatron)}" ;;
+  megatron) run megatron.log "$NONE" 60 python3 -m pytest -q -m gpu tests/gpu/test_megatron_gpu.py \
+      tests/gpu/test_torch_backend_gpu.py -s -p no:cacheprovider -k "${1:-not nothing}" ;;
+  recipe) run recipe.log "^INFO\|^(" 40 python3 -m pytest -q -m gpu tests/gpu/test_rl_recipe_gpu.py -s -p no:cacheprovider ;;
+  rlstep) mkdir -p /tmp/rlstep; run rl_step.log "$NONE" 30 python3 bench/rl_step.py --logs /tmp/rlstep --out $OUT/rl_step.jsonl "$@"
+    tar czf $OUT/rl_step_workers.tgz -C /tmp rlstep ;;
+  sft) mkdir -p /tmp/sftlogs; run sft.log "$NONE" 30 python3 bench/sft_throughput.py --worker-logs /tmp/sftlogs --out $OUT/sft.jsonl "$@"
+    tar czf $OUT/sft_workers.tgz -C /tmp sftlogs ;;
+  fp8gemm) run fp8_gemm.log "$NONE" 30 python3 bench/fp8_gemm.py --out $OUT/fp8_gemm.jsonl "$@" ;;
+  experience) run experience.log "$NONE" 5 python3 bench/experience.py "$@" ;;
+  rollouthost) run rollout_host.log "$VLLM_NOISE" 5 python3 bench/rollout_host.py "$@" ;;
+  fp8conv) run fp8conv.log "$NONE" 30 python3 bench/fp8_convergence.py --out-dir /tmp/fp8conv "$@"
     cp /tmp/fp8conv/losses.json /tmp/fp8conv/fp8_convergence.png $OUT/ 2>/dev/null; tar czf $OUT/fp8conv_logs.tgz -C /tmp fp8conv ;;
   start) rm -rf /tmp/detached_out && mkdir -p /tmp/detached_out
     OUT=/tmp/detached_out PHASE_TIMEOUT=${DETACHED_TIMEOUT:-1700} bash scripts/detach.sh start /tmp/detached \
       bash scripts/gpu_run.sh "$@" ;;
   wait) bash scripts/detach.sh wait /tmp/detached $T
     cp -r /tmp/detached_out/. $OUT/ 2>/dev/null; cp /tmp/detached/log $OUT/detached.log 2>/dev/null
-    tail -40 /tmp/detached/log ;;
+    tail -20 /tmp/detached/log
+    for log in /tmp/detached_out/*.log; do [[ -f $log ]] && { echo "== $log"; tail -20 "$log"; }; done ;;
   *) echo "unknown phase $phase"; exit 2 ;;
 esac
