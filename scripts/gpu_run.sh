@@ -19,24 +19,12 @@ if [[ ! -f /tmp/site/.wheels.ok ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/* 2>&1 | grep -v "already exists" | tail -3
   touch /tmp/site/.wheels.ok
 fi
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PYTHONPATH NEMO_EXT_TINY_SFT=$PWD/.gpu/tiny_sft
+export OUT PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PYTHONPATH NEMO_EXT_TINY_SFT=$PWD/.gpu/tiny_sft
 [[ -d .gpu/tiny_sft ]] || unset NEMO_EXT_TINY_SFT
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader
 python3 -c "import torch, vllm, transformer_engine, megatron.core as m; print('torch', torch.__version__, 'vllm', vllm.__version__, 'te', transformer_engine.__version__, 'mcore', m.__version__)" 2>&1 | tail -1
 phase=$1; shift
-T=${PHASE_TIMEOUT:-540}
-# run LOG NOISE LINES CMD...: CMD under the phase's limit (SIGTERM at T s, SIGKILL 20 s later), its output
-# appended to $OUT/LOG, then that log's last LINES lines without those matching NOISE ("": none). A file,
-# not a pipe through tee: a process CMD leaves behind (in a session of its own) would hold a pipe open and
-# the call would wait on it to its end (the GPU machine, 2026-12-04).
-run() {
-  local log=$OUT/$1 noise=$2 lines=$3; shift 3
-  timeout -k 20 "$T" "$@" >> "$log" 2>&1
-  local rc=$?
-  if [[ -n $noise ]]; then grep -av -e "$noise" "$log"; else cat "$log"; fi | tail -n "$lines"
-  if [[ $rc == 124 || $rc == 137 ]]; then echo "stopped at PHASE_TIMEOUT=$T s"; fi
-  return $rc
-}
+run() { bash scripts/run_phase.sh "$@"; }  # LOG NOISE LINES CMD...: one phase, under PHASE_TIMEOUT
 NONE=''
 VLLM_NOISE='^INFO\|^(\|WARNING'
 case $phase in
@@ -57,7 +45,7 @@ case $phase in
   start) rm -rf /tmp/detached_out && mkdir -p /tmp/detached_out
     OUT=/tmp/detached_out PHASE_TIMEOUT=${DETACHED_TIMEOUT:-1700} bash scripts/detach.sh start /tmp/detached \
       bash scripts/gpu_run.sh "$@" ;;
-  wait) bash scripts/detach.sh wait /tmp/detached $T
+  wait) bash scripts/detach.sh wait /tmp/detached ${PHASE_TIMEOUT:-540}
     cp -r /tmp/detached_out/. $OUT/ 2>/dev/null; cp /tmp/detached/log $OUT/detached.log 2>/dev/null
     tail -20 /tmp/detached/log
     for log in /tmp/detached_out/*.log; do [[ -f $log ]] && { echo "== $log"; tail -20 "$log"; }; done ;;

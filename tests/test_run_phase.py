@@ -1,0 +1,43 @@
+"""scripts/run_phase.sh, one phase of scripts/gpu_run.sh on the GPU machine: the phase's limit holds
+even when the command leaves a process behind, and its log's tail comes back, filtered."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_PHASE = str(ROOT / "scripts" / "run_phase.sh")
+
+
+def _run_phase(out: Path, limit: int, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    done = subprocess.run(["bash", RUN_PHASE, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OUT": str(out), "PHASE_TIMEOUT": str(limit)})
+    return done, time.monotonic() - start
+
+
+def test_a_phase_ends_at_its_limit_though_its_command_left_a_process_holding_the_output(tmp_path):
+    # the child in a session of its own keeps the phase's stdout open for 30 s (as bench/experience.py's
+    # spinners did on 2026-12-04, when a pipe through tee then waited to the call's end)
+    script = f"setsid sleep 30 & echo $! > {tmp_path}/orphan; echo started; sleep 20; echo never"
+    done, seconds = _run_phase(tmp_path, 2, "phase.log", "", "5", "bash", "-c", script)
+    try:
+        assert seconds < 10, f"the phase took {seconds:.1f} s against its 2 s limit"
+        assert done.returncode == 124
+        assert done.stdout.splitlines() == ["started", "stopped at PHASE_TIMEOUT=2 s"]
+        assert (tmp_path / "phase.log").read_text() == "started\n"
+    finally:
+        subprocess.run(["kill", (tmp_path / "orphan").read_text().strip()], check=False)
+
+
+def test_a_phase_returns_its_commands_status_and_the_logs_tail_without_the_noise(tmp_path):
+    (tmp_path / "phase.log").write_text("from an earlier phase\n")
+    script = "for i in 1 2 3 4; do echo kept $i; echo INFO noise $i; done; exit 3"
+    done, _ = _run_phase(tmp_path, 30, "phase.log", "^INFO", "3", "bash", "-c", script)
+    assert done.returncode == 3
+    assert done.stdout.splitlines() == ["kept 2", "kept 3", "kept 4"]
+    assert (tmp_path / "phase.log").read_text().count("INFO noise") == 4  # the log keeps everything, appended
+    assert (tmp_path / "phase.log").read_text().startswith("from an earlier phase\n")
