@@ -5,6 +5,8 @@
 #   bash scripts/gpu_run.sh fp8conv [bench/fp8_convergence.py arguments]; rollouthost [bench/rollout_host.py ...]
 #   bash scripts/gpu_run.sh fp8gemm [bench/fp8_gemm.py arguments]; experience [bench/experience.py arguments]
 #   bash scripts/gpu_run.sh start PHASE [arguments]; then, in the next calls, bash scripts/gpu_run.sh wait
+#   bash scripts/gpu_run.sh plan FILE: FILE's lines in turn, each "SECONDS PHASE [arguments]" (# comments),
+#     within PHASE_TIMEOUT in all; as "start plan FILE", a session's GPU work runs unattended
 # start runs PHASE in a process session of its own, which outlives the call (the device tool kills
 # what a call leaves running, except a new session) and so can run longer than one call's 10 minutes,
 # under DETACHED_TIMEOUT seconds (default 1700; scripts/detach.sh); its logs go to /tmp/detached_out.
@@ -13,16 +15,19 @@
 # Each phase stops after PHASE_TIMEOUT seconds (default 540, within the 10-minute limit of a call),
 # so that two phases can share one call; logs go to $OUT (appended; at most 8 files).
 set -uo pipefail
-bash .gpu/stack/install.sh >/tmp/install.log 2>&1 || { cat /tmp/install.log; echo "stack incomplete"; exit 3; }
-. /tmp/site/env.sh
-if [[ ! -f /tmp/site/.wheels.ok ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/* 2>&1 | grep -v "already exists" | tail -3
-  touch /tmp/site/.wheels.ok
+if [[ -z ${GPU_RUN_READY:-} ]]; then  # set for the phases of a plan, which this process has prepared
+  bash .gpu/stack/install.sh >/tmp/install.log 2>&1 || { cat /tmp/install.log; echo "stack incomplete"; exit 3; }
+  . /tmp/site/env.sh
+  if [[ ! -f /tmp/site/.wheels.ok ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/* 2>&1 | grep -v "already exists" | tail -3
+    touch /tmp/site/.wheels.ok
+  fi
+  export OUT PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PYTHONPATH NEMO_EXT_TINY_SFT=$PWD/.gpu/tiny_sft
+  [[ -d .gpu/tiny_sft ]] || unset NEMO_EXT_TINY_SFT
+  nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader
+  python3 -c "import torch, vllm, transformer_engine, megatron.core as m; print('torch', torch.__version__, 'vllm', vllm.__version__, 'te', transformer_engine.__version__, 'mcore', m.__version__)" 2>&1 | tail -1
+  export GPU_RUN_READY=1
 fi
-export OUT PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PYTHONPATH NEMO_EXT_TINY_SFT=$PWD/.gpu/tiny_sft
-[[ -d .gpu/tiny_sft ]] || unset NEMO_EXT_TINY_SFT
-nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader
-python3 -c "import torch, vllm, transformer_engine, megatron.core as m; print('torch', torch.__version__, 'vllm', vllm.__version__, 'te', transformer_engine.__version__, 'mcore', m.__version__)" 2>&1 | tail -1
 phase=$1; shift
 run() { bash scripts/run_phase.sh "$@"; }  # LOG NOISE LINES CMD...: one phase, under PHASE_TIMEOUT
 NONE=''
@@ -42,6 +47,17 @@ case $phase in
   rollouthost) run rollout_host.log "$VLLM_NOISE" 5 python3 bench/rollout_host.py "$@" ;;
   fp8conv) run fp8conv.log "$NONE" 30 python3 bench/fp8_convergence.py --out-dir /tmp/fp8conv "$@"
     cp /tmp/fp8conv/losses.json /tmp/fp8conv/fp8_convergence.png $OUT/ 2>/dev/null; tar czf $OUT/fp8conv_logs.tgz -C /tmp fp8conv ;;
+  plan) deadline=$(( $(date +%s) + ${PHASE_TIMEOUT:-540} ))
+    while IFS= read -r line; do
+      [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+      read -r seconds rest <<< "$line"
+      left=$(( deadline - $(date +%s) ))
+      (( left < 30 )) && { echo "== skipped, ${left} s left: $line"; continue; }
+      echo "== $(date +%T) $line"
+      eval "PHASE_TIMEOUT=$(( seconds < left ? seconds : left )) bash scripts/gpu_run.sh $rest"
+      rc=$?
+      echo "== $(date +%T) rc=$rc"
+    done < "$1" ;;
   start) rm -rf /tmp/detached_out && mkdir -p /tmp/detached_out
     OUT=/tmp/detached_out PHASE_TIMEOUT=${DETACHED_TIMEOUT:-1700} bash scripts/detach.sh start /tmp/detached \
       bash scripts/gpu_run.sh "$@" ;;

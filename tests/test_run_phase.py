@@ -3,8 +3,11 @@ even when the command leaves a process behind, and its log's tail comes back, fi
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,3 +44,27 @@ def test_a_phase_returns_its_commands_status_and_the_logs_tail_without_the_noise
     assert done.stdout.splitlines() == ["kept 2", "kept 3", "kept 4"]
     assert (tmp_path / "phase.log").read_text().count("INFO noise") == 4  # the log keeps everything, appended
     assert (tmp_path / "phase.log").read_text().startswith("from an earlier phase\n")
+
+
+def test_a_plan_runs_its_phases_in_turn_and_skips_what_its_time_does_not_hold(tmp_path):
+    """scripts/gpu_run.sh plan FILE: each "SECONDS PHASE [arguments]" line in turn (a bad one does not
+    stop the rest), within PHASE_TIMEOUT in all. Run here on the CPU with the machine's preparation
+    (the GPU stack's install) marked done, as it is for a plan's own phases."""
+    plan = tmp_path / "plan.txt"
+    plan.write_text("# the thread A/B, tiny\n"
+                    "60 experience --prompts 2 --group 2 --max-len 64 --repeats 1\n"
+                    "\n"
+                    "5 nosuchphase\n")
+    env = {**os.environ, "OUT": str(tmp_path), "GPU_RUN_READY": "1", "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "scripts/gpu_run.sh", "plan", str(plan)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**env, "PHASE_TIMEOUT": "100"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    ran = [line.split(" ", 2)[2] for line in done.stdout.splitlines() if line.startswith("== ")]
+    assert ran == ["60 experience --prompts 2 --group 2 --max-len 64 --repeats 1", "rc=0", "5 nosuchphase", "rc=2"]
+    assert json.loads((tmp_path / "experience.log").read_text().splitlines()[-1])["responses"] == 4
+    late = subprocess.run(["bash", "scripts/gpu_run.sh", "plan", str(plan)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**env, "PHASE_TIMEOUT": "10"})
+    skipped = [re.sub(r"\d+ s left", "N s left", line) for line in late.stdout.splitlines() if line.startswith("== ")]
+    assert skipped == ["== skipped, N s left: 60 experience --prompts 2 --group 2 --max-len 64 --repeats 1",
+                       "== skipped, N s left: 5 nosuchphase"]
