@@ -12,8 +12,9 @@
 # under DETACHED_TIMEOUT seconds (default 1700; scripts/detach.sh); its logs go to /tmp/detached_out.
 # wait waits for it (PHASE_TIMEOUT at most) and brings back those logs. The machine goes back 30 s
 # after a call: issue the wait calls back to back.
-# Each phase stops after PHASE_TIMEOUT seconds (default 540, within the 10-minute limit of a call),
-# so that two phases can share one call; logs go to $OUT (appended; at most 8 files).
+# Each phase stops after PHASE_TIMEOUT seconds (default 540, within the 10-minute limit of a call; SIGKILL
+# 20 s after SIGTERM), so that two phases can share one call; logs go to $OUT (appended; at most 8
+# files; scripts/run_phase.sh), and the call's exit status is the phase's.
 set -uo pipefail
 if [[ -z ${GPU_RUN_READY:-} ]]; then  # set for the phases of a plan, which this process has prepared
   bash .gpu/stack/install.sh >/tmp/install.log 2>&1 || { cat /tmp/install.log; echo "stack incomplete"; exit 3; }
