@@ -40,14 +40,15 @@ case $phase in
       tests/gpu/test_torch_backend_gpu.py -s -p no:cacheprovider -k "${1:-not nothing}" ;;
   recipe) run recipe.log "^INFO\|^(" 40 python3 -m pytest -q -m gpu tests/gpu/test_rl_recipe_gpu.py -s -p no:cacheprovider ;;
   rlstep) mkdir -p /tmp/rlstep; run rl_step.log "$NONE" 30 python3 bench/rl_step.py --logs /tmp/rlstep --out $OUT/rl_step.jsonl "$@"
-    tar czf $OUT/rl_step_workers.tgz -C /tmp rlstep ;;
+    rc=$?; tar czf $OUT/rl_step_workers.tgz -C /tmp rlstep; exit $rc ;;
   sft) mkdir -p /tmp/sftlogs; run sft.log "$NONE" 30 python3 bench/sft_throughput.py --worker-logs /tmp/sftlogs --out $OUT/sft.jsonl "$@"
-    tar czf $OUT/sft_workers.tgz -C /tmp sftlogs ;;
+    rc=$?; tar czf $OUT/sft_workers.tgz -C /tmp sftlogs; exit $rc ;;
   fp8gemm) run fp8_gemm.log "$NONE" 30 python3 bench/fp8_gemm.py --out $OUT/fp8_gemm.jsonl "$@" ;;
   experience) run experience.log "$NONE" 5 python3 bench/experience.py "$@" ;;
   rollouthost) run rollout_host.log "$VLLM_NOISE" 5 python3 bench/rollout_host.py "$@" ;;
   fp8conv) run fp8conv.log "$NONE" 30 python3 bench/fp8_convergence.py --out-dir /tmp/fp8conv "$@"
-    cp /tmp/fp8conv/losses.json /tmp/fp8conv/fp8_convergence.png $OUT/ 2>/dev/null; tar czf $OUT/fp8conv_logs.tgz -C /tmp fp8conv ;;
+    rc=$?; cp /tmp/fp8conv/losses.json /tmp/fp8conv/fp8_convergence.png $OUT/ 2>/dev/null
+    tar czf $OUT/fp8conv_logs.tgz -C /tmp fp8conv; exit $rc ;;
   plan) deadline=$(( $(date +%s) + ${PHASE_TIMEOUT:-540} ))
     while IFS= read -r line; do
       [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
