@@ -55,7 +55,7 @@ def main() -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # as nemo_ext.rl.rollout runs the engine
     engine_kwargs = {} if args.shape == "tiny" else {"gpu_memory_utilization": args.gpu_memory_utilization}
     llm, prompts = engine_and_prompts(args.requests // GROUP, max_model_len=args.max_tokens + 256,
-                                           shape=args.shape, **engine_kwargs)
+                                      shape=args.shape, **engine_kwargs)
     sampling = dict(temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, ignore_eos=True)
 
     def vllm_generate(detokenize: bool) -> list[Completion]:
