@@ -3,8 +3,6 @@ gradients, the packed-batch layout, and loss accumulation over micro-batches."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -12,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from nemo_ext.backends.attention import TE_ATTENTION, VARLEN_ATTENTION, attention_name, packed_attention_kwargs
 from nemo_ext.backends.logprobs import token_logprobs
 from nemo_ext.backends.schedule import LRSchedule
+from nemo_ext.backends.te_import import te_available
 from nemo_ext.data.batch import pack_sequences
 from nemo_ext.sft.loss import sft_loss
 
@@ -52,7 +51,7 @@ def test_attention_names_refuse_what_cannot_run():
     expected = r"model.attn_implementation='flash3'; expected one of \['auto', 'te', 'varlen'\]"
     with pytest.raises(ValueError, match=expected):
         attention_name("flash3")
-    if importlib.util.find_spec("transformer_engine") is None:
+    if not te_available():
         with pytest.raises(ValueError, match="model.attn_implementation=te needs Transformer Engine"):
             attention_name("te")
     else:

@@ -8,12 +8,11 @@ already threads through every layer (``cu_seq_lens_q`` ...), so no model code is
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
+from nemo_ext.backends.te_import import te_available
 from nemo_ext.backends.varlen import packed_causal_attention, te_packed_causal_attention
 
 VARLEN_ATTENTION = "nemo_varlen"
@@ -47,10 +46,10 @@ def attention_name(attn_implementation: str) -> str:
     forward after vLLM has started)."""
     if attn_implementation not in ATTENTION:
         raise ValueError(f"model.attn_implementation={attn_implementation!r}; expected one of {sorted(ATTENTION)}")
-    if ATTENTION[attn_implementation] == TE_ATTENTION and importlib.util.find_spec("transformer_engine") is None:
-        raise ValueError("model.attn_implementation=te needs Transformer Engine (transformer_engine is not installed; "
-                         "NVIDIA's PyTorch containers have it); set model.attn_implementation=varlen to use torch's "
-                         "flash-attention kernel instead")
+    if ATTENTION[attn_implementation] == TE_ATTENTION and not te_available():
+        raise ValueError("model.attn_implementation=te needs Transformer Engine (`import transformer_engine.pytorch` "
+                         "fails here; NVIDIA's PyTorch containers have it); set model.attn_implementation=varlen "
+                         "to use torch's flash-attention kernel instead")
     return ATTENTION[attn_implementation]
 
 

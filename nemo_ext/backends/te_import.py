@@ -111,3 +111,12 @@ def import_transformer_engine() -> ModuleType:
             "Transformer Engine before torch runs any cuDNN kernel, or remove one of the two cuDNN "
             "installations") from e
     return te
+
+
+def te_available() -> bool:
+    """Whether Transformer Engine imports here (``import_transformer_engine``; it stays imported)."""
+    try:
+        import_transformer_engine()
+    except ImportError:
+        return False
+    return True

@@ -8,21 +8,12 @@ chosen spec. Pure Python: the configs' errors reach the user without megatron-co
 
 from __future__ import annotations
 
+from nemo_ext.backends.te_import import te_available
 from nemo_ext.config.schema import ModelConfig
 
 FP8_FORMATS = (None, "hybrid", "e4m3")
 FP8_RECIPES = ("delayed", "tensorwise", "blockwise")
 IMPLS = ("auto", "transformer_engine", "local")
-
-
-def te_available() -> bool:
-    from nemo_ext.backends.te_import import import_transformer_engine
-
-    try:
-        import_transformer_engine()
-    except ImportError:
-        return False
-    return True
 
 
 def choose_impl(model_cfg: ModelConfig, have_te: bool | None = None) -> str:
