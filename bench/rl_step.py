@@ -282,9 +282,9 @@ def worker_settings(args, attention: str | None = None) -> list[str]:
 def planned_runs(args) -> list[tuple[str, str]]:
     """(backend, attention) of each step run: every attention of ``--attention`` for the torch backend,
     the first alone for megatron (whose layer spec brings its own attention)."""
-    attentions = args.attention.split(",")
-    if not set(attentions) <= ATTENTION.keys():
-        raise SystemExit(f"--attention {args.attention!r}: expected a comma-separated subset of {tuple(ATTENTION)}")
+    from bench.worker_args import comma_separated
+
+    attentions = comma_separated("--attention", args.attention, ATTENTION)
     return [(backend, attention) for backend in args.backend.split(",") if backend != "none"
             for attention in (attentions if backend == "torch" else attentions[:1])]
 

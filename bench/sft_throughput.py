@@ -312,9 +312,9 @@ def worker_settings(args) -> list[str]:
 def planned_runs(args) -> list[tuple[str, str | None, str | None]]:
     """(backend, FP8 recipe, attention) of each run: every recipe of ``--fp8-recipe`` for a ``*_fp8``
     backend, every attention of ``--attention`` for a torch one; None where the setting does not apply."""
-    attentions = args.attention.split(",")
-    if not set(attentions) <= ATTENTION.keys():
-        raise SystemExit(f"--attention {args.attention!r}: expected a comma-separated subset of {tuple(ATTENTION)}")
+    from bench.worker_args import comma_separated
+
+    attentions = comma_separated("--attention", args.attention, ATTENTION)
     return [(b, recipe, attention) for b in args.backend.split(",")
             for recipe in (args.fp8_recipe.split(",") if "fp8" in b.split("_") else [None])
             for attention in (attentions if b.startswith("torch") else [None])]

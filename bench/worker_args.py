@@ -19,3 +19,12 @@ def worker_settings(parser: argparse.ArgumentParser, args: argparse.Namespace, d
         elif value is not None:
             argv += [option, str(value)]
     return argv
+
+
+def comma_separated(option: str, value: str, choices) -> list[str]:
+    """``value`` (an option's comma-separated list, one run each) split, each item one of ``choices``;
+    anything else stops the bench naming the option and its choices."""
+    items = value.split(",")
+    if not set(items) <= set(choices):
+        raise SystemExit(f"{option} {value!r}: expected a comma-separated subset of {tuple(choices)}")
+    return items
