@@ -46,16 +46,34 @@ def test_packed_attention_equals_each_sequence_alone(tiny_model_dir):
 
 def test_attention_names_refuse_what_cannot_run():
     """model.attn_implementation: an unknown value is refused naming the key and the choices; te is
-    refused where Transformer Engine is missing (this machine), at model load."""
-    assert attention_name("auto") == attention_name("varlen") == VARLEN_ATTENTION
+    refused where it cannot run (off CUDA, in fp32, or without Transformer Engine: this machine), at
+    model load."""
+    cuda_bf16 = dict(device_type="cuda", dtype=torch.bfloat16)
+    assert attention_name("varlen", **cuda_bf16) == VARLEN_ATTENTION
     expected = r"model.attn_implementation='flash3'; expected one of \['auto', 'te', 'varlen'\]"
     with pytest.raises(ValueError, match=expected):
-        attention_name("flash3")
+        attention_name("flash3", **cuda_bf16)
+    for device_type, dtype in (("cpu", torch.float32), ("cpu", torch.bfloat16), ("cuda", torch.float32)):
+        with pytest.raises(ValueError, match=f"runs on CUDA in bf16 or fp16; this model computes in {dtype} on "
+                                             f"{device_type}"):
+            attention_name("te", device_type=device_type, dtype=dtype)
     if not te_available():
         with pytest.raises(ValueError, match="model.attn_implementation=te needs Transformer Engine"):
-            attention_name("te")
+            attention_name("te", **cuda_bf16)
     else:
-        assert attention_name("te") == TE_ATTENTION
+        assert attention_name("te", **cuda_bf16) == TE_ATTENTION
+
+
+@pytest.mark.parametrize("te_imports", [False, True])
+def test_auto_attention_takes_te_only_where_it_runs(monkeypatch, te_imports):
+    """auto: TE's cuDNN attention on CUDA in bf16 or fp16 where Transformer Engine imports, the
+    varlen kernel everywhere else (whether TE imports is the one thing varied: it cannot run here)."""
+    monkeypatch.setattr("nemo_ext.backends.attention.te_available", lambda: te_imports)
+    chosen = {(device_type, dtype): attention_name("auto", device_type=device_type, dtype=dtype)
+              for device_type in ("cpu", "cuda") for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+    te_where = {("cuda", torch.bfloat16), ("cuda", torch.float16)} if te_imports else set()
+    assert {key for key, name in chosen.items() if name == TE_ATTENTION} == te_where
+    assert all(name == VARLEN_ATTENTION for key, name in chosen.items() if key not in te_where)
 
 
 @pytest.mark.parametrize("keep_logits", [False, True], ids=["recomputed", "kept"])

@@ -109,8 +109,9 @@ class ModelConfig:
 
     rope_theta: float | None = None  # override the config's RoPE base (the paper: 1e6 for 128K context)
     max_position_embeddings: int | None = None
-    # torch backend's packed attention: auto / varlen = torch's flash-attention varlen kernel on GPU (exact
-    # per-sequence SDPA on CPU); te = Transformer Engine's fused cuDNN attention (GPU, TE installed)
+    # torch backend's packed attention: varlen = torch's flash-attention varlen kernel on GPU (exact
+    # per-sequence SDPA on CPU); te = Transformer Engine's fused cuDNN attention (CUDA in bf16/fp16, TE
+    # installed); auto = te where it can run, else varlen (measured faster: backends/attention.py)
     attn_implementation: str = "auto"
     logits_chunk_tokens: int = 2048  # tokens per chunk of the chunked cross-entropy
     # Keep the output layer's logits for the backward instead of recomputing them chunk by chunk: a quarter

@@ -173,6 +173,7 @@ def recipe(args) -> dict:
     temperatures) is the config's."""
     from hydra import compose, initialize_config_dir
 
+    from nemo_ext.backends.attention import attention_name
     from nemo_ext.config.load import register_schemas
     from nemo_ext.config.rl import RL_HYDRA_SCHEMA, as_rl_config
     from nemo_ext.models.catalog import qwen2_config, random_checkpoint
@@ -198,7 +199,7 @@ def recipe(args) -> dict:
     return {"rows": rows, "wall_s": time.perf_counter() - start, "max_response_len": first.max_response_len,
             "group_size": first.group_size, "micro_batch_tokens": cfg.policy.micro_batch_tokens,
             "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
-            "attn_implementation": cfg.model.attn_implementation,
+            "attention": attention_name(cfg.model.attn_implementation, device_type="cuda", dtype=torch.bfloat16),
             "exported": (Path(cfg.output_dir) / "stages" / first.name / "hf" / "config.json").exists()}
 
 

@@ -31,8 +31,8 @@ def test_packed_attention_equals_each_sequence_alone_in_bf16(tiny_model_dir, att
     from nemo_ext.data.batch import pack_sequences
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention_name(attn),
-                                                 dtype=torch.bfloat16).cuda()
+    name = attention_name(attn, device_type="cuda", dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=name, dtype=torch.bfloat16).cuda()
     seqs = [torch.randint(0, 400, (n,)).tolist() for n in (37, 5, 120)]
     b = pack_sequences(seqs, [[1] * len(s) for s in seqs]).to("cuda")
     packed = model.model(input_ids=b.input_ids[None], position_ids=b.position_ids[None],
