@@ -73,7 +73,8 @@ def main() -> None:
     runs = {"vllm_defaults": lambda: vllm_generate(True), "vllm_no_detokenize": lambda: vllm_generate(False),
             "rollout": lambda: ours(list(range(len(prompts)))), "rollout_unseeded": lambda: ours(None)}
     variants = {name: runs[name] for name in chosen}
-    variants[chosen[0]]()  # warm-up
+    for run in variants.values():  # warm-up: each variant's first run can compile kernels of its own
+        run()
     best, samples = best_of(variants, args.repeats)
     seeded = [name for name in chosen if name != "rollout_unseeded"]
     facts = [[(c.token_ids, c.logprobs, c.text) for c in samples[name]] for name in seeded]
