@@ -175,7 +175,8 @@ def iter_generate(
     decode steps are shared instead of run one temperature after another).
     seed: one base seed for all prompts, or one per prompt; sample j of prompt i uses seed_i + j.
     None: unseeded, drawn from the engine's own generator (no sample is reproducible alone; vLLM's
-    sampler then skips its per-request generators, one kernel launch per sample and step on GPUs).
+    sampler then skips its per-request generators, one kernel launch per sample and step on GPUs,
+    which measured no faster at the 1.5B shape on an H200: docs/performance.md).
     ignore_eos: every sample runs to ``max_tokens`` (benchmarks: the worst case for memory).
     detokenize: False = vLLM does not detokenize while it generates (its incremental detokenizer and
     the decoding of every log-prob's token are most of its per-token host time, which bounds decode
