@@ -65,13 +65,17 @@ def test_attention_names_refuse_what_cannot_run():
 
 
 @pytest.mark.parametrize("te_imports", [False, True])
-def test_auto_attention_takes_te_only_where_it_runs(monkeypatch, te_imports):
-    """auto: TE's cuDNN attention on CUDA in bf16 or fp16 where Transformer Engine imports, the
-    varlen kernel everywhere else (whether TE imports is the one thing varied: it cannot run here)."""
+def test_auto_attention_takes_te_only_where_it_runs_and_was_measured(monkeypatch, te_imports):
+    """auto: TE's cuDNN attention on CUDA of compute capability 9.0 or later (where it was measured
+    faster) in bf16 or fp16 where Transformer Engine imports, the varlen kernel everywhere else
+    (whether TE imports is varied by hand: it cannot run on this machine)."""
     monkeypatch.setattr("nemo_ext.backends.attention.te_available", lambda: te_imports)
-    chosen = {(device_type, dtype): attention_name("auto", device_type=device_type, dtype=dtype)
-              for device_type in ("cpu", "cuda") for dtype in (torch.float32, torch.bfloat16, torch.float16)}
-    te_where = {("cuda", torch.bfloat16), ("cuda", torch.float16)} if te_imports else set()
+    places = [("cpu", None), ("cuda", (8, 0)), ("cuda", (9, 0)), ("cuda", (10, 0))]
+    chosen = {(device_type, capability, dtype): attention_name("auto", device_type=device_type, dtype=dtype,
+                                                               compute_capability=capability)
+              for device_type, capability in places for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+    te_where = {("cuda", capability, dtype) for capability in ((9, 0), (10, 0))
+                for dtype in (torch.bfloat16, torch.float16)} if te_imports else set()
     assert {key for key, name in chosen.items() if name == TE_ATTENTION} == te_where
     assert all(name == VARLEN_ATTENTION for key, name in chosen.items() if key not in te_where)
 

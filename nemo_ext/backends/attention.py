@@ -43,18 +43,21 @@ for _name, _kernel in ((VARLEN_ATTENTION, packed_causal_attention), (TE_ATTENTIO
     AttentionMaskInterface.register(_name, flash_attention_mask)
 
 
-def attention_name(attn_implementation: str, *, device_type: str, dtype: torch.dtype) -> str:
+def attention_name(attn_implementation: str, *, device_type: str, dtype: torch.dtype,
+                   compute_capability: tuple[int, int] | None = None) -> str:
     """The registered attention of ``model.attn_implementation`` for a model computing in ``dtype`` on
-    ``device_type``. ``auto`` takes TE's cuDNN attention where it can run (CUDA, bf16 or fp16,
-    Transformer Engine importable), else the varlen kernel: measured on one H200 at the 1.5B shape
-    (docs/performance.md, "Packed attention for the torch backend"), cuDNN trained 1.04-1.07x faster
+    ``device_type`` (a CUDA device of ``compute_capability``). ``auto`` takes TE's cuDNN attention
+    where it was measured faster and can run (CUDA of compute capability 9.0 or later, bf16 or fp16,
+    Transformer Engine importable), else the varlen kernel: on one H200 at the 1.5B shape
+    (docs/performance.md, "Packed attention for the torch backend") cuDNN trained 1.04-1.07x faster
     in SFT and the GRPO update 1.08x faster. An unknown value, or ``te`` where it cannot run, is
     refused naming the key (at model load, not at the first forward after vLLM has started)."""
     if attn_implementation not in ATTENTION:
         raise ValueError(f"model.attn_implementation={attn_implementation!r}; expected one of {sorted(ATTENTION)}")
     te_runs_here = device_type == "cuda" and dtype in TE_DTYPES
     if attn_implementation == "auto":
-        return TE_ATTENTION if te_runs_here and te_available() else VARLEN_ATTENTION
+        measured_faster = compute_capability is not None and compute_capability >= (9, 0)
+        return TE_ATTENTION if te_runs_here and measured_faster and te_available() else VARLEN_ATTENTION
     if ATTENTION[attn_implementation] == TE_ATTENTION:
         if not te_runs_here:
             raise ValueError(f"model.attn_implementation=te runs on CUDA in bf16 or fp16; this model computes in "

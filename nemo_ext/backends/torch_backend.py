@@ -37,6 +37,7 @@ from nemo_ext.io import atomic_dir
 from nemo_ext.models.hf_config import load_hf_config, load_tokenizer
 
 log = logging.getLogger(__name__)
+CPU = torch.device("cpu")
 
 
 class TokenLogprobModel(torch.nn.Module):
@@ -65,13 +66,15 @@ class TokenLogprobModel(torch.nn.Module):
                               compiled=self.compiled, keep_logits=self.keep_logits)
 
 
-def load_hf_model(model_cfg: ModelConfig, path: str, device_type: str = "cpu",
+def load_hf_model(model_cfg: ModelConfig, path: str, device: torch.device = CPU,
                   compute_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The HF model at ``path`` in fp32, with the config overrides of ``model_cfg`` applied and the
     packed attention that ``model.attn_implementation`` names for computing in ``compute_dtype`` on
-    ``device_type``."""
+    ``device``."""
     config = load_hf_config(path, model_cfg.rope_theta, model_cfg.max_position_embeddings)
-    attention = attention_name(model_cfg.attn_implementation, device_type=device_type, dtype=compute_dtype)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    attention = attention_name(model_cfg.attn_implementation, device_type=device.type, dtype=compute_dtype,
+                               compute_capability=capability)
     log.info("model.attn_implementation=%s: %s", model_cfg.attn_implementation, attention)
     return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32, attn_implementation=attention)
 
@@ -90,7 +93,7 @@ class TorchBackend(Backend):
             else torch.float32
         self.tokenizer = load_tokenizer(tokenizer or model_path)
 
-        self.hf_model = load_hf_model(model_cfg, model_path, device.type, self.compute_dtype).to(device)
+        self.hf_model = load_hf_model(model_cfg, model_path, device, self.compute_dtype).to(device)
         self.hf_config = self.hf_model.config
         if trainer_cfg.activation_checkpointing:
             self.hf_model.gradient_checkpointing_enable({"use_reentrant": False})

@@ -111,7 +111,7 @@ class ModelConfig:
     max_position_embeddings: int | None = None
     # torch backend's packed attention: varlen = torch's flash-attention varlen kernel on GPU (exact
     # per-sequence SDPA on CPU); te = Transformer Engine's fused cuDNN attention (CUDA in bf16/fp16, TE
-    # installed); auto = te where it can run, else varlen (measured faster: backends/attention.py)
+    # installed); auto = te where it runs on Hopper or later, else varlen (measured: backends/attention.py)
     attn_implementation: str = "auto"
     logits_chunk_tokens: int = 2048  # tokens per chunk of the chunked cross-entropy
     # Keep the output layer's logits for the backward instead of recomputing them chunk by chunk: a quarter

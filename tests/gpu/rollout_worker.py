@@ -199,7 +199,8 @@ def recipe(args) -> dict:
     return {"rows": rows, "wall_s": time.perf_counter() - start, "max_response_len": first.max_response_len,
             "group_size": first.group_size, "micro_batch_tokens": cfg.policy.micro_batch_tokens,
             "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
-            "attention": attention_name(cfg.model.attn_implementation, device_type="cuda", dtype=torch.bfloat16),
+            "attention": attention_name(cfg.model.attn_implementation, device_type="cuda", dtype=torch.bfloat16,
+                                        compute_capability=torch.cuda.get_device_capability()),
             "exported": (Path(cfg.output_dir) / "stages" / first.name / "hf" / "config.json").exists()}
 
 

@@ -24,8 +24,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.gpu
-
 WORKER = Path(__file__).with_name("megatron_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpus() < 1, reason="needs a CUDA GPU (torch sees none)")]
 
 needs_two = pytest.mark.skipif(gpus() < 2, reason="needs 2 GPUs (TP=2 / PP=2 / CP=2)")
 HAVE_TE = importlib.util.find_spec("transformer_engine") is not None
