@@ -9,14 +9,16 @@
 #     within PHASE_TIMEOUT in all; as "start plan FILE", a session's GPU work runs unattended
 # start runs PHASE in a process session of its own, which outlives the call (the device tool kills
 # what a call leaves running, except a new session) and so can run longer than one call's 10 minutes,
-# under DETACHED_TIMEOUT seconds (default 1700; scripts/detach.sh); its logs go to /tmp/detached_out.
+# under DETACHED_TIMEOUT seconds (default 1700; scripts/detach.sh); its logs go to /tmp/detached_out (DETACHED_DIR: /tmp/detached).
 # wait waits for it (PHASE_TIMEOUT at most) and brings back those logs. The machine goes back 30 s
 # after a call: issue the wait calls back to back.
 # Each phase stops after PHASE_TIMEOUT seconds (default 540, within the 10-minute limit of a call; SIGKILL
 # 20 s after SIGTERM), so that two phases can share one call; logs go to $OUT (appended; at most 8
 # files; scripts/run_phase.sh), and the call's exit status is the phase's.
 set -uo pipefail
-if [[ -z ${GPU_RUN_READY:-} ]]; then  # set for the phases of a plan, which this process has prepared
+# GPU_RUN_READY is set for the phases of a plan, which this process has prepared; wait needs no preparation
+# (a wait call's seconds are the detached work's: the checks below took 14 s of each on 2026-12-04)
+if [[ -z ${GPU_RUN_READY:-} && ${1:-} != wait ]]; then
   bash .gpu/stack/install.sh >/tmp/install.log 2>&1 || { cat /tmp/install.log; echo "stack incomplete"; exit 3; }
   . /tmp/site/env.sh
   if [[ ! -f /tmp/site/.wheels.ok ]]; then
@@ -30,6 +32,7 @@ if [[ -z ${GPU_RUN_READY:-} ]]; then  # set for the phases of a plan, which this
   export GPU_RUN_READY=1
 fi
 phase=$1; shift
+DETACHED=${DETACHED_DIR:-/tmp/detached} DETACHED_OUT=${DETACHED_DIR:-/tmp/detached}_out  # start's and wait's
 run() { bash scripts/run_phase.sh "$@"; }  # LOG NOISE LINES CMD...: one phase, under PHASE_TIMEOUT
 NONE=''
 VLLM_NOISE='^INFO\|^(\|WARNING'
@@ -60,12 +63,12 @@ case $phase in
       rc=$?
       echo "== $(date +%T) rc=$rc"
     done < "$1" ;;
-  start) rm -rf /tmp/detached_out && mkdir -p /tmp/detached_out
-    OUT=/tmp/detached_out PHASE_TIMEOUT=${DETACHED_TIMEOUT:-1700} bash scripts/detach.sh start /tmp/detached \
+  start) rm -rf "$DETACHED_OUT" && mkdir -p "$DETACHED_OUT"
+    OUT=$DETACHED_OUT PHASE_TIMEOUT=${DETACHED_TIMEOUT:-1700} bash scripts/detach.sh start "$DETACHED" \
       bash scripts/gpu_run.sh "$@" ;;
-  wait) bash scripts/detach.sh wait /tmp/detached ${PHASE_TIMEOUT:-540}
-    cp -r /tmp/detached_out/. $OUT/ 2>/dev/null; cp /tmp/detached/log $OUT/detached.log 2>/dev/null
-    tail -20 /tmp/detached/log
-    for log in /tmp/detached_out/*.log; do [[ -f $log ]] && { echo "== $log"; tail -20 "$log"; }; done ;;
+  wait) bash scripts/detach.sh wait "$DETACHED" ${PHASE_TIMEOUT:-540}
+    cp -r "$DETACHED_OUT"/. $OUT/ 2>/dev/null; cp "$DETACHED"/log $OUT/detached.log 2>/dev/null
+    tail -20 "$DETACHED"/log
+    for log in "$DETACHED_OUT"/*.log; do [[ -f $log ]] && { echo "== $log"; tail -20 "$log"; }; done ;;
   *) echo "unknown phase $phase"; exit 2 ;;
 esac

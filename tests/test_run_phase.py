@@ -68,3 +68,24 @@ def test_a_plan_runs_its_phases_in_turn_and_skips_what_its_time_does_not_hold(tm
     skipped = [re.sub(r"\d+ s left", "N s left", line) for line in late.stdout.splitlines() if line.startswith("== ")]
     assert skipped == ["== skipped, N s left: 60 experience --prompts 2 --group 2 --max-len 64 --repeats 1",
                        "== skipped, N s left: 5 nosuchphase"]
+
+
+def test_a_wait_call_needs_no_preparation_and_brings_the_detached_logs_back(tmp_path):
+    """scripts/gpu_run.sh wait: no install check or imports before it (they took 14 s of each wait call
+    on the GPU machine); it waits for what start left running and copies its logs to $OUT. Run from a
+    copy of scripts/ with no GPU stack beside it, where any preparation would fail."""
+    work, out = tmp_path / "checkout", tmp_path / "out"
+    (work / "scripts").mkdir(parents=True)
+    out.mkdir()
+    for script in ("gpu_run.sh", "detach.sh", "run_phase.sh"):
+        (work / "scripts" / script).write_text((ROOT / "scripts" / script).read_text())
+    env = {**os.environ, "DETACHED_DIR": str(tmp_path / "detached"), "OUT": str(out)}
+    started = subprocess.run(["bash", "scripts/detach.sh", "start", str(tmp_path / "detached"), "bash", "-c",
+                              f"mkdir -p {tmp_path}/detached_out; echo measured > {tmp_path}/detached_out/bench.log"],
+                             cwd=work, capture_output=True, text=True, timeout=30, env=env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    waited = subprocess.run(["bash", "scripts/gpu_run.sh", "wait"], cwd=work, capture_output=True, text=True,
+                            timeout=30, env={**env, "PHASE_TIMEOUT": "10"})
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert "finished: rc=0" in waited.stdout and "stack incomplete" not in waited.stdout
+    assert (out / "bench.log").read_text() == "measured\n"
