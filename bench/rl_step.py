@@ -28,6 +28,11 @@ do). A warm-up step (compiles, CUDA caches) at ``--warmup-len`` response tokens 
 it costs little of a call's ten minutes; figures are medians of the ``--steps`` timed steps after
 it. Every response hits the length limit, so overlong filtering is off (it would drop them all).
 
+``--attention`` and ``--kv-cache-dtype`` take comma-separated lists for same-run A/Bs: the torch
+backend's step once per attention, and a ceiling and the steps once per KV cache dtype (``fp8``
+halves the cache's bytes a token: more responses in flight and fewer bytes read per decode step, for
+a larger trainer/vLLM mismatch, which the steps report).
+
 Reported: seconds per phase, generation tokens/s against the ceiling's, the share of the step that
 is not generation and its floor (what it would be with the update at 100% MFU and nothing else
 taking time), the update's MFU (``observe.model_flops``), the weight-sync seconds, the engine's GPU
@@ -49,6 +54,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -97,7 +103,8 @@ def rl_config(args, backend: str):
                                 activation_checkpointing=args.recompute),
         model=ModelConfig(logits_chunk_tokens=4096, keep_logits=args.keep_logits, attn_implementation=args.attention),
         rollout=RolloutConfig(gpu_memory_utilization=args.gpu_memory_utilization, sleep_mode=True,
-                              max_model_len=args.max_len + 256, reward_workers=args.reward_workers),
+                              max_model_len=args.max_len + 256, reward_workers=args.reward_workers,
+                              kv_cache_dtype=args.kv_cache_dtype),
         stages=[stage], checkpoint=CheckpointConfig(save_every=0), logging=LoggingConfig(tensorboard=False),
         eval=HeldoutConfig(num_problems=0))
 
@@ -270,66 +277,95 @@ DRIVER_ONLY = {"backend", "ceiling", "measure_ceiling", "logs", "out", "worker",
                "result"}
 
 
-def worker_settings(args, attention: str | None = None) -> list[str]:
-    """``args``' settings as the workers' command-line options (``bench.worker_args``), with one run's
-    ``attention`` (default: the first of ``--attention``; the ceiling's engine has no trainer)."""
+class Run(NamedTuple):
+    """One worker's variant: a step's backend (None: the ceiling, the engine alone), the torch
+    backend's attention, and vLLM's KV cache dtype."""
+
+    backend: str | None
+    attention: str
+    kv_cache_dtype: str
+
+
+def worker_settings(args, run: Run | None = None) -> list[str]:
+    """``args``' settings as the workers' command-line options (``bench.worker_args``), with ``run``'s
+    attention and KV cache dtype (default: the first of each list)."""
     from bench.worker_args import worker_settings as settings
 
-    one_run = argparse.Namespace(**{**vars(args), "attention": attention or args.attention.split(",")[0]})
+    run = run or Run(None, args.attention.split(",")[0], args.kv_cache_dtype.split(",")[0])
+    one_run = argparse.Namespace(**{**vars(args), "attention": run.attention, "kv_cache_dtype": run.kv_cache_dtype})
     return settings(parser(), one_run, DRIVER_ONLY)
 
 
-def planned_runs(args) -> list[tuple[str, str]]:
-    """(backend, attention) of each step run: every attention of ``--attention`` for the torch backend,
-    the first alone for megatron (whose layer spec brings its own attention)."""
+def kv_cache_dtypes(args) -> list[str]:
+    from bench.worker_args import comma_separated
+    from nemo_ext.config.rl import KV_CACHE_DTYPES
+
+    return comma_separated("--kv-cache-dtype", args.kv_cache_dtype, KV_CACHE_DTYPES)
+
+
+def planned_runs(args) -> list[Run]:
+    """Each step run: per KV cache dtype of ``--kv-cache-dtype``, every attention of ``--attention``
+    for the torch backend, the first alone for megatron (whose layer spec brings its own attention)."""
     from bench.worker_args import comma_separated
 
     attentions = comma_separated("--attention", args.attention, ATTENTION)
-    return [(backend, attention) for backend in args.backend.split(",") if backend != "none"
+    return [Run(backend, attention, kv) for kv in kv_cache_dtypes(args)
+            for backend in args.backend.split(",") if backend != "none"
             for attention in (attentions if backend == "torch" else attentions[:1])]
 
 
-def run_label(backend: str, attention: str, args) -> str:
-    """``torch[te]`` where the run compares attentions, else the backend's name."""
-    return f"{backend}[{attention}]" if backend == "torch" and "," in args.attention else backend
+def run_label(run: Run, args) -> str:
+    """The backend's name, with what the run compares in brackets: ``torch[te]``, ``torch[te, kv fp8]``;
+    the ceiling's is ``ceiling`` (``ceiling[kv fp8]``)."""
+    varied = [run.attention] if run.backend == "torch" and "," in args.attention else []
+    varied += [f"kv {run.kv_cache_dtype}"] if "," in args.kv_cache_dtype else []
+    name = run.backend or "ceiling"
+    return f"{name}[{', '.join(varied)}]" if varied else name
 
 
-def run_worker(args, worker: str, result: Path, backend: str | None = None, attention: str | None = None) -> dict:
+def run_worker(args, run: Run, tmp: Path) -> dict:
+    """``run`` in a worker process of its own (the ceiling's where ``run.backend`` is None); its log
+    goes to ``--logs``."""
+    worker, name = ("step" if run.backend else "ceiling"), run_label(run, args)
+    result = tmp / f"{name}.json"
     cmd = [sys.executable, __file__, "--worker", worker, "--model-dir", args.model_dir, "--result", str(result),
-           *(["--backend-name", backend] if backend else []), *worker_settings(args, attention)]
+           *(["--backend-name", run.backend] if run.backend else []), *worker_settings(args, run)]
     print("+", " ".join(cmd), flush=True)
-    name = run_label(backend, attention, args) if backend else None
-    log = Path(args.logs) / f"{worker}{'_' + name if name else ''}.log" if args.logs else None
+    log = Path(args.logs) / f"{name if worker == 'ceiling' else 'step_' + name}.log" if args.logs else None
     with (log.open("w") if log else open(os.devnull, "w")) as sink:
         proc = subprocess.run(cmd, stdout=sink if log else None, stderr=subprocess.STDOUT if log else None)
     if proc.returncode != 0:
         tail = log.read_text()[-4000:] if log else ""
-        raise RuntimeError(f"{worker} {name or ''} failed (exit {proc.returncode}):\n{tail}")
+        raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{tail}")
     return json.loads(result.read_text())
 
 
-def ceiling_settings(args) -> dict:
+def ceiling_settings(args, kv_cache_dtype: str) -> dict:
     """What a ceiling measured in another call must share with this run to be its baseline."""
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {"card": card, **{k: getattr(args, k) for k in ("shape", "layers", "max_len", "prompts", "group",
-                                                            "gpu_memory_utilization", "accelerator")}}
+                                                            "gpu_memory_utilization", "accelerator")},
+            "kv_cache_dtype": kv_cache_dtype}
 
 
-def load_or_measure_ceiling(args, tmp: Path) -> dict:
-    """The ceiling: read from ``--ceiling`` when that file exists (an earlier call's on this machine, with
-    the same settings), else measured now (and written there when ``--ceiling`` is given)."""
+def load_or_measure_ceiling(args, tmp: Path, kv_cache_dtype: str) -> dict:
+    """The ceiling with vLLM's KV cache in ``kv_cache_dtype``: read from ``--ceiling`` when that file
+    exists (an earlier call's on this machine, with the same settings), else measured now (and written
+    there when ``--ceiling`` is given)."""
     saved = Path(args.ceiling) if args.ceiling else None
+    settings = ceiling_settings(args, kv_cache_dtype)
     if saved is not None and saved.exists():
         ceiling = json.loads(saved.read_text())
-        if ceiling.get("settings") != ceiling_settings(args):
+        if ceiling.get("settings") != settings:
             raise SystemExit(f"--ceiling {saved}: measured with {ceiling.get('settings')}, not this run's "
-                             f"{ceiling_settings(args)}; remove it or match the settings")
+                             f"{settings}; remove it or match the settings")
         print(json.dumps({"ceiling (from " + str(saved) + ")": ceiling}), flush=True)
         return ceiling
-    ceiling = {**run_worker(args, "ceiling", tmp / "ceiling.json"), "settings": ceiling_settings(args)}
+    run = Run(None, args.attention.split(",")[0], kv_cache_dtype)
+    ceiling = {**run_worker(args, run, tmp), "settings": settings}
     if saved is not None:
         saved.write_text(json.dumps(ceiling))
-    print(json.dumps({"ceiling": ceiling}), flush=True)
+    print(json.dumps({run_label(run, args): ceiling}), flush=True)
     return ceiling
 
 
@@ -358,6 +394,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", default="auto",
                    help="model.attn_implementation of the torch backend's steps, comma-separated: one step each "
                         f"(of {', '.join(ATTENTION)}; te: TE's cuDNN attention)")
+    p.add_argument("--kv-cache-dtype", default="auto",
+                   help="rollout.kv_cache_dtype, comma-separated: a ceiling and the steps for each (auto: the "
+                        "model's dtype; fp8: half the bytes a token)")
     p.add_argument("--accelerator", choices=["gpu", "cpu"], default="gpu")
     p.add_argument("--logs", default=None, help="a directory for each worker's log (created)")
     p.add_argument("--out", default=None, help="append the summaries as JSON lines here")
@@ -378,7 +417,9 @@ def main() -> None:
         return
     from nemo_ext.observe import peak_flops
 
-    runs = planned_runs(args)  # a bad --attention stops here, before the ceiling's generation
+    runs = planned_runs(args)  # a bad --attention or --kv-cache-dtype stops here, before the ceiling's generation
+    if args.ceiling and "," in args.kv_cache_dtype:
+        raise SystemExit("--ceiling FILE holds one ceiling: give one --kv-cache-dtype with it")
     if args.logs:
         Path(args.logs).mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -386,15 +427,15 @@ def main() -> None:
         args.model_dir = str(Path(tmp) / "model")
         subprocess.run([sys.executable, __file__, "--worker", "write_model", "--model-dir", args.model_dir,
                         "--shape", args.shape, *(["--layers", str(args.layers)] if args.layers else [])], check=True)
-        ceiling = load_or_measure_ceiling(args, Path(tmp)) if args.measure_ceiling else None
+        ceilings = {kv: load_or_measure_ceiling(args, Path(tmp), kv)
+                    for kv in kv_cache_dtypes(args)} if args.measure_ceiling else {}
         summaries = []
-        for backend, attention in runs:
-            name = run_label(backend, attention, args)
-            result = run_worker(args, "step", Path(tmp) / f"{name}.json", backend, attention)
-            summary = summarize(name, result, ceiling,
+        for run in runs:
+            name = run_label(run, args)
+            summary = summarize(name, run_worker(args, run, Path(tmp)), ceilings.get(run.kv_cache_dtype),
                                 peak_flops(torch.device("cuda")) if torch.cuda.is_available() else None)
             summary.update(card=card, shape=args.shape, max_len=args.max_len, prompts=args.prompts, group=args.group,
-                           attention=attention)
+                           attention=run.attention, kv_cache_dtype=run.kv_cache_dtype)
             summaries.append(summary)
             print(json.dumps(summary), flush=True)
             if args.out:
@@ -408,8 +449,11 @@ def main() -> None:
                s.get("generate_vs_ceiling", "-"), s["not_generation_share"], s.get("not_generation_floor", 0.0),
                s.get("train_mfu", 0.0), s.get("trainer_peak_gib", 0.0)]
         print(" ".join(f"{v:>10.3g}" if isinstance(v, float) else f"{v!s:>10}" for v in row))
-    against = ("no ceiling (--no-ceiling)" if ceiling is None else f"ceiling (the engine alone) "
-               f"{ceiling['tokens_per_s']:.0f} tokens/s, engine {ceiling['engine_gib']:.1f} GiB")
+    first = next(iter(ceilings.values()), None)
+    against = "; ".join(f"ceiling (the engine alone{', kv ' + kv if len(ceilings) > 1 else ''}) "
+                        f"{c['tokens_per_s']:.0f} tokens/s ({c['tokens_per_s'] / first['tokens_per_s']:.3f} of the "
+                        f"first), engine {c['engine_gib']:.1f} GiB" for kv, c in ceilings.items()) \
+        or "no ceiling (--no-ceiling)"
     print(f"card: {card}; shape {args.shape}, {args.prompts} prompts x {args.group} responses x {args.max_len} "
           f"tokens; {against}")
 

@@ -148,7 +148,8 @@ def test_rl_step_workers_get_every_setting():
     given = p.parse_args(["--shape", "tiny", "--layers", "3", "--max-len", "64", "--prompts", "2", "--group", "4",
                           "--steps", "2", "--warmup-len", "16", "--micro-tokens", "512", "--gpu-memory-utilization",
                           "0.3", "--reward-workers", "1", "--no-compile", "--recompute", "--keep-logits",
-                          "--attention", "te", "--accelerator", "cpu", "--backend", "torch,megatron",
+                          "--attention", "te", "--kv-cache-dtype", "fp8", "--accelerator", "cpu",
+                          "--backend", "torch,megatron",
                           "--logs", "/tmp/logs"])
     seen = p.parse_args(b.worker_settings(given))
     settings = {k: v for k, v in vars(given).items() if k not in b.DRIVER_ONLY}
@@ -159,25 +160,39 @@ def test_rl_step_workers_get_every_setting():
                                                   "--group", "8", "--steps", "1", "--warmup-len", "512",
                                                   "--micro-tokens", "16384", "--gpu-memory-utilization", "0.5",
                                                   "--reward-workers", "4", "--attention", "auto",
-                                                  "--accelerator", "gpu"]
+                                                  "--kv-cache-dtype", "auto", "--accelerator", "gpu"]
 
 
-def test_rl_step_runs_the_torch_backend_once_per_attention():
+def test_rl_step_runs_the_torch_backend_once_per_attention_and_kv_cache_dtype():
     """bench/rl_step.py --attention varlen,te: one torch step each (a same-run A/B), megatron once;
-    each worker gets its own attention, and a bad name stops the run before the ceiling."""
+    --kv-cache-dtype auto,fp8: a ceiling and those steps for each; each worker gets its own settings,
+    and a bad name stops the run before the ceiling."""
     b = bench("rl_step")
     p = b.parser()
     args = p.parse_args(["--backend", "torch,megatron", "--attention", "varlen,te"])
-    assert b.planned_runs(args) == [("torch", "varlen"), ("torch", "te"), ("megatron", "varlen")]
-    assert [b.run_label(*run, args) for run in b.planned_runs(args)] == ["torch[varlen]", "torch[te]", "megatron"]
-    for attention in ("varlen", "te"):
-        assert p.parse_args(b.worker_settings(args, attention)).attention == attention
+    assert b.planned_runs(args) == [("torch", "varlen", "auto"), ("torch", "te", "auto"),
+                                    ("megatron", "varlen", "auto")]
+    assert [b.run_label(run, args) for run in b.planned_runs(args)] == ["torch[varlen]", "torch[te]", "megatron"]
+    for run in b.planned_runs(args):
+        assert p.parse_args(b.worker_settings(args, run)).attention == run.attention
     assert p.parse_args(b.worker_settings(args)).attention == "varlen"  # the ceiling's
     one = p.parse_args(["--backend", "torch"])
-    assert b.planned_runs(one) == [("torch", "auto")] and b.run_label("torch", "auto", one) == "torch"
+    assert b.planned_runs(one) == [("torch", "auto", "auto")] and b.run_label(b.planned_runs(one)[0], one) == "torch"
     assert b.planned_runs(p.parse_args(["--backend", "none"])) == []
-    with pytest.raises(SystemExit, match="--attention 'varlen,flash3'"):
-        b.planned_runs(p.parse_args(["--attention", "varlen,flash3"]))
+
+    kv = p.parse_args(["--backend", "torch", "--attention", "te", "--kv-cache-dtype", "auto,fp8"])
+    runs = b.planned_runs(kv)
+    assert runs == [("torch", "te", "auto"), ("torch", "te", "fp8")]
+    assert [b.run_label(run, kv) for run in runs] == ["torch[kv auto]", "torch[kv fp8]"]
+    assert b.run_label(b.Run(None, "te", "fp8"), kv) == "ceiling[kv fp8]" and b.run_label(runs[0], one) == "torch"
+    assert [p.parse_args(b.worker_settings(kv, run)).kv_cache_dtype for run in runs] == ["auto", "fp8"]
+    worker = p.parse_args(b.worker_settings(kv, runs[1]))
+    worker.model_dir = "/tmp/model"
+    assert b.rl_config(worker, "torch").rollout.kv_cache_dtype == "fp8"
+    for bad, option in ((["--attention", "varlen,flash3"], "--attention 'varlen,flash3'"),
+                        (["--kv-cache-dtype", "auto,int8"], "--kv-cache-dtype 'auto,int8'")):
+        with pytest.raises(SystemExit, match=option):
+            b.planned_runs(p.parse_args(bad))
 
 
 def test_rl_step_summary_gives_the_updates_mfu_and_the_not_generation_floor():

@@ -108,6 +108,24 @@ def test_an_update_reaches_vllm(tmp_path):
         close_run(run)
 
 
+
+def test_an_fp8_kv_cache_samples_near_the_trainer_and_off_it_by_what_fp8_rounds(tmp_path):
+    """rollout.kv_cache_dtype=fp8 reaches vLLM's engine: its log-probs of its own samples leave the
+    trainer's by FP8's rounding of keys and values (the model's dtype agrees to 1e-6, as above), and
+    stay close enough to sample from nearly the same policy."""
+    cfg = config(tmp_path, [stage("a", steps=1)])
+    cfg.rollout.kv_cache_dtype = "fp8"
+    run = build_run(cfg)
+    try:
+        assert run.rollouts.engine.llm.llm_engine.vllm_config.cache_config.cache_dtype == "fp8"
+        probe = load_stage_prompts(cfg.stages[0], cfg.trainer.seed)["synthetic-0"]
+        samples = run.rollouts.engine.sample([probe.text], n=4, temperature=1.0, max_tokens=MAX_LEN, seed=5)[0]
+        gap = torch.cat([(response_logprobs(run, probe, c) - torch.tensor(c.logprobs)).abs() for c in samples])
+        assert 1e-3 < gap.max() < 0.1 and gap.mean() < 0.02, (gap.max(), gap.mean())  # 0.027, 0.007 seen
+    finally:
+        close_run(run)
+
+
 def test_the_loop_collects_garbage_between_steps_not_inside_them(tmp_path, monkeypatch):
     """RL's default ``trainer.gc_interval`` (1): no collection inside a step or a held-out evaluation,
     one after each step; with 0 (Python's own collector, the control) the same tiny step trips

@@ -142,6 +142,9 @@ class PolicyConfig:
     micro_batch_tokens: int = 2048  # token budget of one packed micro-batch (update and log-prob passes)
 
 
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")  # vLLM's names of the ones it stores
+
+
 @dataclass
 class RolloutConfig:
     # 1 only: the trainer's log-prob pass applies no top-p truncation (see validate_rl_config).
@@ -150,6 +153,11 @@ class RolloutConfig:
     dtype: str = "auto"
     max_model_len: int | None = None  # null = the longest prompt + the largest stage max_response_len
     gpu_memory_utilization: float = 0.4  # GPU share of vLLM's weights and KV cache (colocated)
+    # vLLM's KV cache: auto = the model's dtype; fp8 (E4M3 on CUDA, fp8_e5m2 also taken) stores half the
+    # bytes a token: twice the responses in flight and half the bytes each decode step reads, which bound
+    # generation at 16K-32K responses (docs/performance.md, "8 x 8 at 32K"). vLLM then samples from a
+    # policy slightly off the trainer's (mismatch/kl measures it; loss.tis_cap corrects for it).
+    kv_cache_dtype: str = "auto"
     tensor_parallel_size: int = 1
     sleep_mode: bool = True  # GPU: offload vLLM's weights and drop its KV cache during the update
     # GPU: true skips vLLM's torch.compile and CUDA-graph capture at start (about 35 s for the 1.5B
@@ -246,6 +254,8 @@ def validate_rl_config(cfg: RLConfig) -> RLConfig:
     _check(loss.tis_cap is None or loss.tis_cap > 0, "loss.tis_cap", "null or a value > 0", loss.tis_cap)
     _check(cfg.policy.micro_batch_tokens >= 1, "policy.micro_batch_tokens", "an integer >= 1",
            cfg.policy.micro_batch_tokens)
+    _check(cfg.rollout.kv_cache_dtype in KV_CACHE_DTYPES, "rollout.kv_cache_dtype", f"one of {list(KV_CACHE_DTYPES)}",
+           cfg.rollout.kv_cache_dtype)
     _check(cfg.rollout.top_p == 1, "rollout.top_p", "1.0: the trainer's log-probs (the old log-probs of the "
            "importance ratio, the entropy, the vLLM mismatch metric) are those of softmax(logits / T) without "
            "top-p truncation, so with top_p < 1 the ratio and the mismatch would compare different "

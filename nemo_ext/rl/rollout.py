@@ -61,6 +61,7 @@ class RolloutEngine:
             enable_sleep_mode=self.sleep_mode,
             enforce_eager=True if cfg.enforce_eager else None,  # None: eager on CPU, compiled on GPU
             dtype="float32" if cfg.dtype == "auto" and not on_gpu else cfg.dtype,
+            kv_cache_dtype=cfg.kv_cache_dtype,
         )
         self.dropped: set[str] = set()  # what sleep took and is not back yet: "weights", "kv_cache"
 
