@@ -183,9 +183,10 @@ def work_step(args) -> dict:
             for step in range(args.steps + 1):
                 steps.append(timed_step(args, cfg, run, warmup if step == 0 else stage, step, collector))
                 print(json.dumps(steps[-1]), flush=True)
+        kernel = getattr(getattr(run.backend, "hf_config", None), "_attn_implementation", None)  # torch backend
     finally:
         close_run(run)
-    return {"steps": steps, "engine_and_trainer_gib": engine_and_trainer / 2**30}
+    return {"steps": steps, "engine_and_trainer_gib": engine_and_trainer / 2**30, "attention_kernel": kernel}
 
 
 def timed_step(args, cfg, run, stage, step: int, collector) -> dict:
@@ -269,7 +270,7 @@ def summarize(backend: str, step_result: dict, ceiling: dict | None, peak_flops:
             "generate_tokens_per_s": round(gen_tps), **against,
             "not_generation_share": round(1 - med["generate_s"] / med["step_s"], 3),
             "engine_and_trainer_gib": round(step_result["engine_and_trainer_gib"], 1),
-            "timed_steps": len(timed)}
+            "attention_kernel": step_result.get("attention_kernel"), "timed_steps": len(timed)}
 
 
 # The driver's own options; every other one is a setting its workers get (``worker_settings``).

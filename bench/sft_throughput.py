@@ -255,8 +255,14 @@ def worker(args) -> None:
     total = sum(times)
     peak = peak_flops(torch.device("cuda")) or PEAK_FLOPS["H100"]  # an unlisted card: MFU against an H100
     label = args.worker + (f"[{setting['fp8_recipe']}]" if setting.get("fp8") else "")
-    if args.worker.startswith("torch") and args.attention != "auto":
-        label += f"[{args.attention}]"
+    if args.worker.startswith("torch"):
+        from nemo_ext.backends.attention import attention_name
+
+        # what model.attn_implementation resolved to here (auto: TE's cuDNN attention on Hopper where TE imports)
+        setting["attention_kernel"] = attention_name(args.attention, device_type="cuda", dtype=torch.bfloat16,
+                                                     compute_capability=torch.cuda.get_device_capability())
+        if args.attention != "auto":
+            label += f"[{args.attention}]"
     result = dict(backend=label, **setting, shape=args.shape, layers=cfg.num_hidden_layers,
                   tp=args.tp if ngpu > 1 else 1, gpus=ngpu, bin=args.bin, recompute=args.recompute,
                   optimizer=not args.no_optimizer, params=num_parameters(cfg), tokens_per_s=tokens / total,
