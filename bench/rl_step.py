@@ -183,7 +183,7 @@ def work_step(args) -> dict:
             for step in range(args.steps + 1):
                 steps.append(timed_step(args, cfg, run, warmup if step == 0 else stage, step, collector))
                 print(json.dumps(steps[-1]), flush=True)
-        kernel = getattr(getattr(run.backend, "hf_config", None), "_attn_implementation", None)  # torch backend
+        kernel = getattr(run.backend, "attention", None)  # the torch backend's resolved attention
     finally:
         close_run(run)
     return {"steps": steps, "engine_and_trainer_gib": engine_and_trainer / 2**30, "attention_kernel": kernel}

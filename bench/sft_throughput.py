@@ -176,9 +176,11 @@ def work_megatron(args, model_dir: str, bins, impl: str = "auto", compile_layers
     return times, {"impl": be.impl, "fp8": model.fp8, "fp8_recipe": model.fp8_recipe if model.fp8 else None}
 
 
-def work_torch(args, model_dir: str, bins, compile_layers: bool = False, fsdp: bool = False) -> list[float]:
-    """The torch backend, eager. ``--recompute full``: activation checkpointing of every layer;
-    ``selective`` (compiled only): the partitioner's activation memory budget ``--memory-budget``."""
+def work_torch(args, model_dir: str, bins, compile_layers: bool = False, fsdp: bool = False
+               ) -> tuple[list[float], dict]:
+    """The torch backend, eager; also returns the attention kernel it resolved. ``--recompute full``:
+    activation checkpointing of every layer; ``selective`` (compiled only): the partitioner's activation
+    memory budget ``--memory-budget``."""
     import torch.distributed as dist
 
     from nemo_ext.backends.torch_backend import TorchBackend
@@ -196,22 +198,23 @@ def work_torch(args, model_dir: str, bins, compile_layers: bool = False, fsdp: b
         dist.init_process_group("nccl", device_id=torch.device("cuda", 0))
         trainer.fsdp = True
     be = TorchBackend(model_dir, model, trainer, optim, schedule, torch.device("cuda", 0))
-    return _timed(args, _steps(args, _packed(bins)),
-                  lambda mbs: be.train_step(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs)), temperature=1.0))
+    times = _timed(args, _steps(args, _packed(bins)),
+                   lambda mbs: be.train_step(mbs, sft_loss(sum(b.num_loss_tokens for b in mbs)), temperature=1.0))
+    return times, {"attention_kernel": be.attention}
 
 
-def work_torch_compile(args, model_dir: str, bins) -> list[float]:
+def work_torch_compile(args, model_dir: str, bins) -> tuple[list[float], dict]:
     """The torch backend with ``trainer.compile=true``: each decoder layer and the log-prob chunks
     under torch.compile (dynamic shapes)."""
     return work_torch(args, model_dir, bins, compile_layers=True)
 
 
-def work_torch_compile_fsdp(args, model_dir: str, bins) -> list[float]:
+def work_torch_compile_fsdp(args, model_dir: str, bins) -> tuple[list[float], dict]:
     """torch_compile with FSDP2's bf16 parameters (one rank) instead of fp32 weights under autocast."""
     return work_torch(args, model_dir, bins, compile_layers=True, fsdp=True)
 
 
-def work_hf_baseline(args, model_dir: str, bins) -> list[float]:
+def work_hf_baseline(args, model_dir: str, bins) -> tuple[list[float], dict]:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").cuda()
@@ -230,7 +233,7 @@ def work_hf_baseline(args, model_dir: str, bins) -> list[float]:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return _timed(args, _steps(args, bins), step)
+    return _timed(args, _steps(args, bins), step), {}
 
 
 def worker(args) -> None:
@@ -243,11 +246,10 @@ def worker(args) -> None:
     bins = make_bins(args, cfg.vocab_size)
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     torch.cuda.reset_peak_memory_stats()
-    setting = {}
     if args.worker.startswith("megatron"):
         times, setting = work_megatron(args, args.model_dir, bins, **megatron_variant(args.worker))
     else:
-        times = globals()[f"work_{args.worker}"](args, args.model_dir, bins)
+        times, setting = globals()[f"work_{args.worker}"](args, args.model_dir, bins)
     timed_bins = bins[args.warmup * args.micro:]
     flops = step_flops(cfg, timed_bins)
     tokens = sum(len(s) for b in timed_bins for s in b)
@@ -255,14 +257,8 @@ def worker(args) -> None:
     total = sum(times)
     peak = peak_flops(torch.device("cuda")) or PEAK_FLOPS["H100"]  # an unlisted card: MFU against an H100
     label = args.worker + (f"[{setting['fp8_recipe']}]" if setting.get("fp8") else "")
-    if args.worker.startswith("torch"):
-        from nemo_ext.backends.attention import attention_name
-
-        # what model.attn_implementation resolved to here (auto: TE's cuDNN attention on Hopper where TE imports)
-        setting["attention_kernel"] = attention_name(args.attention, device_type="cuda", dtype=torch.bfloat16,
-                                                     compute_capability=torch.cuda.get_device_capability())
-        if args.attention != "auto":
-            label += f"[{args.attention}]"
+    if args.worker.startswith("torch") and args.attention != "auto":
+        label += f"[{args.attention}]"
     result = dict(backend=label, **setting, shape=args.shape, layers=cfg.num_hidden_layers,
                   tp=args.tp if ngpu > 1 else 1, gpus=ngpu, bin=args.bin, recompute=args.recompute,
                   optimizer=not args.no_optimizer, params=num_parameters(cfg), tokens_per_s=tokens / total,

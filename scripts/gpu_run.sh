@@ -9,7 +9,8 @@
 #     within PHASE_TIMEOUT in all; as "start plan FILE", a session's GPU work runs unattended
 # start runs PHASE in a process session of its own, which outlives the call (the device tool kills
 # what a call leaves running, except a new session) and so can run longer than one call's 10 minutes,
-# under DETACHED_TIMEOUT seconds (default 1700; scripts/detach.sh); its logs go to /tmp/detached_out (DETACHED_DIR: /tmp/detached).
+# under DETACHED_TIMEOUT seconds (default 1700; scripts/detach.sh); its logs go to DETACHED_DIR_out
+# (DETACHED_DIR: default /tmp/detached).
 # wait waits for it (PHASE_TIMEOUT at most) and brings back those logs. The machine goes back 30 s
 # after a call: issue the wait calls back to back.
 # Each phase stops after PHASE_TIMEOUT seconds (default 540, within the 10-minute limit of a call; SIGKILL

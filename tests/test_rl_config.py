@@ -70,12 +70,12 @@ def test_bad_keys_and_values_name_the_key():
         rl_config("rl/tiny", ["stages.1.group_size=1"])
 
 
-
 def test_a_kv_cache_dtype_vllm_does_not_store_is_refused_at_load():
     with pytest.raises(ValueError, match=re.escape("rollout.kv_cache_dtype: expected one of ['auto', 'fp8', "
                                                    "'fp8_e4m3', 'fp8_e5m2'], got 'int8'")):
         rl_config("rl/tiny", ["rollout.kv_cache_dtype=int8"])
     assert rl_config("rl/tiny", ["rollout.kv_cache_dtype=fp8"]).rollout.kv_cache_dtype == "fp8"
+
 
 def test_top_p_below_one_is_refused_with_the_reason():
     """The trainer's log-probs ignore top-p: sampling with it would make the importance ratio and the

@@ -108,7 +108,6 @@ def test_an_update_reaches_vllm(tmp_path):
         close_run(run)
 
 
-
 def test_an_fp8_kv_cache_samples_near_the_trainer_and_off_it_by_what_fp8_rounds(tmp_path):
     """rollout.kv_cache_dtype=fp8 reaches vLLM's engine: its log-probs of its own samples leave the
     trainer's by FP8's rounding of keys and values (the model's dtype agrees to 1e-6, as above), and

@@ -103,6 +103,11 @@ class TorchBackend(Backend):
         self.model = self._parallelize(self.module, trainer_cfg)
         self.reset_optimizer(schedule)
 
+    @property
+    def attention(self) -> str:
+        """The registered packed attention the model runs: ``model.attn_implementation`` as resolved at load."""
+        return self.hf_config._attn_implementation
+
     def _parallelize(self, module: TokenLogprobModel, trainer_cfg: TrainerConfig) -> torch.nn.Module:
         if trainer_cfg.compile:
             compile_layers(module.hf_model.model.layers, trainer_cfg.activation_memory_budget)
